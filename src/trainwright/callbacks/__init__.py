@@ -1,0 +1,45 @@
+"""Callbacks: the base class and handler, and every built-in callback."""
+
+from trainwright.callbacks.base import (
+    EVENTS,
+    CallbackHandler,
+    StopTrainingError,
+    TrainerCallback,
+)
+from trainwright.callbacks.monitor import MetricMonitor, MonitorCallback
+from trainwright.callbacks.progress import (
+    LogMetricsCallback,
+    PrintMetricsCallback,
+    PrintProgressCallback,
+    ProgressBarCallback,
+)
+from trainwright.callbacks.runtime import MoveModulesToDeviceCallback
+from trainwright.callbacks.saving import SaveBestModelCallback
+from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
+
+#: The callbacks a :class:`~trainwright.trainer.Trainer` uses unless told otherwise.
+DEFAULT_CALLBACKS = (
+    MoveModulesToDeviceCallback,
+    TerminateOnNaNCallback,
+    PrintProgressCallback,
+    ProgressBarCallback,
+    PrintMetricsCallback,
+)
+
+__all__ = [
+    "DEFAULT_CALLBACKS",
+    "EVENTS",
+    "CallbackHandler",
+    "EarlyStoppingCallback",
+    "LogMetricsCallback",
+    "MetricMonitor",
+    "MonitorCallback",
+    "MoveModulesToDeviceCallback",
+    "PrintMetricsCallback",
+    "PrintProgressCallback",
+    "ProgressBarCallback",
+    "SaveBestModelCallback",
+    "StopTrainingError",
+    "TerminateOnNaNCallback",
+    "TrainerCallback",
+]

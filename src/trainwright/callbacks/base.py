@@ -1,0 +1,374 @@
+"""The callback protocol: the event registry, the no-op base class and the dispatcher.
+
+Every event that the :class:`~trainwright.trainer.Trainer` fires is listed once, in
+:data:`EVENTS`, and has one documented no-op method on :class:`TrainerCallback`. A test keeps
+the two in agreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainwright.trainer import Trainer
+
+__all__ = ["EVENTS", "CallbackHandler", "StopTrainingError", "TrainerCallback"]
+
+#: Every event fired by the trainer, in the order they first occur in a run.
+EVENTS: tuple[str, ...] = (
+    "on_init_end",
+    "on_training_run_start",
+    "on_train_epoch_start",
+    "on_train_step_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_after_optimizer_step",
+    "on_train_step_end",
+    "on_train_epoch_end",
+    "on_eval_epoch_start",
+    "on_eval_step_start",
+    "on_eval_step_end",
+    "on_eval_epoch_end",
+    "on_training_run_epoch_end",
+    "on_stop_training_error",
+    "on_training_run_end",
+    "on_evaluation_run_start",
+    "on_evaluation_run_end",
+)
+
+
+class StopTrainingError(Exception):
+    """Raise from any hook or callback to end the training run cleanly.
+
+    The trainer catches it, fires ``on_stop_training_error`` with the error, then finishes
+    the run as usual (``training_run_end`` and ``on_training_run_end``). The library never
+    calls ``sys.exit``: ``train()`` simply returns.
+
+    Example::
+
+        class StopAfterTwoEpochs(TrainerCallback):
+            def on_training_run_epoch_end(self, trainer, **kwargs):
+                if trainer.run_history.current_epoch > 2:
+                    raise StopTrainingError("two epochs are enough")
+    """
+
+
+def _no_op(method: Callable) -> Callable:
+    """Marks a :class:`TrainerCallback` method as the default no-op, so dispatch can skip it."""
+    method._is_trainwright_no_op = True
+    return method
+
+
+class TrainerCallback:
+    """Base class for callbacks: override the events you need; every other one is free.
+
+    A callback receives the trainer as its first positional argument and the keywords shown
+    below; every event method must accept ``**kwargs`` so that new keywords can be added
+    without breaking it. Callbacks run **after** the trainer hook of the same moment (the hook
+    ``train_epoch_end()`` runs, then every ``on_train_epoch_end``), so a hook can update state
+    that callbacks then read. Callbacks run in ascending ``order`` (default 0); callbacks with
+    equal ``order`` keep the order they were given in.
+
+    Events fire as follows::
+
+        Trainer.__init__                                   -> on_init_end
+        train():
+          build dataloaders, prepare with Accelerate, build run_config, create scheduler
+          training_run_start()                             -> on_training_run_start
+          for each epoch:
+            train_epoch_start()  (model.train())           -> on_train_epoch_start
+            for step, batch in train dataloader:
+                                                           -> on_train_step_start(batch, step)
+              batch_output = calculate_train_batch_loss(batch)
+                                                -> on_before_backward(batch, batch_output, step)
+              backward_step(loss)
+                                                -> on_after_backward(batch, batch_output, step)
+              if this micro-step completes an accumulation window:
+                clip gradients (if asked)
+                                                           -> on_before_optimizer_step(step)
+                optimizer_step(); scheduler_step()
+                                                           -> on_after_optimizer_step(step)
+                optimizer_zero_grad()
+                                                -> on_train_step_end(batch, batch_output, step)
+            train_epoch_end(); record train_loss_epoch     -> on_train_epoch_end
+            if eval dataset:
+              eval_epoch_start() (model.eval())            -> on_eval_epoch_start
+              for step, batch in eval dataloader:          -> on_eval_step_start(batch, step)
+                batch_output = calculate_eval_batch_loss(batch)
+                                                -> on_eval_step_end(batch, batch_output, step)
+              eval_epoch_end(); record eval_loss_epoch     -> on_eval_epoch_end
+            training_run_epoch_end()                       -> on_training_run_epoch_end
+          StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
+          training_run_end()                               -> on_training_run_end
+        evaluate():
+          evaluation_run_start()                           -> on_evaluation_run_start
+          one eval epoch as above, metric evaluation_loss
+          evaluation_run_end()                             -> on_evaluation_run_end
+
+    ``step`` is the index of the batch within the current epoch. ``on_train_step_end`` fires
+    once the step is complete (after the optimizer update when there is one), so it is the
+    safe place to run an evaluation from a callback.
+
+    Callbacks may also define methods for custom events, fired by an overridden hook with
+    ``trainer.callback_handler.call_event("my_event", ...)``; only callbacks that define the
+    method receive it.
+
+    Example::
+
+        class CountUpdates(TrainerCallback):
+            def __init__(self):
+                self.num_updates = 0
+
+            def on_after_optimizer_step(self, trainer, **kwargs):
+                self.num_updates += 1
+    """
+
+    #: Position among the trainer's callbacks: lower runs first; ties keep the given order.
+    order: int = 0
+
+    #: Names of the metrics this callback records in the run history. Monitoring callbacks
+    #: use it to tell, at the start of a run, whether a watched metric will ever be recorded.
+    writes_metrics: tuple[str, ...] = ()
+
+    @_no_op
+    def on_init_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called at the end of :meth:`Trainer.__init__`."""
+
+    @_no_op
+    def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.training_run_start`, once dataloaders, the prepared
+        model and optimizer, ``run_config`` and the scheduler exist."""
+
+    @_no_op
+    def on_train_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.train_epoch_start` (the model is in train mode)."""
+
+    @_no_op
+    def on_train_step_start(self, trainer: Trainer, batch: Any, step: int, **kwargs: Any) -> None:
+        """Called before the loss of training batch ``step`` is calculated."""
+
+    @_no_op
+    def on_before_backward(
+        self, trainer: Trainer, batch: Any, batch_output: dict, step: int, **kwargs: Any
+    ) -> None:
+        """Called after the batch loss is calculated and before the backward pass."""
+
+    @_no_op
+    def on_after_backward(
+        self, trainer: Trainer, batch: Any, batch_output: dict, step: int, **kwargs: Any
+    ) -> None:
+        """Called after the backward pass; gradients of this micro-step are accumulated."""
+
+    @_no_op
+    def on_before_optimizer_step(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        """Called on update steps only, after gradient clipping, before the optimizer step."""
+
+    @_no_op
+    def on_after_optimizer_step(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        """Called on update steps only, after the optimizer and scheduler steps and before the
+        gradients are zeroed."""
+
+    @_no_op
+    def on_train_step_end(
+        self, trainer: Trainer, batch: Any, batch_output: dict, step: int, **kwargs: Any
+    ) -> None:
+        """Called when training batch ``step`` is complete, after any optimizer update."""
+
+    @_no_op
+    def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.train_epoch_end`; ``train_loss_epoch`` is recorded."""
+
+    @_no_op
+    def on_eval_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.eval_epoch_start` (the model is in eval mode)."""
+
+    @_no_op
+    def on_eval_step_start(self, trainer: Trainer, batch: Any, step: int, **kwargs: Any) -> None:
+        """Called before the loss of evaluation batch ``step`` is calculated."""
+
+    @_no_op
+    def on_eval_step_end(
+        self, trainer: Trainer, batch: Any, batch_output: dict, step: int, **kwargs: Any
+    ) -> None:
+        """Called after the loss of evaluation batch ``step`` is calculated."""
+
+    @_no_op
+    def on_eval_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.eval_epoch_end`; the epoch's evaluation loss
+        (``eval_loss_epoch``, or ``evaluation_loss`` in ``evaluate()``) is recorded."""
+
+    @_no_op
+    def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called once per epoch after training and evaluation; the place to act on the
+        epoch's metrics (early stopping, best-model saving)."""
+
+    @_no_op
+    def on_stop_training_error(
+        self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
+    ) -> None:
+        """Called when a :class:`StopTrainingError` ends the run, before ``training_run_end``."""
+
+    @_no_op
+    def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called after :meth:`Trainer.training_run_end`, also when the run stopped early."""
+
+    @_no_op
+    def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called at the start of :meth:`Trainer.evaluate`, once its dataloader exists."""
+
+    @_no_op
+    def on_evaluation_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called at the end of :meth:`Trainer.evaluate`; ``evaluation_loss`` is recorded."""
+
+
+CallbackLike = TrainerCallback | type[TrainerCallback]
+
+
+def _describe(callback: TrainerCallback) -> str:
+    return type(callback).__name__
+
+
+def _annotate(error: BaseException, note: str) -> None:
+    """Attaches ``note`` to ``error``; Python 3.11+ prints notes under the traceback."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:  # Python 3.10: keep the note where 3.11's machinery would look for it.
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
+class CallbackHandler:
+    """Runs the trainer's callbacks: one dispatch table, built when the callbacks change.
+
+    For every event, the table holds the bound methods of the callbacks that actually
+    override it, sorted by ``order`` and then by the order the callbacks were given in.
+    ``call_event`` is one dictionary lookup and a loop, so an event no callback overrides
+    costs next to nothing. Custom events (any name not in :data:`EVENTS`) reach the callbacks
+    that define a method of that name and skip the rest.
+
+    An exception raised by a callback propagates unchanged, with a note naming the callback
+    and the event (``AttributeError`` included: nothing is swallowed).
+
+    Args:
+        callbacks: callback instances, or ``TrainerCallback`` subclasses to instantiate with
+            no arguments.
+
+    Example::
+
+        handler = CallbackHandler([PrintProgressCallback, MyCallback(threshold=3)])
+        handler.call_event("on_train_epoch_end", trainer)
+    """
+
+    def __init__(self, callbacks: Iterable[CallbackLike] = ()) -> None:
+        self._callbacks: list[TrainerCallback] = []
+        self._classes_given: dict[type, TrainerCallback] = {}
+        self._dispatch: dict[str, tuple[Callable, ...]] = {}
+        for callback in callbacks:
+            self._add(callback)
+        self._rebuild()
+
+    @property
+    def callbacks(self) -> list[TrainerCallback]:
+        """The callbacks in execution order (a copy)."""
+        return sorted(self._callbacks, key=lambda callback: callback.order)
+
+    def add_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Adds a callback (a class is instantiated with no arguments) and returns the instance.
+
+        Raises:
+            TypeError: if ``callback`` is neither a ``TrainerCallback`` subclass nor instance.
+            ValueError: if this instance, or this class given as a class, is already present.
+        """
+        instance = self._add(callback)
+        self._rebuild()
+        return instance
+
+    def remove_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Removes a callback instance, or the first callback of the given class, and returns it.
+
+        Raises:
+            ValueError: if no such callback is present.
+        """
+        for existing in self._callbacks:
+            if existing is callback or (isinstance(callback, type) and type(existing) is callback):
+                self._callbacks.remove(existing)
+                if self._classes_given.get(type(existing)) is existing:
+                    del self._classes_given[type(existing)]
+                self._rebuild()
+                return existing
+        raise ValueError(
+            f"Cannot remove {callback!r}: it is not one of the trainer's callbacks "
+            f"({', '.join(_describe(c) for c in self.callbacks) or 'none'})."
+        )
+
+    def call_event(self, event: str, *args: Any, **kwargs: Any) -> None:
+        """Calls ``event`` on every callback that defines it, in execution order.
+
+        Args:
+            event: the event name, e.g. ``"on_train_epoch_end"`` or a custom one.
+            *args: positional arguments; the trainer comes first for the built-in events.
+            **kwargs: keyword arguments passed to every callback.
+        """
+        methods = self._dispatch.get(event)
+        if methods is None:
+            methods = self._register_custom_event(event)
+        for method in methods:
+            try:
+                method(*args, **kwargs)
+            except StopTrainingError:
+                raise
+            except Exception as error:
+                _annotate(error, f"raised by callback {_describe(method.__self__)} in {event!r}")
+                raise
+
+    def _add(self, callback: CallbackLike) -> TrainerCallback:
+        if isinstance(callback, type) and issubclass(callback, TrainerCallback):
+            if callback in self._classes_given:
+                raise ValueError(
+                    f"Callback class {callback.__name__} was given twice. Give it once, or pass "
+                    f"distinct instances (e.g. {callback.__name__}(...)) to run it several times."
+                )
+            instance = callback()
+            self._classes_given[callback] = instance
+        elif isinstance(callback, TrainerCallback):
+            if any(existing is callback for existing in self._callbacks):
+                raise ValueError(
+                    f"The same {_describe(callback)} instance was given twice; each instance "
+                    "runs once. Create a second instance to run it twice."
+                )
+            instance = callback
+        else:
+            raise TypeError(
+                f"Callbacks must be TrainerCallback subclasses or instances; got {callback!r} "
+                f"of type {type(callback).__name__}. Subclass trainwright.TrainerCallback and "
+                "override the events you need."
+            )
+        self._callbacks.append(instance)
+        return instance
+
+    def _rebuild(self) -> None:
+        self._dispatch = {event: self._methods_for(event) for event in EVENTS}
+
+    def _methods_for(self, event: str) -> tuple[Callable, ...]:
+        methods = []
+        for callback in self.callbacks:
+            if callback_overrides(callback, event):
+                methods.append(getattr(callback, event))
+        return tuple(methods)
+
+    def _register_custom_event(self, event: str) -> tuple[Callable, ...]:
+        if not event.isidentifier():
+            raise ValueError(f"Event names must be valid method names; got {event!r}.")
+        methods = self._methods_for(event)
+        self._dispatch[event] = methods
+        return methods
+
+    def __repr__(self) -> str:
+        return f"CallbackHandler([{', '.join(_describe(c) for c in self.callbacks)}])"
+
+
+def callback_overrides(callback: TrainerCallback, event: str) -> bool:
+    """Whether ``callback`` defines ``event`` with its own method (not the base no-op)."""
+    method = getattr(callback, event, None)
+    return callable(method) and not getattr(method, "_is_trainwright_no_op", False)

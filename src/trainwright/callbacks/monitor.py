@@ -1,0 +1,152 @@
+"""Watching a metric across epochs: the logic shared by early stopping and best-model saving."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from trainwright.callbacks.base import TrainerCallback
+
+if TYPE_CHECKING:
+    from trainwright.trainer import Trainer
+
+__all__ = ["MetricMonitor", "MonitorCallback", "expected_metric_names"]
+
+
+class MetricMonitor:
+    """Tracks the best value of one metric.
+
+    Args:
+        watch_metric: the run-history metric to watch.
+        greater_is_better: whether higher values are better.
+        min_delta: how much better than the best a value must be to count as an
+            improvement (an absolute amount, in the metric's units).
+
+    Example::
+
+        monitor = MetricMonitor("eval_loss_epoch", greater_is_better=False, min_delta=0.01)
+        monitor.update(0.50, epoch=1)  # True: the first value is always an improvement
+        monitor.update(0.495, epoch=2)  # False: better by less than 0.01
+    """
+
+    def __init__(self, watch_metric: str, greater_is_better: bool, min_delta: float = 0.0) -> None:
+        if min_delta < 0:
+            raise ValueError(f"The minimum improvement must be >= 0; got {min_delta}.")
+        self.watch_metric = watch_metric
+        self.greater_is_better = greater_is_better
+        self.min_delta = min_delta
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the best value."""
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+
+    def is_improvement(self, value: float) -> bool:
+        """Whether ``value`` beats the best by more than ``min_delta`` (NaN never does)."""
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        if self.greater_is_better:
+            return value > self.best_value + self.min_delta
+        return value < self.best_value - self.min_delta
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Records ``value`` as the best if it is an improvement; returns whether it was."""
+        improved = self.is_improvement(value)
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best value and epoch, for saving with a training state."""
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+
+
+def expected_metric_names(trainer: Trainer) -> set[str]:
+    """Metrics known to be recorded in the current run: the trainer's losses, those already
+    in the run history, and those the callbacks declare in ``writes_metrics``."""
+    names = {"train_loss_epoch"} | trainer.run_history.get_metric_names()
+    if trainer.eval_dataloader is not None:
+        names.add("eval_loss_epoch")
+    for callback in trainer.callback_handler.callbacks:
+        names.update(callback.writes_metrics)
+    return names
+
+
+def _is_builtin(callback: TrainerCallback) -> bool:
+    return type(callback).__module__.startswith("trainwright.")
+
+
+class MonitorCallback(TrainerCallback):
+    """Base for callbacks that act on a watched metric at the end of every epoch.
+
+    At the start of training it checks that the watched metric will be recorded: if no
+    callback could record it (every callback is one of trainwright's), it raises
+    ``ValueError`` naming the metrics that will be; if a user callback might, it warns
+    instead (declare ``writes_metrics = ("my_metric",)`` on that callback to silence it).
+
+    Args:
+        watch_metric: the metric to watch.
+        greater_is_better: whether higher values are better.
+        min_delta: the smallest change that counts as an improvement.
+        reset_on_train: forget the best value at the start of every ``train()``.
+    """
+
+    def __init__(
+        self,
+        watch_metric: str,
+        greater_is_better: bool,
+        min_delta: float = 0.0,
+        reset_on_train: bool = True,
+    ) -> None:
+        self.monitor = MetricMonitor(watch_metric, greater_is_better, min_delta)
+        self.reset_on_train = reset_on_train
+
+    @property
+    def watch_metric(self) -> str:
+        """The metric this callback watches."""
+        return self.monitor.watch_metric
+
+    def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        if self.reset_on_train:
+            self.monitor.reset()
+        self._check_metric_will_be_recorded(trainer)
+
+    def _check_metric_will_be_recorded(self, trainer: Trainer) -> None:
+        expected = expected_metric_names(trainer)
+        if self.watch_metric in expected:
+            return
+        message = (
+            f"{type(self).__name__} watches {self.watch_metric!r}, but nothing is known to "
+            f"record it in this run. Metrics that will be recorded: {', '.join(sorted(expected))}."
+        )
+        if all(_is_builtin(callback) for callback in trainer.callback_handler.callbacks):
+            raise ValueError(
+                f"{message} Watch one of those, pass an eval_dataset to record "
+                "eval_loss_epoch, or add a callback that records the metric."
+            )
+        warnings.warn(
+            f"{message} If one of your callbacks records it, declare "
+            f"writes_metrics = ({self.watch_metric!r},) on that callback.",
+            stacklevel=2,
+        )
+
+    def read_metric(self, trainer: Trainer) -> float:
+        """The watched metric's latest value (raises, listing the recorded metrics, if it
+        was never recorded)."""
+        return float(trainer.run_history.get_latest_metric(self.watch_metric))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The monitor's state."""
+        return {"monitor": self.monitor.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.monitor.load_state_dict(state["monitor"])

@@ -1,0 +1,95 @@
+"""RunConfig: the facts of the current training run, fixed when ``train()`` starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunConfig"]
+
+
+@dataclass(frozen=True)
+class RunConfig(Mapping):
+    """The configuration of a training run, built by ``Trainer.train()`` before
+    ``on_training_run_start``.
+
+    It is a frozen dataclass that can also be read like a mapping, so both
+    ``trainer.run_config.num_epochs`` and ``trainer.run_config["num_epochs"]`` work, and
+    ``dict(trainer.run_config)`` gives every field (e.g. to log as hyperparameters).
+
+    Update steps are optimizer updates: with ``gradient_accumulation_steps=k`` and ``N``
+    batches per process per epoch, an epoch performs ``ceil(N / k)`` of them, and every
+    process performs the same number.
+
+    Attributes:
+        num_epochs: epochs that will run (fewer than asked when ``max_num_train_steps`` ends
+            the run earlier).
+        num_update_steps_per_epoch: optimizer updates in a full epoch, on every process.
+        num_update_steps: optimizer updates the whole run will perform.
+        max_num_train_steps: the limit given to ``train()``, or ``None``.
+        train_per_device_batch_size: batch size of each process's training batches.
+        train_total_batch_size: samples per optimizer update over all processes and
+            accumulated micro-steps.
+        train_dataloader_len: training batches per epoch on each process.
+        eval_per_device_batch_size: batch size of each process's evaluation batches.
+        eval_dataloader_len: evaluation batches per epoch on each process (0 without eval).
+        gradient_accumulation_steps: micro-steps per optimizer update.
+        gradient_clip_value: clip gradients to this absolute value, or ``None``.
+        max_grad_norm: clip the gradient norm to this value, or ``None``.
+        num_processes: processes in the run (the world size).
+        process_index: this process's global rank.
+        local_process_index: this process's rank on its machine.
+        is_world_process_zero: whether this is the main process of the whole run.
+        is_local_process_zero: whether this is the main process of its machine.
+        is_distributed: whether more than one process takes part.
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``.
+        device: the device this process trains on, as a string.
+        train_dl_kwargs: keyword arguments used to build the training dataloader.
+        eval_dl_kwargs: keyword arguments used to build the evaluation dataloader.
+    """
+
+    num_epochs: int
+    num_update_steps_per_epoch: int
+    num_update_steps: int
+    max_num_train_steps: int | None
+    train_per_device_batch_size: int
+    train_total_batch_size: int
+    train_dataloader_len: int
+    eval_per_device_batch_size: int | None
+    eval_dataloader_len: int
+    gradient_accumulation_steps: int
+    gradient_clip_value: float | None
+    max_grad_norm: float | None
+    num_processes: int
+    process_index: int
+    local_process_index: int
+    is_world_process_zero: bool
+    is_local_process_zero: bool
+    is_distributed: bool
+    mixed_precision: str
+    device: str
+    train_dl_kwargs: dict[str, Any]
+    eval_dl_kwargs: dict[str, Any] | None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._field_names():
+            raise KeyError(
+                f"RunConfig has no field {key!r}. Fields: {', '.join(self._field_names())}."
+            )
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._field_names())
+
+    def __len__(self) -> int:
+        return len(self._field_names())
+
+    @classmethod
+    def _field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dictionary."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,168 @@
+"""Run history: the metrics recorded during training and evaluation, per epoch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["InMemoryRunHistory", "MetricNotFoundError", "RunHistory"]
+
+
+class MetricNotFoundError(KeyError):
+    """Raised when asking for a metric that was never recorded; lists the ones that were."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
+        return str(self.args[0])
+
+
+class RunHistory(ABC):
+    """Records metric values over a run. Subclass it to keep metrics somewhere else.
+
+    The trainer records ``train_loss_epoch`` and ``eval_loss_epoch`` once per epoch, and
+    ``evaluation_loss`` in :meth:`~trainwright.trainer.Trainer.evaluate`; callbacks record
+    their own with :meth:`update_metric`. Reading a metric never creates it.
+    """
+
+    @abstractmethod
+    def get_metric_names(self) -> set[str]:
+        """The names of every metric recorded so far."""
+
+    @abstractmethod
+    def get_metric_values(self, metric_name: str) -> list[Any]:
+        """Every value recorded for ``metric_name``, oldest first (a copy).
+
+        Raises:
+            MetricNotFoundError: if the metric was never recorded.
+        """
+
+    @abstractmethod
+    def get_latest_metric(self, metric_name: str) -> Any:
+        """The most recent value recorded for ``metric_name``.
+
+        Raises:
+            MetricNotFoundError: if the metric was never recorded.
+        """
+
+    @abstractmethod
+    def update_metric(self, metric_name: str, metric_value: Any) -> None:
+        """Records ``metric_value`` for ``metric_name`` (prefixed by the metric-name prefix)."""
+
+    @abstractmethod
+    def delete_metric(self, metric_name: str) -> None:
+        """Removes ``metric_name`` and all its values.
+
+        Raises:
+            MetricNotFoundError: if the metric was never recorded.
+        """
+
+    @property
+    @abstractmethod
+    def current_epoch(self) -> int:
+        """The epoch being run, counting from 1; it keeps counting across ``train()`` calls
+        unless the history is reset."""
+
+    @abstractmethod
+    def increment_epoch(self) -> None:
+        """Moves ``current_epoch`` on by one; the trainer calls it at the end of every epoch."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forgets every metric and sets ``current_epoch`` back to 1."""
+
+    @property
+    @abstractmethod
+    def metric_name_prefix(self) -> str:
+        """A prefix added to every metric name recorded with :meth:`update_metric`."""
+
+    @abstractmethod
+    def set_metric_name_prefix(self, prefix: str = "") -> None:
+        """Sets the prefix added to the names of metrics recorded from now on."""
+
+    @contextmanager
+    def metric_name_prefix_as(self, prefix: str):
+        """Records metrics under ``prefix`` inside the ``with`` block, e.g. to evaluate an
+        EMA copy of the model as ``ema_model_eval_loss_epoch``.
+
+        Example::
+
+            with trainer.run_history.metric_name_prefix_as("ema_model_"):
+                trainer.run_history.update_metric("eval_loss_epoch", 0.25)
+        """
+        previous = self.metric_name_prefix
+        self.set_metric_name_prefix(prefix)
+        try:
+            yield self
+        finally:
+            self.set_metric_name_prefix(previous)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history as plain data, for saving with a training state."""
+        return {
+            "metrics": {name: self.get_metric_values(name) for name in self.get_metric_names()},
+            "current_epoch": self.current_epoch,
+        }
+
+
+class InMemoryRunHistory(RunHistory):
+    """A :class:`RunHistory` that keeps every metric in a dictionary of lists.
+
+    Example::
+
+        history = InMemoryRunHistory()
+        history.update_metric("accuracy", 0.9)
+        history.get_latest_metric("accuracy")  # 0.9
+    """
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, list[Any]] = {}
+        self._current_epoch = 1
+        self._prefix = ""
+
+    def get_metric_names(self) -> set[str]:
+        return set(self._metrics)
+
+    def get_metric_values(self, metric_name: str) -> list[Any]:
+        return list(self._values(metric_name))
+
+    def get_latest_metric(self, metric_name: str) -> Any:
+        return self._values(metric_name)[-1]
+
+    def update_metric(self, metric_name: str, metric_value: Any) -> None:
+        self._metrics.setdefault(self._prefix + metric_name, []).append(metric_value)
+
+    def delete_metric(self, metric_name: str) -> None:
+        self._values(metric_name)
+        del self._metrics[metric_name]
+
+    @property
+    def current_epoch(self) -> int:
+        return self._current_epoch
+
+    def increment_epoch(self) -> None:
+        self._current_epoch += 1
+
+    def reset(self) -> None:
+        self._metrics = {}
+        self._current_epoch = 1
+
+    @property
+    def metric_name_prefix(self) -> str:
+        return self._prefix
+
+    def set_metric_name_prefix(self, prefix: str = "") -> None:
+        self._prefix = prefix
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a history saved with :meth:`state_dict`."""
+        self._metrics = {name: list(values) for name, values in state["metrics"].items()}
+        self._current_epoch = int(state["current_epoch"])
+
+    def _values(self, metric_name: str) -> list[Any]:
+        try:
+            return self._metrics[metric_name]
+        except KeyError:
+            recorded = ", ".join(sorted(self._metrics)) or "none yet"
+            raise MetricNotFoundError(
+                f"No metric named {metric_name!r} has been recorded. Recorded metrics: {recorded}."
+            ) from None

@@ -1,0 +1,788 @@
+"""The Trainer: the whole training loop, as small overridable hooks.
+
+Read top to bottom: the constructor and public helpers, then ``train()`` (the run), one
+training epoch, one training step, one evaluation epoch, and finally the hooks a subclass
+may override. Every callback event is one literal ``call_event`` line at the place it fires
+(``grep call_event trainer.py`` lists them all).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import DataLoader, Dataset
+
+from trainwright.callbacks import DEFAULT_CALLBACKS, CallbackHandler, StopTrainingError
+from trainwright.callbacks.base import CallbackLike
+from trainwright.checkpointing import (
+    MODEL_STATE_KEY,
+    OPTIMIZER_STATE_KEY,
+    SCHEDULER_STATE_KEY,
+    atomic_save,
+    load_checkpoint_file,
+)
+from trainwright.data import default_dataloader_kwargs
+from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
+from trainwright.run_config import RunConfig
+from trainwright.tracking import InMemoryRunHistory, RunHistory
+
+__all__ = ["Trainer", "TrainerPlaceholderValues", "TrainingProgress"]
+
+
+@dataclass
+class TrainingProgress:
+    """Where the current ``train()`` run is; read it from callbacks, never write it.
+
+    Attributes:
+        epoch: index of the current epoch within this ``train()`` call, from 0.
+        step: index of the current batch within the epoch, from 0.
+        num_update_steps: optimizer updates performed so far in this ``train()`` call.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    num_update_steps: int = 0
+
+
+class _EpochLoss:
+    """The sample-weighted mean of per-batch losses over an epoch, kept on the device.
+
+    Summing on the device keeps the per-step path free of host syncs; the one read happens
+    at epoch end, after the sums of every process are added together.
+    """
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self._accelerator = accelerator
+        # float64 keeps the sum exact enough over long epochs; MPS has no float64.
+        self._dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
+        self.reset()
+
+    def reset(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=self._dtype, device=self._accelerator.device)
+        self._num_samples: int | torch.Tensor = 0
+
+    def update(self, loss: torch.Tensor, batch_size: int | torch.Tensor) -> None:
+        if isinstance(batch_size, int):
+            self._loss_sum.add_(loss.detach(), alpha=batch_size)
+        else:
+            self._loss_sum += loss.detach() * batch_size
+        self._num_samples += batch_size
+
+    def compute(self) -> float:
+        totals = torch.stack(
+            [
+                self._loss_sum,
+                torch.as_tensor(self._num_samples, dtype=self._dtype).to(self._loss_sum),
+            ]
+        )
+        loss_sum, num_samples = self._accelerator.reduce(totals, reduction="sum").tolist()
+        return loss_sum / num_samples if num_samples else math.nan
+
+
+class Trainer:
+    """Trains a PyTorch model: ``Trainer(model, loss_func, optimizer).train(dataset, 3)``.
+
+    The loop is made of small hook methods that a subclass may override (listed in the
+    :class:`~trainwright.callbacks.TrainerCallback` docstring with the events they precede),
+    and callbacks receive an event at every moment of it. Device placement, mixed precision
+    and multi-process training are delegated to Hugging Face Accelerate, so the same script
+    runs on one CPU, one GPU or many machines (``torchrun`` / ``accelerate launch``).
+
+    Constructing a trainer never touches random number generators: seed with
+    ``torch.manual_seed`` (or ``accelerate.utils.set_seed``) before ``train()`` to fix
+    initialisation, data order and worker seeds.
+
+    Args:
+        model: the model to train; ``self.model`` is the prepared (possibly wrapped) model
+            once training starts, :meth:`get_model` the unwrapped one.
+        loss_func: called as ``loss_func(model_outputs, targets)``; an ``nn.Module`` loss is
+            moved to the device by :class:`MoveModulesToDeviceCallback`.
+        optimizer: an optimizer over the model's parameters.
+        callbacks: callback instances or classes; default :data:`DEFAULT_CALLBACKS`.
+        run_history: where metrics are recorded; default a new :class:`InMemoryRunHistory`.
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``; ``None`` takes the
+            value from ``accelerate launch`` / the environment (``"no"`` when unset).
+        accelerator_kwargs: further keyword arguments for :class:`accelerate.Accelerator`.
+
+    Example::
+
+        trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters()))
+        trainer.train(train_dataset, num_epochs=5, eval_dataset=eval_dataset)
+        trainer.run_history.get_metric_values("eval_loss_epoch")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_func: Callable[..., torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        callbacks: Iterable[CallbackLike] = DEFAULT_CALLBACKS,
+        run_history: RunHistory | None = None,
+        *,
+        mixed_precision: str | None = None,
+        accelerator_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_func = loss_func
+        self.optimizer = optimizer
+        self.callback_handler = CallbackHandler(callbacks)
+        self.run_history = run_history if run_history is not None else InMemoryRunHistory()
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision, **(accelerator_kwargs or {})
+        )
+        self.scheduler: Any = None
+        self.run_config: RunConfig | None = None
+        self.progress = TrainingProgress()
+        self.train_dataset: Dataset | None = None
+        self.eval_dataset: Dataset | None = None
+        self.collate_fn: Callable | None = None
+        self.train_dataloader: DataLoader | None = None
+        self.eval_dataloader: DataLoader | None = None
+        self._is_prepared = False
+        self._dataloader_settings: dict[str, dict[str, Any]] = {}
+        self._train_loss = _EpochLoss(self.accelerator)
+        self._eval_loss = _EpochLoss(self.accelerator)
+        self.callback_handler.call_event("on_init_end", self)
+
+    # ----------------------------------------------------------------------------------------
+    # Public helpers
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on."""
+        return self.accelerator.device
+
+    @property
+    def _train_dataloader(self) -> DataLoader | None:
+        """Alias of :attr:`train_dataloader` (the name used by pytorch-accelerated)."""
+        return self.train_dataloader
+
+    @property
+    def _eval_dataloader(self) -> DataLoader | None:
+        """Alias of :attr:`eval_dataloader` (the name used by pytorch-accelerated)."""
+        return self.eval_dataloader
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Prints once per run (on the main process only), like :func:`print`."""
+        self.accelerator.print(*args, **kwargs)
+
+    def gather(self, tensor: Any) -> Any:
+        """Concatenates ``tensor`` (or a nested structure of tensors) from every process."""
+        return self.accelerator.gather(tensor)
+
+    def get_model(self) -> nn.Module:
+        """The model without any wrapper added for distributed or compiled training."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def save_checkpoint(
+        self,
+        save_path: str | os.PathLike,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        save_optimizer: bool = True,
+        save_scheduler: bool = True,
+    ) -> None:
+        """Saves a portable checkpoint: the unwrapped model's weights, optionally the
+        optimizer and scheduler state, and any extra entries, in one ``.pt`` file.
+
+        The file is written atomically by the main process and loads with
+        ``torch.load(path, weights_only=True)``. Call it on every process (weights sharded
+        by FSDP or DeepSpeed are gathered first).
+
+        Args:
+            save_path: the file to write.
+            checkpoint_kwargs: extra entries to store, e.g. ``{"epoch": 3}``; plain Python
+                values and tensors only.
+            save_optimizer: include the optimizer state.
+            save_scheduler: include the scheduler state, when there is a scheduler.
+
+        Example::
+
+            trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
+        """
+        checkpoint = {MODEL_STATE_KEY: self.accelerator.get_state_dict(self.model)}
+        if save_optimizer:
+            checkpoint[OPTIMIZER_STATE_KEY] = self.optimizer.state_dict()
+        if save_scheduler and hasattr(self.scheduler, "state_dict"):
+            checkpoint[SCHEDULER_STATE_KEY] = self.scheduler.state_dict()
+        for key, value in (checkpoint_kwargs or {}).items():
+            if key in (MODEL_STATE_KEY, OPTIMIZER_STATE_KEY, SCHEDULER_STATE_KEY):
+                raise ValueError(f"checkpoint_kwargs may not use the reserved key {key!r}.")
+            checkpoint[key] = value
+        if self.accelerator.is_main_process:
+            atomic_save(checkpoint, save_path)
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(
+        self,
+        checkpoint_path: str | os.PathLike,
+        load_optimizer: bool = True,
+        load_scheduler: bool = True,
+    ) -> dict[str, Any]:
+        """Loads a checkpoint written by :meth:`save_checkpoint` (with ``weights_only=True``).
+
+        Args:
+            checkpoint_path: the ``.pt`` file.
+            load_optimizer: restore the optimizer state, when the file has it.
+            load_scheduler: restore the scheduler state, when the file and trainer have one.
+
+        Returns:
+            The checkpoint's other entries (those given as ``checkpoint_kwargs``).
+
+        Raises:
+            RuntimeError: if the weights do not fit the model; the message lists the missing
+                and unexpected keys.
+        """
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        self.get_model().load_state_dict(checkpoint.pop(MODEL_STATE_KEY))
+        optimizer_state = checkpoint.pop(OPTIMIZER_STATE_KEY, None)
+        if load_optimizer and optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        scheduler_state = checkpoint.pop(SCHEDULER_STATE_KEY, None)
+        if load_scheduler and scheduler_state is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(scheduler_state)
+        return checkpoint
+
+    # ----------------------------------------------------------------------------------------
+    # The run
+    # ----------------------------------------------------------------------------------------
+
+    def train(
+        self,
+        train_dataset: Dataset,
+        num_epochs: int,
+        eval_dataset: Dataset | None = None,
+        per_device_batch_size: int = 8,
+        max_num_train_steps: int | None = None,
+        gradient_accumulation_steps: int = 1,
+        gradient_clip_value: float | None = None,
+        max_grad_norm: float | None = None,
+        create_scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None = None,
+        train_dataloader_kwargs: dict[str, Any] | None = None,
+        eval_dataloader_kwargs: dict[str, Any] | None = None,
+        reset_run_history: bool = True,
+        collate_fn: Callable | None = None,
+        eval_per_device_batch_size: int | None = None,
+    ) -> RunHistory:
+        """Trains the model for ``num_epochs`` epochs, evaluating after each one if
+        ``eval_dataset`` is given.
+
+        Args:
+            train_dataset: the training data; by default each item is ``(inputs, targets)``.
+            num_epochs: epochs to train for (overridden by ``max_num_train_steps``).
+            eval_dataset: evaluated after every epoch, recording ``eval_loss_epoch``.
+            per_device_batch_size: batch size of each process.
+            max_num_train_steps: if set, train for exactly this many optimizer updates,
+                however many epochs that takes.
+            gradient_accumulation_steps: micro-batches per optimizer update. An update also
+                happens at the end of every epoch, over the micro-batches left.
+            gradient_clip_value: clip each gradient element to ``[-v, v]`` before updates.
+            max_grad_norm: clip the total gradient norm to this value before updates.
+            create_scheduler_fn: a function of the optimizer that returns a scheduler, e.g.
+                ``functools.partial(OneCycleLR, max_lr=0.1,
+                total_steps=TrainerPlaceholderValues.NUM_UPDATE_STEPS)``; stepped after
+                every optimizer update.
+            train_dataloader_kwargs: overrides for the training ``DataLoader``.
+            eval_dataloader_kwargs: overrides for the evaluation ``DataLoader``.
+            reset_run_history: start a fresh history; ``False`` continues counting epochs.
+            collate_fn: the dataloaders' ``collate_fn``.
+            eval_per_device_batch_size: evaluation batch size; default
+                ``per_device_batch_size``.
+
+        Returns:
+            The run history.
+        """
+        self._check_train_arguments(
+            train_dataset,
+            eval_dataset,
+            num_epochs,
+            per_device_batch_size,
+            max_num_train_steps,
+            gradient_accumulation_steps,
+            gradient_clip_value,
+            max_grad_norm,
+            create_scheduler_fn,
+        )
+        if reset_run_history:
+            self.run_history.reset()
+        self.train_dataset, self.eval_dataset, self.collate_fn = (
+            train_dataset,
+            eval_dataset,
+            collate_fn,
+        )
+        self._prepare_model_and_optimizer()
+        eval_batch_size = eval_per_device_batch_size or per_device_batch_size
+        self.train_dataloader = self._prepare_dataloader(
+            self.create_train_dataloader(per_device_batch_size, train_dataloader_kwargs), "train"
+        )
+        self.eval_dataloader = None
+        if eval_dataset is not None:
+            self.eval_dataloader = self._prepare_dataloader(
+                self.create_eval_dataloader(eval_batch_size, eval_dataloader_kwargs), "eval"
+            )
+        self.run_config = self._create_run_config(
+            num_epochs,
+            per_device_batch_size,
+            eval_batch_size,
+            max_num_train_steps,
+            gradient_accumulation_steps,
+            gradient_clip_value,
+            max_grad_norm,
+        )
+        self.scheduler = None
+        if create_scheduler_fn is not None:
+            self.scheduler = self.create_scheduler(
+                resolve_placeholders(create_scheduler_fn, self.run_config)
+            )
+        self.progress = TrainingProgress()
+        self._run_training()
+        return self.run_history
+
+    def _run_training(self) -> None:
+        self.optimizer.zero_grad()  # start from clean gradients whatever ran before
+        try:
+            self.training_run_start()
+            self.callback_handler.call_event("on_training_run_start", self)
+            for epoch in range(self.run_config.num_epochs):
+                self.progress.epoch = epoch
+                self._run_train_epoch()
+                if self.eval_dataloader is not None:
+                    self._run_eval_epoch(self.eval_dataloader, "eval_loss_epoch")
+                self.training_run_epoch_end()
+                self.callback_handler.call_event("on_training_run_epoch_end", self)
+                self.run_history.increment_epoch()
+        except StopTrainingError as error:
+            self.callback_handler.call_event("on_stop_training_error", self, error=error)
+        self.training_run_end()
+        self.callback_handler.call_event("on_training_run_end", self)
+
+    # ----------------------------------------------------------------------------------------
+    # One training epoch, one training step
+    # ----------------------------------------------------------------------------------------
+
+    def _run_train_epoch(self) -> None:
+        self.train_epoch_start()
+        self.callback_handler.call_event("on_train_epoch_start", self)
+        self._train_loss.reset()
+        for step, batch in enumerate(self.train_dataloader):
+            self.progress.step = step
+            self._run_train_step(step, batch)
+            if self.progress.num_update_steps >= self.run_config.num_update_steps:
+                break  # max_num_train_steps reached: the run ends after this epoch
+        self.train_epoch_end()
+        self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
+        self.callback_handler.call_event("on_train_epoch_end", self)
+
+    def _run_train_step(self, step: int, batch: Any) -> None:
+        handler = self.callback_handler
+        handler.call_event("on_train_step_start", self, batch=batch, step=step)
+        batch_output = self.calculate_train_batch_loss(batch)
+        loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
+        self._train_loss.update(loss, batch_size)
+        handler.call_event(
+            "on_before_backward", self, batch=batch, batch_output=batch_output, step=step
+        )
+        # Each micro-batch contributes 1/window of the update, so an accumulated update
+        # equals one over the window's concatenated batches (also for a short last window).
+        window_size = self._accumulation_window_size(step)
+        scaled_loss = loss / window_size if window_size > 1 else loss
+        is_update_step = self._is_update_step(step)
+        if is_update_step:
+            self.backward_step(scaled_loss)
+        else:  # no gradient all-reduce between processes until the window is complete
+            with self.accelerator.no_sync(self.model):
+                self.backward_step(scaled_loss)
+        handler.call_event(
+            "on_after_backward", self, batch=batch, batch_output=batch_output, step=step
+        )
+        if is_update_step:
+            self._clip_gradients()
+            handler.call_event("on_before_optimizer_step", self, step=step)
+            self.optimizer_step()
+            # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
+            if self.scheduler is not None and not self.accelerator.optimizer_step_was_skipped:
+                self.scheduler_step()
+            self.progress.num_update_steps += 1
+            handler.call_event("on_after_optimizer_step", self, step=step)
+            self.optimizer_zero_grad()
+        handler.call_event(
+            "on_train_step_end", self, batch=batch, batch_output=batch_output, step=step
+        )
+
+    def _is_update_step(self, step: int) -> bool:
+        accumulation_steps = self.run_config.gradient_accumulation_steps
+        return (step + 1) % accumulation_steps == 0 or step + 1 == self._num_train_batches
+
+    def _accumulation_window_size(self, step: int) -> int:
+        accumulation_steps = self.run_config.gradient_accumulation_steps
+        window_start = step - step % accumulation_steps
+        return min(accumulation_steps, self._num_train_batches - window_start)
+
+    def _clip_gradients(self) -> None:
+        # Accelerate unscales fp16 gradients (once per update) before clipping.
+        if self.run_config.gradient_clip_value is not None:
+            self.accelerator.clip_grad_value_(
+                self.model.parameters(), self.run_config.gradient_clip_value
+            )
+        if self.run_config.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.run_config.max_grad_norm)
+
+    # ----------------------------------------------------------------------------------------
+    # One evaluation epoch, and evaluate()
+    # ----------------------------------------------------------------------------------------
+
+    def _run_eval_epoch(self, dataloader: DataLoader, metric_name: str) -> None:
+        self.eval_epoch_start()
+        self.callback_handler.call_event("on_eval_epoch_start", self)
+        self._eval_loss.reset()
+        with torch.no_grad():
+            for step, batch in enumerate(dataloader):
+                self.callback_handler.call_event("on_eval_step_start", self, batch=batch, step=step)
+                batch_output = self.calculate_eval_batch_loss(batch)
+                loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
+                self._eval_loss.update(loss, batch_size)
+                self.callback_handler.call_event(
+                    "on_eval_step_end", self, batch=batch, batch_output=batch_output, step=step
+                )
+        self.eval_epoch_end()
+        self.run_history.update_metric(metric_name, self._eval_loss.compute())
+        self.callback_handler.call_event("on_eval_epoch_end", self)
+
+    def evaluate(
+        self,
+        dataset: Dataset | None = None,
+        per_device_batch_size: int = 8,
+        dataloader_kwargs: dict[str, Any] | None = None,
+        collate_fn: Callable | None = None,
+    ) -> RunHistory:
+        """Runs one evaluation epoch over ``dataset`` and records ``evaluation_loss``.
+
+        While it runs, :attr:`eval_dataloader` is the dataloader over ``dataset``; the
+        previous one is restored afterwards, so this can be called from a callback during
+        training.
+
+        Args:
+            dataset: the data to evaluate on.
+            per_device_batch_size: batch size of each process.
+            dataloader_kwargs: overrides for the evaluation ``DataLoader``.
+            collate_fn: the dataloader's ``collate_fn``.
+
+        Returns:
+            The run history.
+        """
+        if dataset is None:
+            raise ValueError(
+                "evaluate() needs a dataset to evaluate on: trainer.evaluate(dataset)."
+            )
+        _check_positive_int("per_device_batch_size", per_device_batch_size)
+        _check_not_empty("dataset", dataset)
+        previous = (self.eval_dataset, self.eval_dataloader, self.collate_fn)
+        self.eval_dataset, self.collate_fn = dataset, collate_fn
+        self._prepare_model_and_optimizer()
+        self.eval_dataloader = self._prepare_dataloader(
+            self.create_eval_dataloader(per_device_batch_size, dataloader_kwargs), "eval"
+        )
+        try:
+            self.evaluation_run_start()
+            self.callback_handler.call_event("on_evaluation_run_start", self)
+            self._run_eval_epoch(self.eval_dataloader, "evaluation_loss")
+            self.evaluation_run_end()
+            self.callback_handler.call_event("on_evaluation_run_end", self)
+        finally:
+            self.eval_dataset, self.eval_dataloader, self.collate_fn = previous
+        return self.run_history
+
+    # ----------------------------------------------------------------------------------------
+    # Setting up a run
+    # ----------------------------------------------------------------------------------------
+
+    def _prepare_model_and_optimizer(self) -> None:
+        if not self._is_prepared:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            self._is_prepared = True
+
+    def _prepare_dataloader(self, dataloader: DataLoader, role: str) -> DataLoader:
+        self._dataloader_settings[role] = _dataloader_settings(dataloader)
+        prepared = self.accelerator.prepare(dataloader)
+        if isinstance(prepared, Sized) and len(prepared) == 0:
+            raise ValueError(
+                f"The {role} dataloader has no batches on this process (dataset of "
+                f"{_length_or_unknown(dataloader.dataset)} samples, batch size "
+                f"{dataloader.batch_size}, drop_last={dataloader.drop_last}). Use a smaller "
+                "batch size, more data, or drop_last=False."
+            )
+        return prepared
+
+    def _create_run_config(
+        self,
+        num_epochs: int,
+        per_device_batch_size: int,
+        eval_batch_size: int,
+        max_num_train_steps: int | None,
+        gradient_accumulation_steps: int,
+        gradient_clip_value: float | None,
+        max_grad_norm: float | None,
+    ) -> RunConfig:
+        self._num_train_batches = len(self.train_dataloader)
+        num_update_steps_per_epoch = math.ceil(
+            self._num_train_batches / gradient_accumulation_steps
+        )
+        if max_num_train_steps is not None:
+            num_epochs = math.ceil(max_num_train_steps / num_update_steps_per_epoch)
+            num_update_steps = max_num_train_steps
+        else:
+            num_update_steps = num_update_steps_per_epoch * num_epochs
+        accelerator = self.accelerator
+        return RunConfig(
+            num_epochs=num_epochs,
+            num_update_steps_per_epoch=num_update_steps_per_epoch,
+            num_update_steps=num_update_steps,
+            max_num_train_steps=max_num_train_steps,
+            train_per_device_batch_size=per_device_batch_size,
+            train_total_batch_size=(
+                per_device_batch_size * accelerator.num_processes * gradient_accumulation_steps
+            ),
+            train_dataloader_len=self._num_train_batches,
+            eval_per_device_batch_size=eval_batch_size if self.eval_dataloader else None,
+            eval_dataloader_len=len(self.eval_dataloader) if self.eval_dataloader else None,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            gradient_clip_value=gradient_clip_value,
+            max_grad_norm=max_grad_norm,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            local_process_index=accelerator.local_process_index,
+            is_world_process_zero=accelerator.is_main_process,
+            is_local_process_zero=accelerator.is_local_main_process,
+            is_distributed=accelerator.num_processes > 1,
+            mixed_precision=str(accelerator.mixed_precision),
+            device=str(accelerator.device),
+            train_dl_kwargs=self._dataloader_settings["train"],
+            eval_dl_kwargs=self._dataloader_settings["eval"] if self.eval_dataloader else None,
+        )
+
+    def _check_train_arguments(
+        self,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None,
+        num_epochs: int,
+        per_device_batch_size: int,
+        max_num_train_steps: int | None,
+        gradient_accumulation_steps: int,
+        gradient_clip_value: float | None,
+        max_grad_norm: float | None,
+        create_scheduler_fn: Any,
+    ) -> None:
+        _check_not_empty("train_dataset", train_dataset)
+        if eval_dataset is not None:
+            _check_not_empty("eval_dataset", eval_dataset)
+        _check_positive_int("num_epochs", num_epochs)
+        _check_positive_int("per_device_batch_size", per_device_batch_size)
+        _check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
+        if max_num_train_steps is not None:
+            _check_positive_int("max_num_train_steps", max_num_train_steps)
+        for name, value in (
+            ("gradient_clip_value", gradient_clip_value),
+            ("max_grad_norm", max_grad_norm),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number or None; got {value!r}.")
+        if isinstance(create_scheduler_fn, (LRScheduler, ReduceLROnPlateau)) or (
+            create_scheduler_fn is not None and not callable(create_scheduler_fn)
+        ):
+            raise TypeError(
+                "create_scheduler_fn must be a function that takes the optimizer and returns a "
+                f"scheduler, but got {type(create_scheduler_fn).__name__} instance. The trainer "
+                "creates the scheduler itself, after preparing the optimizer: pass e.g. "
+                "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=10)."
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks: override these in a subclass to change one part of the loop
+    # ----------------------------------------------------------------------------------------
+
+    def get_default_train_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """The training ``DataLoader`` settings before ``train_dataloader_kwargs`` are applied
+        (shuffled; see :func:`trainwright.data.default_dataloader_kwargs`)."""
+        return {
+            "batch_size": batch_size,
+            "collate_fn": self.collate_fn,
+            **default_dataloader_kwargs(
+                shuffle=True, device=self.device, num_local_processes=_num_local_processes()
+            ),
+        }
+
+    def get_default_eval_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """The evaluation ``DataLoader`` settings before ``eval_dataloader_kwargs`` are
+        applied (not shuffled)."""
+        return {**self.get_default_train_dl_kwargs(batch_size), "shuffle": False}
+
+    def create_train_dataloader(
+        self, batch_size: int, train_dl_kwargs: dict[str, Any] | None = None
+    ) -> DataLoader:
+        """Builds the training ``DataLoader`` over :attr:`train_dataset` (before Accelerate
+        prepares it for the device and processes)."""
+        kwargs = {**self.get_default_train_dl_kwargs(batch_size), **(train_dl_kwargs or {})}
+        return DataLoader(self.train_dataset, **kwargs)
+
+    def create_eval_dataloader(
+        self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
+    ) -> DataLoader:
+        """Builds the evaluation ``DataLoader`` over :attr:`eval_dataset`."""
+        kwargs = {**self.get_default_eval_dl_kwargs(batch_size), **(eval_dl_kwargs or {})}
+        return DataLoader(self.eval_dataset, **kwargs)
+
+    def create_scheduler(self, create_scheduler_fn: Callable[[torch.optim.Optimizer], Any]) -> Any:
+        """Creates the scheduler from the factory given to ``train()`` (placeholders already
+        resolved). It receives the user's optimizer, not Accelerate's wrapper."""
+        return create_scheduler_fn(getattr(self.optimizer, "optimizer", self.optimizer))
+
+    def training_run_start(self) -> None:
+        """Called once at the start of ``train()``, before ``on_training_run_start``."""
+
+    def training_run_end(self) -> None:
+        """Called once at the end of ``train()``, also after an early stop."""
+
+    def train_epoch_start(self) -> None:
+        """Puts the model in training mode at the start of every training epoch."""
+        self.model.train()
+
+    def train_epoch_end(self) -> None:
+        """Called at the end of every training epoch, before ``train_loss_epoch`` is
+        recorded."""
+
+    def eval_epoch_start(self) -> None:
+        """Puts the model in evaluation mode at the start of every evaluation epoch."""
+        self.model.eval()
+
+    def eval_epoch_end(self) -> None:
+        """Called at the end of every evaluation epoch, before its loss is recorded."""
+
+    def training_run_epoch_end(self) -> None:
+        """Called after each epoch's training and evaluation."""
+
+    def evaluation_run_start(self) -> None:
+        """Called at the start of :meth:`evaluate`."""
+
+    def evaluation_run_end(self) -> None:
+        """Called at the end of :meth:`evaluate`."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        """Computes the loss of one training batch.
+
+        The default expects ``batch`` to be ``(inputs, targets)``. Override it for any
+        other batch structure; return the unscaled loss (gradient accumulation is handled
+        by the loop).
+
+        Returns:
+            ``{"loss": scalar tensor, "model_outputs": ..., "batch_size": int}``.
+
+        Example::
+
+            class DictBatchTrainer(Trainer):
+                def calculate_train_batch_loss(self, batch):
+                    outputs = self.model(batch["pixels"])
+                    loss = self.loss_func(outputs, batch["label"])
+                    return {"loss": loss, "model_outputs": outputs,
+                            "batch_size": batch["label"].size(0)}
+        """
+        inputs, targets = _inputs_and_targets(batch, "calculate_train_batch_loss")
+        model_outputs = self.model(inputs)
+        loss = self.loss_func(model_outputs, targets)
+        return {"loss": loss, "model_outputs": model_outputs, "batch_size": targets.size(0)}
+
+    def calculate_eval_batch_loss(self, batch: Any) -> dict[str, Any]:
+        """Computes the loss of one evaluation batch (runs under ``torch.no_grad()``).
+
+        Same contract as :meth:`calculate_train_batch_loss`.
+        """
+        inputs, targets = _inputs_and_targets(batch, "calculate_eval_batch_loss")
+        model_outputs = self.model(inputs)
+        loss = self.loss_func(model_outputs, targets)
+        return {"loss": loss, "model_outputs": model_outputs, "batch_size": targets.size(0)}
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Computes gradients of ``loss`` (scaled for mixed precision by Accelerate)."""
+        self.accelerator.backward(loss)
+
+    def optimizer_step(self) -> None:
+        """Updates the parameters."""
+        self.optimizer.step()
+
+    def scheduler_step(self) -> None:
+        """Advances the scheduler; called after every optimizer update that happened."""
+        self.scheduler.step()
+
+    def optimizer_zero_grad(self) -> None:
+        """Clears the gradients after an update."""
+        self.optimizer.zero_grad()
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks: errors that say what was wrong and how to fix it
+# --------------------------------------------------------------------------------------------
+
+
+def _inputs_and_targets(batch: Any, hook_name: str) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    shape = f"{type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        shape += f" of {len(batch)} items"
+    elif isinstance(batch, dict):
+        shape += f" with keys {sorted(batch)}"
+    raise TypeError(
+        f"The default Trainer.{hook_name}() expects each batch to be a pair (inputs, targets), "
+        f"but got a {shape}. Override {hook_name}() in a Trainer subclass to compute the loss "
+        'from your batches, returning {"loss": ..., "model_outputs": ..., "batch_size": ...}.'
+    )
+
+
+def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tensor, Any]:
+    try:
+        loss, batch_size = batch_output["loss"], batch_output["batch_size"]
+    except (KeyError, TypeError, IndexError):
+        keys = sorted(batch_output) if isinstance(batch_output, dict) else type(batch_output)
+        raise TypeError(
+            f"{hook_name}() must return a dict with 'loss' (a scalar tensor) and 'batch_size' "
+            f"(the number of samples in the batch); got {keys}."
+        ) from None
+    if loss.dim() != 0:
+        raise ValueError(
+            f"The loss returned by {hook_name}() must be a scalar tensor, but has shape "
+            f"{tuple(loss.shape)}. Reduce it (e.g. loss.mean()) before returning it."
+        )
+    return loss, batch_size
+
+
+def _dataloader_settings(dataloader: DataLoader) -> dict[str, Any]:
+    names = ("batch_size", "num_workers", "pin_memory", "drop_last", "persistent_workers")
+    return {name: getattr(dataloader, name) for name in names}
+
+
+def _num_local_processes() -> int:
+    # torchrun and accelerate launch both state the processes sharing this machine here.
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+def _length_or_unknown(dataset: Any) -> Any:
+    return len(dataset) if isinstance(dataset, Sized) else "an unknown number of"
+
+
+def _check_not_empty(name: str, dataset: Any) -> None:
+    if dataset is None:
+        raise ValueError(f"{name} is None; pass a dataset.")
+    if isinstance(dataset, Sized) and len(dataset) == 0:
+        raise ValueError(f"{name} is empty (0 samples); pass a dataset with samples.")
