@@ -26,7 +26,9 @@ def make_model(num_features: int = 4, num_classes: int = 3, seed: int = 0) -> nn
     return nn.Sequential(nn.Linear(num_features, 8), nn.ReLU(), nn.Linear(8, num_classes))
 
 
-def make_trainer(callbacks=(), lr: float = 0.1, model: nn.Module | None = None, **kwargs) -> Trainer:
+def make_trainer(
+    callbacks=(), lr: float = 0.1, model: nn.Module | None = None, **kwargs
+) -> Trainer:
     model = model if model is not None else make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     return Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks, **kwargs)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import RecorderCallback, make_dataset, make_trainer
+
 from trainwright import StopTrainingError, Trainer, TrainerCallback
 
 STEP = ("batch", "step")
@@ -33,8 +33,11 @@ def test_train_trace_with_gradient_accumulation_and_eval():
     # 6 samples / batch 2 = 3 batches; accumulation 2 -> updates after batches 1 and 2 (the
     # epoch's last batch closes a short window). 4 eval samples -> 2 eval batches.
     trainer.train(
-        make_dataset(6), num_epochs=2, eval_dataset=make_dataset(4, seed=1),
-        per_device_batch_size=2, gradient_accumulation_steps=2,
+        make_dataset(6),
+        num_epochs=2,
+        eval_dataset=make_dataset(4, seed=1),
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
     )
     epoch = [
         ("on_train_epoch_start", ()),
@@ -88,7 +91,9 @@ def test_stop_trace_mid_epoch():
     recorder = RecorderCallback()
     trainer = make_trainer(callbacks=[StopAtStep(), recorder])
     recorder.events.clear()
-    trainer.train(make_dataset(6), num_epochs=3, eval_dataset=make_dataset(2), per_device_batch_size=2)
+    trainer.train(
+        make_dataset(6), num_epochs=3, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
     epoch_one = [
         ("on_train_epoch_start", ()),
         *train_step(True) * 3,
@@ -181,13 +186,23 @@ def test_hooks_run_before_the_callbacks_of_the_same_moment():
     import torch
 
     trainer = HookRecordingTrainer(
-        model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-        callbacks=[LoggingCallback(log)], log=log,
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=[LoggingCallback(log)],
+        log=log,
     )
-    trainer.train(make_dataset(4), num_epochs=1, eval_dataset=make_dataset(2), per_device_batch_size=2)
+    trainer.train(
+        make_dataset(4), num_epochs=1, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
     names = [
-        "training_run_start", "train_epoch_start", "train_epoch_end", "eval_epoch_start",
-        "eval_epoch_end", "training_run_epoch_end", "training_run_end",
+        "training_run_start",
+        "train_epoch_start",
+        "train_epoch_end",
+        "eval_epoch_start",
+        "eval_epoch_end",
+        "training_run_epoch_end",
+        "training_run_end",
     ]
     expected = []
     for name in names:
@@ -195,12 +210,16 @@ def test_hooks_run_before_the_callbacks_of_the_same_moment():
     assert log == expected
 
 
-@pytest.mark.parametrize("num_batches,accumulation,updates", [(5, 1, 5), (5, 2, 3), (6, 4, 2), (3, 4, 1)])
+@pytest.mark.parametrize(
+    "num_batches,accumulation,updates", [(5, 1, 5), (5, 2, 3), (6, 4, 2), (3, 4, 1)]
+)
 def test_updates_per_epoch_is_ceil_of_batches_over_accumulation(num_batches, accumulation, updates):
     recorder = RecorderCallback()
     trainer = make_trainer(callbacks=[recorder])
     trainer.train(
-        make_dataset(2 * num_batches), num_epochs=2, per_device_batch_size=2,
+        make_dataset(2 * num_batches),
+        num_epochs=2,
+        per_device_batch_size=2,
         gradient_accumulation_steps=accumulation,
     )
     num_updates = sum(event == "on_after_optimizer_step" for event, _ in recorder.events)

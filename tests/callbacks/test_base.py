@@ -1,0 +1,160 @@
+"""The callback protocol: event registry, dispatch, order, custom events and errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from conftest import make_dataset, make_trainer
+
+from trainwright import StopTrainingError, TrainerCallback
+from trainwright.callbacks import EVENTS, CallbackHandler, PrintProgressCallback
+
+
+def test_every_event_has_exactly_one_documented_no_op():
+    methods = {name for name in vars(TrainerCallback) if name.startswith("on_")}
+    assert methods == set(EVENTS)
+    for event in EVENTS:
+        method = getattr(TrainerCallback, event)
+        assert method.__doc__, f"{event} needs a docstring"
+        keywords = {
+            name: None
+            for name in inspect.signature(method).parameters
+            if name not in ("self", "kwargs")
+        }
+        assert method(TrainerCallback(), **keywords, extra_keyword=1) is None
+
+
+def test_the_docstring_carries_the_loop_pseudocode():
+    for event in EVENTS:
+        assert event in TrainerCallback.__doc__
+
+
+class Log(TrainerCallback):
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def on_train_epoch_end(self, trainer, **kwargs):
+        self.log.append(self.name)
+
+
+def test_dispatch_reaches_only_callbacks_that_override_the_event():
+    log = []
+    handler = CallbackHandler([Log(log, "a"), TrainerCallback(), Log(log, "b")])
+    assert len(handler._dispatch["on_train_epoch_end"]) == 2
+    assert handler._dispatch["on_train_step_end"] == ()
+    handler.call_event("on_train_epoch_end", None)
+    assert log == ["a", "b"]
+
+
+def test_order_then_given_order():
+    log = []
+
+    class Early(Log):
+        order = -1
+
+    class Late(Log):
+        order = 5
+
+    handler = CallbackHandler(
+        [Late(log, "late"), Log(log, "first"), Early(log, "early"), Log(log, "second")]
+    )
+    handler.call_event("on_train_epoch_end", None)
+    assert log == ["early", "first", "second", "late"]
+
+
+def test_add_and_remove_callbacks_rebuild_the_table():
+    log = []
+    handler = CallbackHandler([])
+    added = handler.add_callback(Log(log, "a"))
+    handler.call_event("on_train_epoch_end", None)
+    handler.remove_callback(added)
+    handler.call_event("on_train_epoch_end", None)
+    assert log == ["a"]
+    handler.add_callback(PrintProgressCallback)
+    assert isinstance(handler.remove_callback(PrintProgressCallback), PrintProgressCallback)
+    with pytest.raises(ValueError, match="not one of the trainer's callbacks"):
+        handler.remove_callback(PrintProgressCallback)
+
+
+def test_callbacks_given_as_classes_are_instantiated():
+    handler = CallbackHandler([PrintProgressCallback])
+    assert isinstance(handler.callbacks[0], PrintProgressCallback)
+
+
+def test_custom_events_reach_only_callbacks_that_define_them():
+    received = []
+
+    class Verifier(TrainerCallback):
+        def verify_batch(self, trainer, xb, yb):
+            received.append((trainer, xb, yb))
+
+    handler = CallbackHandler([Verifier(), Log([], "other")])
+    handler.call_event("verify_batch", trainer="t", xb=1, yb=2)
+    handler.call_event("verify_batch", trainer="t", xb=3, yb=4)
+    assert received == [("t", 1, 2), ("t", 3, 4)]
+    handler.call_event("nobody_listens", x=1)
+
+
+def test_a_callback_error_propagates_with_a_note_naming_callback_and_event():
+    class Broken(TrainerCallback):
+        def on_train_epoch_end(self, trainer, **kwargs):
+            raise AttributeError("no such thing")
+
+    trainer = make_trainer(callbacks=[Broken()])
+    with pytest.raises(AttributeError, match="no such thing") as info:
+        trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
+    assert "raised by callback Broken in 'on_train_epoch_end'" in info.value.__notes__
+
+
+def test_stop_training_error_from_a_callback_ends_the_run_cleanly():
+    class Stop(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if step == 1:
+                raise StopTrainingError("stop here")
+
+    trainer = make_trainer(callbacks=[Stop()])
+    trainer.train(make_dataset(10), num_epochs=3, per_device_batch_size=2)
+    assert trainer.run_history.get_metric_names() == set()
+
+
+def test_stop_training_error_from_a_hook_ends_the_run_cleanly():
+    from trainwright import Trainer
+
+    class StoppingTrainer(Trainer):
+        def training_run_epoch_end(self):
+            raise StopTrainingError("one epoch")
+
+    import torch
+    from conftest import make_model
+
+    model = make_model()
+    trainer = StoppingTrainer(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=(),
+    )
+    trainer.train(make_dataset(4), num_epochs=5, per_device_batch_size=2)
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 1
+
+
+@pytest.mark.parametrize("bad", [object(), 3, "PrintProgressCallback", int])
+def test_a_callback_must_be_a_trainer_callback(bad):
+    with pytest.raises(TypeError, match="TrainerCallback subclasses or instances"):
+        make_trainer(callbacks=[bad])
+
+
+def test_the_same_callback_twice_is_rejected():
+    callback = Log([], "a")
+    with pytest.raises(ValueError, match="same Log instance was given twice"):
+        make_trainer(callbacks=[callback, callback])
+    with pytest.raises(ValueError, match="PrintProgressCallback was given twice"):
+        make_trainer(callbacks=[PrintProgressCallback, PrintProgressCallback])
+
+
+def test_distinct_instances_of_one_class_are_allowed():
+    log = []
+    handler = CallbackHandler([Log(log, "a"), Log(log, "b")])
+    handler.call_event("on_train_epoch_end", None)
+    assert log == ["a", "b"]
