@@ -1,0 +1,72 @@
+"""RunHistory: recording, reading, prefixes and epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainwright import InMemoryRunHistory, RunHistory
+from trainwright.tracking import MetricNotFoundError
+
+
+def test_record_and_read():
+    history = InMemoryRunHistory()
+    history.update_metric("loss", 1.0)
+    history.update_metric("loss", 0.5)
+    assert history.get_metric_values("loss") == [1.0, 0.5]
+    assert history.get_latest_metric("loss") == 0.5
+    assert history.get_metric_names() == {"loss"}
+    history.get_metric_values("loss").append(3)  # a copy: the history is unchanged
+    assert history.get_metric_values("loss") == [1.0, 0.5]
+
+
+def test_reading_an_unknown_metric_raises_listing_the_recorded_ones_and_creates_nothing():
+    history = InMemoryRunHistory()
+    history.update_metric("train_loss_epoch", 1.0)
+    history.update_metric("accuracy", 0.5)
+    for read in (history.get_metric_values, history.get_latest_metric, history.delete_metric):
+        with pytest.raises(MetricNotFoundError, match="Recorded metrics: accuracy, train_loss_epoch"):
+            read("eval_loss")
+    assert history.get_metric_names() == {"train_loss_epoch", "accuracy"}
+    with pytest.raises(KeyError):  # also a KeyError, for code that expects one
+        InMemoryRunHistory().get_latest_metric("x")
+
+
+def test_delete_epoch_and_reset():
+    history = InMemoryRunHistory()
+    assert history.current_epoch == 1
+    history.update_metric("a", 1)
+    history.increment_epoch()
+    assert history.current_epoch == 2
+    history.delete_metric("a")
+    assert history.get_metric_names() == set()
+    history.update_metric("b", 2)
+    history.reset()
+    assert history.get_metric_names() == set()
+    assert history.current_epoch == 1
+
+
+def test_metric_name_prefix():
+    history = InMemoryRunHistory()
+    history.set_metric_name_prefix("ema_model_")
+    history.update_metric("eval_loss_epoch", 0.1)
+    history.set_metric_name_prefix()
+    with history.metric_name_prefix_as("val_"):
+        assert history.metric_name_prefix == "val_"
+        history.update_metric("accuracy", 0.9)
+    history.update_metric("accuracy", 0.8)
+    assert history.get_metric_names() == {"ema_model_eval_loss_epoch", "val_accuracy", "accuracy"}
+
+
+def test_state_round_trip():
+    history = InMemoryRunHistory()
+    history.update_metric("a", 1.5)
+    history.increment_epoch()
+    restored = InMemoryRunHistory()
+    restored.load_state_dict(history.state_dict())
+    assert restored.get_metric_values("a") == [1.5]
+    assert restored.current_epoch == 2
+
+
+def test_run_history_is_abstract():
+    with pytest.raises(TypeError):
+        RunHistory()
