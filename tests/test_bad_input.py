@@ -6,10 +6,10 @@ import functools
 
 import pytest
 import torch
+from conftest import RecorderCallback, make_dataset, make_model, make_trainer
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import RecorderCallback, make_dataset, make_model, make_trainer
 from trainwright import Trainer
 
 
@@ -29,16 +29,21 @@ def test_a_batch_loss_without_loss_or_batch_size(output):
             return output
 
     model = make_model()
-    trainer = BadTrainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1),
-                         callbacks=())
-    with pytest.raises(TypeError, match="must return a dict with 'loss'.*and 'batch_size'"):
+    trainer = BadTrainer(
+        model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1), callbacks=()
+    )
+    with pytest.raises(TypeError, match=r"must return a dict with 'loss'.*and 'batch_size'"):
         trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
 
 
 def test_an_unreduced_loss():
     model = make_model()
-    trainer = Trainer(model, nn.CrossEntropyLoss(reduction="none"),
-                      torch.optim.SGD(model.parameters(), 0.1), callbacks=())
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(reduction="none"),
+        torch.optim.SGD(model.parameters(), 0.1),
+        callbacks=(),
+    )
     with pytest.raises(ValueError, match=r"must be a scalar tensor.*loss.mean\(\)"):
         trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
 
@@ -51,9 +56,13 @@ def test_an_empty_dataset_fails_before_any_training_work():
         trainer.train(empty, num_epochs=1)
     with pytest.raises(ValueError, match="eval_dataset is empty"):
         trainer.train(make_dataset(4), num_epochs=1, eval_dataset=empty)
-    with pytest.raises(ValueError, match="no batches.*drop_last=True"):
-        trainer.train(make_dataset(3), num_epochs=1, per_device_batch_size=4,
-                      train_dataloader_kwargs={"drop_last": True})
+    with pytest.raises(ValueError, match=r"no batches.*drop_last=True"):
+        trainer.train(
+            make_dataset(3),
+            num_epochs=1,
+            per_device_batch_size=4,
+            train_dataloader_kwargs={"drop_last": True},
+        )
     assert [event for event, _ in recorder.events] == ["on_init_end"]
 
 
@@ -71,8 +80,11 @@ def test_a_scheduler_instance_as_create_scheduler_fn():
         trainer.train(make_dataset(4), num_epochs=1, create_scheduler_fn=scheduler)
     with pytest.raises(TypeError, match="must be a function"):
         trainer.train(make_dataset(4), num_epochs=1, create_scheduler_fn=3)
-    trainer.train(make_dataset(4), num_epochs=1,
-                  create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+    trainer.train(
+        make_dataset(4),
+        num_epochs=1,
+        create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,8 +107,9 @@ def test_bad_numbers(arguments, message):
 def test_eval_dataloader_len_placeholder_without_eval_data():
     from trainwright import TrainerPlaceholderValues
 
-    factory = functools.partial(torch.optim.lr_scheduler.StepLR,
-                                step_size=TrainerPlaceholderValues.EVAL_DATALOADER_LEN)
+    factory = functools.partial(
+        torch.optim.lr_scheduler.StepLR, step_size=TrainerPlaceholderValues.EVAL_DATALOADER_LEN
+    )
     with pytest.raises(ValueError, match="EVAL_DATALOADER_LEN needs an eval_dataset"):
         make_trainer().train(make_dataset(4), num_epochs=1, create_scheduler_fn=factory)
 
@@ -110,7 +123,7 @@ def test_loading_weights_of_another_architecture_lists_the_keys(tmp_path):
     trainer = make_trainer()
     trainer.save_checkpoint(tmp_path / "x.pt")
     other = make_trainer(model=nn.Sequential(nn.Linear(4, 3)))
-    with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+    with pytest.raises(RuntimeError, match=r"Missing key|Unexpected key"):
         other.load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="No checkpoint file"):
         other.load_checkpoint(tmp_path / "missing.pt")

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from conftest import make_dataset, make_trainer
 
 
 def test_run_config_states_the_run():
     trainer = make_trainer()
-    trainer.train(make_dataset(10), num_epochs=3, eval_dataset=make_dataset(5),
-                  per_device_batch_size=2, gradient_accumulation_steps=2, max_grad_norm=1.0)
+    trainer.train(
+        make_dataset(10),
+        num_epochs=3,
+        eval_dataset=make_dataset(5),
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_grad_norm=1.0,
+    )
     config = trainer.run_config
     assert config.num_epochs == 3
     assert config.train_dataloader_len == 5

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_dataset
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchmetrics import Accuracy, ConfusionMatrix
 
-from conftest import make_dataset
 from trainwright import Trainer, TrainerCallback
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "callbacks.rst"
@@ -38,10 +38,15 @@ def load_example(keyword: str) -> dict:
     lines = block.splitlines()
     if lines[1].startswith("def "):  # the spec's class body is not indented
         lines = [lines[0], *("    " + line if line else line for line in lines[1:])]
-    source = "\n".join(lines).replace("(num_classes=num_classes)",
-                                      '(task="multiclass", num_classes=num_classes)')
-    namespace = {"TrainerCallback": TrainerCallback, "Trainer": Trainer,
-                 "ConfusionMatrix": ConfusionMatrix, "Accuracy": Accuracy}
+    source = "\n".join(lines).replace(
+        "(num_classes=num_classes)", '(task="multiclass", num_classes=num_classes)'
+    )
+    namespace = {
+        "TrainerCallback": TrainerCallback,
+        "Trainer": Trainer,
+        "ConfusionMatrix": ConfusionMatrix,
+        "Accuracy": Accuracy,
+    }
     exec(compile(source, str(SPEC), "exec"), namespace)
     return namespace
 
@@ -51,10 +56,18 @@ def test_classification_metrics_callback_example():
     callback = namespace["ClassificationMetricsCallback"](num_classes=3)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-    trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 0.01),
-                      callbacks=[callback])
-    trainer.train(make_dataset(32), num_epochs=2, eval_dataset=make_dataset(12, seed=1),
-                  per_device_batch_size=4)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.Adam(model.parameters(), 0.01),
+        callbacks=[callback],
+    )
+    trainer.train(
+        make_dataset(32),
+        num_epochs=2,
+        eval_dataset=make_dataset(12, seed=1),
+        per_device_batch_size=4,
+    )
     history = trainer.run_history
     assert len(history.get_metric_values("accuracy")) == 2
     assert 0.0 <= history.get_latest_metric("accuracy") <= 1.0
@@ -82,7 +95,9 @@ def test_custom_event_example():
     images = TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     trainer = namespace["TrainerWithCustomCallbackEvent"](
-        model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1),
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), 0.1),
         callbacks=[CountingVerifyBatch(), Bystander()],
     )
     trainer.train(images, num_epochs=1, per_device_batch_size=4)

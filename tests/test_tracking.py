@@ -24,7 +24,9 @@ def test_reading_an_unknown_metric_raises_listing_the_recorded_ones_and_creates_
     history.update_metric("train_loss_epoch", 1.0)
     history.update_metric("accuracy", 0.5)
     for read in (history.get_metric_values, history.get_latest_metric, history.delete_metric):
-        with pytest.raises(MetricNotFoundError, match="Recorded metrics: accuracy, train_loss_epoch"):
+        with pytest.raises(
+            MetricNotFoundError, match="Recorded metrics: accuracy, train_loss_epoch"
+        ):
             read("eval_loss")
     assert history.get_metric_names() == {"train_loss_epoch", "accuracy"}
     with pytest.raises(KeyError):  # also a KeyError, for code that expects one

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import make_dataset, make_trainer
+
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import SaveBestModelCallback
 
@@ -40,7 +40,9 @@ def test_saves_on_improvement_with_the_same_keys_and_reloads_the_best(tmp_path):
     scores = ScriptedScore([0.5, 0.3, 0.4, 0.2, 0.6])
     keys = KeysSeen(path)
     trainer = make_trainer(callbacks=[scores, SaveBestModelCallback(path, "score"), keys])
-    trainer.train(make_dataset(8), num_epochs=5, eval_dataset=make_dataset(4), per_device_batch_size=2)
+    trainer.train(
+        make_dataset(8), num_epochs=5, eval_dataset=make_dataset(4), per_device_batch_size=2
+    )
     assert keys.epochs == [1, 2, 2, 4, 4]
     assert len(set(keys.keys)) == 1
     assert keys.keys[0] == ("epoch", "model_state_dict", "optimizer_state_dict", "score")
@@ -59,10 +61,13 @@ def test_greater_is_better_and_two_instances_watching_different_metrics(tmp_path
             trainer.run_history.update_metric("accuracy", self.values.pop(0))
 
     loss_saver = SaveBestModelCallback(tmp_path / "loss.pt", load_saved_checkpoint=False)
-    accuracy_saver = SaveBestModelCallback(tmp_path / "acc.pt", "accuracy", greater_is_better=True,
-                                           load_saved_checkpoint=False)
+    accuracy_saver = SaveBestModelCallback(
+        tmp_path / "acc.pt", "accuracy", greater_is_better=True, load_saved_checkpoint=False
+    )
     trainer = make_trainer(callbacks=[TwoMetrics(), loss_saver, accuracy_saver])
-    trainer.train(make_dataset(8), num_epochs=3, eval_dataset=make_dataset(4), per_device_batch_size=2)
+    trainer.train(
+        make_dataset(8), num_epochs=3, eval_dataset=make_dataset(4), per_device_batch_size=2
+    )
     assert torch.load(tmp_path / "acc.pt", weights_only=True)["epoch"] == 2
     assert accuracy_saver.monitor.best_value == 0.9
     losses = trainer.run_history.get_metric_values("eval_loss_epoch")
@@ -76,7 +81,9 @@ def test_a_run_stopped_before_any_save_does_not_fail(tmp_path):
 
     path = tmp_path / "best.pt"
     trainer = make_trainer(callbacks=[StopFirst(), SaveBestModelCallback(path)])
-    trainer.train(make_dataset(8), num_epochs=2, eval_dataset=make_dataset(4), per_device_batch_size=2)
+    trainer.train(
+        make_dataset(8), num_epochs=2, eval_dataset=make_dataset(4), per_device_batch_size=2
+    )
     assert not path.exists()
 
 

@@ -50,10 +50,16 @@ class PrintProgressCallback(TrainerCallback):
 class ProgressBarCallback(TrainerCallback):
     """A tqdm progress bar over each training and evaluation epoch (main process of each
     machine only). tqdm picks notebook widgets when run in a notebook, and redraws at a
-    bounded rate however fast the steps are."""
+    bounded rate (``mininterval``, 0.1 s by default) however fast the steps are.
 
-    def __init__(self) -> None:
+    Args:
+        **tqdm_kwargs: passed to :class:`tqdm.auto.tqdm`, e.g. ``mininterval=1.0`` or
+            ``file=sys.stdout``.
+    """
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
         self._bar: tqdm | None = None
+        self.tqdm_kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}
 
     def _open(self, trainer: Trainer, dataloader: Any, description: str) -> None:
         self._close()
@@ -61,8 +67,7 @@ class ProgressBarCallback(TrainerCallback):
             total=len(dataloader) if isinstance(dataloader, Sized) else None,
             desc=description,
             disable=not trainer.accelerator.is_local_main_process,
-            leave=False,
-            dynamic_ncols=True,
+            **self.tqdm_kwargs,
         )
 
     def _close(self) -> None:
@@ -94,11 +99,14 @@ class ProgressBarCallback(TrainerCallback):
 
 class PrintMetricsCallback(TrainerCallback):
     """Prints the numeric metrics recorded during each epoch (and each evaluation run) once
-    it is over: ``epoch 3: train_loss_epoch: 0.2150 | eval_loss_epoch: 0.2514 | ...``.
+    it is over: ``epoch 3: train_loss_epoch: 0.2150 | eval_loss_epoch: 0.2514 | ...``, and
+    ``evaluation: evaluation_loss: ...`` for :meth:`~trainwright.trainer.Trainer.evaluate`.
 
-    It runs at ``on_training_run_epoch_end``, after every ``on_eval_epoch_end``, so metrics
-    that other callbacks record at epoch end are printed whatever the callback order.
-    Override :meth:`log_metrics` to send them somewhere else.
+    It prints at ``on_training_run_epoch_end``, after every ``on_eval_epoch_end``, so
+    metrics that other callbacks record at epoch end are printed whatever the callback
+    order; if a callback stops the run during that event (early stopping), the epoch's
+    metrics are printed when the stop is reported. Override :meth:`log_metrics` to send
+    them somewhere else.
     """
 
     order = 10  # after callbacks of the default order reacting to the same events
@@ -112,41 +120,47 @@ class PrintMetricsCallback(TrainerCallback):
             name: len(history.get_metric_values(name)) for name in history.get_metric_names()
         }
 
-    def _new_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def _log_new_metrics(self, trainer: Trainer, label: str) -> None:
         history = trainer.run_history
         metrics = {}
         for name in sorted(history.get_metric_names()):
             values = history.get_metric_values(name)
-            value = values[-1]
-            if len(values) > self._counts_before.get(name, 0) and _is_number(value):
-                metrics[name] = value
-        return metrics
+            if len(values) > self._counts_before.get(name, 0) and _is_number(values[-1]):
+                metrics[name] = values[-1]
+        self._snapshot(trainer)  # each value is reported once
+        if metrics:
+            self.log_metrics(trainer, metrics, label)
 
     def on_train_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._snapshot(trainer)
 
     def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self.log_metrics(trainer, self._new_metrics(trainer))
+        self._log_new_metrics(trainer, f"epoch {trainer.run_history.current_epoch}")
+
+    def on_stop_training_error(
+        self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
+    ) -> None:
+        self._log_new_metrics(trainer, f"epoch {trainer.run_history.current_epoch}")
 
     def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._snapshot(trainer)
 
     def on_evaluation_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self.log_metrics(trainer, self._new_metrics(trainer))
+        self._log_new_metrics(trainer, "evaluation")
 
-    def log_metrics(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """Prints ``metrics`` on one line. Override to log them elsewhere.
+    def log_metrics(self, trainer: Trainer, metrics: dict[str, Any], label: str) -> None:
+        """Prints ``metrics`` on one line after ``label`` (``"epoch 3"`` or
+        ``"evaluation"``). Override to log them elsewhere.
 
         Example::
 
             class LogToFile(PrintMetricsCallback):
-                def log_metrics(self, trainer, metrics):
+                def log_metrics(self, trainer, metrics, label):
                     with open("metrics.txt", "a") as file:
-                        file.write(f"{metrics}\\n")
+                        file.write(f"{label}: {metrics}\\n")
         """
-        if metrics:
-            formatted = " | ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
-            trainer.print(f"epoch {trainer.run_history.current_epoch}: {formatted}")
+        formatted = " | ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
+        trainer.print(f"{label}: {formatted}")
 
 
 #: The name pytorch-accelerated uses for :class:`PrintMetricsCallback`.

@@ -1,0 +1,103 @@
+"""The scripts in examples/ run for real, briefly, and do what they say.
+
+Each example is imported from its file and its ``main()`` called with a short command
+line. The examples import their shared helpers (``digits``, ``metrics``) as a script run
+from examples/ would, so that folder is put on ``sys.path`` for the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from conftest import make_dataset
+from torch import nn
+
+from trainwright.checkpointing import MODEL_STATE_KEY
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Runs the examples' tiny models on one thread. Their operations take microseconds, so
+    a second thread only adds hand-offs; on a busy 2-core machine each hand-off can wait
+    for a descheduled thread, which made these tests several times slower."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
+@pytest.fixture
+def load_example(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def test_train_digits_reaches_high_test_accuracy_and_saves_the_best_model(load_example, tmp_path):
+    train_digits = load_example("train_digits")
+
+    summary = train_digits.main(["--num-epochs", "30", "--output-dir", str(tmp_path / "run")])
+
+    assert summary["test_accuracy"] >= 0.90
+    assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 30
+    checkpoint_path = Path(summary["checkpoint_path"])
+    assert checkpoint_path == tmp_path / "run" / "best_model.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    # The saved model is the one with the lowest validation loss.
+    assert checkpoint["epoch"] == summary["best_epoch"]
+    assert checkpoint["eval_loss_epoch"] == pytest.approx(summary["best_eval_loss"])
+    model = train_digits.make_classifier()
+    model.load_state_dict(checkpoint[MODEL_STATE_KEY])
+
+
+def test_metrics_callback_records_accuracy_and_confusion_matrix(load_example):
+    metrics_callback = load_example("metrics_callback")
+
+    history = metrics_callback.main(["--num-epochs", "2"])
+
+    accuracies = history.get_metric_values("accuracy")
+    confusion_matrices = history.get_metric_values("confusion_matrix")
+    assert len(accuracies) == len(confusion_matrices) == 2
+    num_validation_samples = len(metrics_callback.load_digits_splits().validation)
+    for accuracy, confusion_matrix in zip(accuracies, confusion_matrices):
+        assert confusion_matrix.shape == (10, 10)
+        # Every validation sample is counted once, and the diagonal holds the correct ones.
+        assert confusion_matrix.sum().item() == num_validation_samples
+        assert accuracy == pytest.approx(confusion_matrix.trace().item() / num_validation_samples)
+    assert accuracies[-1] > 0.5
+
+
+def test_custom_event_reaches_the_callback_for_every_batch(load_example):
+    custom_event = load_example("custom_event")
+
+    result = custom_event.main(["--num-epochs", "1"])
+
+    assert result["num_batches_checked"] > 0
+    assert result["num_batches_checked"] == result["num_train_batches"]
+
+
+def test_custom_event_callback_rejects_a_short_last_batch(load_example):
+    custom_event = load_example("custom_event")
+    model = nn.Linear(4, 3)
+    trainer = custom_event.BatchCheckingTrainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=[custom_event.CheckBatchShapesCallback(num_features=4)],
+    )
+
+    # 10 samples in batches of 4 leave a last batch of 2 when it is not dropped.
+    with pytest.raises(ValueError, match=r"shape \(4, 4\).*got \(2, 4\)"):
+        trainer.train(make_dataset(num_samples=10), num_epochs=1, per_device_batch_size=4)
