@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import slice_tensors
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks import DEFAULT_CALLBACKS, CallbackHandler, StopTrainingError
 from trainwright.callbacks.base import CallbackLike
+from trainwright.callbacks.monitor import expected_metric_names
+from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.checkpointing import (
     MODEL_STATE_KEY,
     OPTIMIZER_STATE_KEY,
@@ -30,6 +34,13 @@ from trainwright.checkpointing import (
     load_checkpoint_file,
 )
 from trainwright.data import default_dataloader_kwargs
+from trainwright.distributed import (
+    PaddedTail,
+    StopVote,
+    can_forward_alone,
+    check_all_processes_joined,
+    padded_tail,
+)
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.run_config import RunConfig
 from trainwright.tracking import InMemoryRunHistory, RunHistory
@@ -54,6 +65,9 @@ class TrainingProgress:
 
 class _EpochLoss:
     """The sample-weighted mean of per-batch losses over an epoch, kept on the device.
+
+    The loop passes the number of genuine samples of each batch, leaving out the repeats
+    Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``).
 
     Summing on the device keeps the per-step path free of host syncs; the one read happens
     at epoch end, after the sums of every process are added together.
@@ -138,6 +152,7 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision, **(accelerator_kwargs or {})
         )
+        check_all_processes_joined(self.accelerator)
         self.scheduler: Any = None
         self.run_config: RunConfig | None = None
         self.progress = TrainingProgress()
@@ -148,8 +163,16 @@ class Trainer:
         self.eval_dataloader: DataLoader | None = None
         self._is_prepared = False
         self._dataloader_settings: dict[str, dict[str, Any]] = {}
+        self._max_num_train_batches_per_epoch: int | None = None
+        self._max_num_eval_batches: int | None = None
+        # How the scheduler is stepped; decided once per train(), so each step only reads a flag.
+        self._is_scheduler_stepped_per_update = False
+        self._is_scheduler_stepped_per_epoch = False
+        self._is_timm_scheduler = False
+        self._scheduler_metric: str | None = None
         self._train_loss = _EpochLoss(self.accelerator)
         self._eval_loss = _EpochLoss(self.accelerator)
+        self._stop_vote = StopVote(self.accelerator, self.callback_handler)
         self.callback_handler.call_event("on_init_end", self)
 
     # ----------------------------------------------------------------------------------------
@@ -178,6 +201,26 @@ class Trainer:
     def gather(self, tensor: Any) -> Any:
         """Concatenates ``tensor`` (or a nested structure of tensors) from every process."""
         return self.accelerator.gather(tensor)
+
+    def gather_for_metrics(self, data: Any, use_gather_object: bool = False) -> Any:
+        """Concatenates ``data`` from every process, leaving out the samples repeated to give
+        every process equally many full batches, so that over an epoch the results hold each
+        sample of the dataset exactly once, in the dataloader's order.
+
+        Call it on every process, once per batch, from inside the loop over a dataloader the
+        trainer prepared (e.g. in ``on_eval_step_end``). ``data`` may be a tensor or a nested
+        list, tuple or dict of tensors whose first dimension is the batch; other objects need
+        ``use_gather_object=True`` (they are pickled). On one process it returns ``data``.
+
+        Example::
+
+            def on_eval_step_end(self, trainer, batch, batch_output, **kwargs):
+                preds, targets = trainer.gather_for_metrics(
+                    (batch_output["model_outputs"].argmax(-1), batch[1])
+                )
+                self.accuracy.update(preds, targets)
+        """
+        return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
 
     def get_model(self) -> nn.Module:
         """The model without any wrapper added for distributed or compiled training."""
@@ -271,9 +314,25 @@ class Trainer:
         reset_run_history: bool = True,
         collate_fn: Callable | None = None,
         eval_per_device_batch_size: int | None = None,
+        max_num_train_batches_per_epoch: int | None = None,
+        max_num_eval_batches: int | None = None,
+        scheduler_step_interval: str | None = None,
+        scheduler_metric: str | None = None,
     ) -> RunHistory:
         """Trains the model for ``num_epochs`` epochs, evaluating after each one if
         ``eval_dataset`` is given.
+
+        With several processes (``torchrun`` / ``accelerate launch``), each process trains
+        on its share of every batch of ``per_device_batch_size * num_processes`` samples, and
+        the run matches one process with that batch size. Update counts (``run_config``,
+        placeholders, ``max_num_train_steps``) are per process and the same on every one.
+        The loss metrics are over all processes: Accelerate completes the last batches with
+        repeated samples so that every process gets as many full batches, and the repeats
+        are left out, exactly for the evaluation losses; for ``train_loss_epoch`` a last
+        batch mixing genuine and repeated samples has its mean loss (repeats included)
+        weighted by its genuine samples only, since a training loss cannot be split per
+        sample. A ``StopTrainingError`` raised on one process alone stops every process at
+        the same point (see :class:`~trainwright.callbacks.StopTrainingError`).
 
         Args:
             train_dataset: the training data; by default each item is ``(inputs, targets)``.
@@ -289,17 +348,56 @@ class Trainer:
             create_scheduler_fn: a function of the optimizer that returns a scheduler, e.g.
                 ``functools.partial(OneCycleLR, max_lr=0.1,
                 total_steps=TrainerPlaceholderValues.NUM_UPDATE_STEPS)``; stepped after
-                every optimizer update.
+                every optimizer update unless ``scheduler_step_interval`` says otherwise.
             train_dataloader_kwargs: overrides for the training ``DataLoader``.
             eval_dataloader_kwargs: overrides for the evaluation ``DataLoader``.
             reset_run_history: start a fresh history; ``False`` continues counting epochs.
             collate_fn: the dataloaders' ``collate_fn``.
             eval_per_device_batch_size: evaluation batch size; default
                 ``per_device_batch_size``.
+            max_num_train_batches_per_epoch: use only the first this-many training batches
+                of each epoch (e.g. for a quick trial run). ``run_config`` (its
+                ``train_dataloader_len`` and update counts) and the placeholders reflect the
+                limit, so a schedule sized with them still ends on the last update. A
+                :class:`~trainwright.callbacks.BatchLimitsCallback` (e.g.
+                ``LimitBatchesCallback``) sets the same limits; the smallest one applies.
+            max_num_eval_batches: evaluate on only the first this-many batches of the
+                evaluation data after each epoch (``run_config.eval_dataloader_len`` reflects it).
+            scheduler_step_interval: when the scheduler is stepped: ``"update"`` (after every
+                optimizer update) or ``"epoch"`` (after each epoch, once the epoch's metrics
+                are recorded). ``None`` means ``"update"``, except that
+                ``ReduceLROnPlateau`` steps per epoch and a timm-style scheduler (one with a
+                ``step_update`` method) gets both ``step_update(num_updates)`` after every
+                update and ``step(epoch)`` after each epoch, where ``num_updates`` and
+                ``epoch`` are the updates and epochs completed so far (so ``step(epoch)``
+                sets the learning rate of the epoch about to start, as in timm's own loop).
+            scheduler_metric: the run-history metric passed to ``ReduceLROnPlateau`` (or a
+                timm-style scheduler) at each epoch end, e.g. ``"eval_loss_epoch"``;
+                required for ``ReduceLROnPlateau``.
 
         Returns:
             The run history.
+
+        Example::
+
+            trainer.train(
+                train_dataset,
+                num_epochs=20,
+                eval_dataset=eval_dataset,
+                create_scheduler_fn=functools.partial(ReduceLROnPlateau, patience=2),
+                scheduler_metric="eval_loss_epoch",
+            )
         """
+        _check_train_options(
+            max_num_train_batches_per_epoch,
+            max_num_eval_batches,
+            scheduler_step_interval,
+            scheduler_metric,
+            create_scheduler_fn,
+        )
+        max_num_train_batches_per_epoch, max_num_eval_batches = self._batch_limits(
+            max_num_train_batches_per_epoch, max_num_eval_batches
+        )
         self._check_train_arguments(
             train_dataset,
             eval_dataset,
@@ -319,6 +417,8 @@ class Trainer:
             collate_fn,
         )
         self._prepare_model_and_optimizer()
+        self._max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
+        self._max_num_eval_batches = max_num_eval_batches
         eval_batch_size = eval_per_device_batch_size or per_device_batch_size
         self.train_dataloader = self._prepare_dataloader(
             self.create_train_dataloader(per_device_batch_size, train_dataloader_kwargs), "train"
@@ -342,25 +442,38 @@ class Trainer:
             self.scheduler = self.create_scheduler(
                 resolve_placeholders(create_scheduler_fn, self.run_config)
             )
+        self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
         self.progress = TrainingProgress()
         self._run_training()
         return self.run_history
 
     def _run_training(self) -> None:
         self.optimizer.zero_grad()  # start from clean gradients whatever ran before
+        # With several processes, a stop request is combined across them at every
+        # self._stop_vote point, so that all processes stop at the same step (see StopVote).
+        self._stop_vote.start()
         try:
             self.training_run_start()
             self.callback_handler.call_event("on_training_run_start", self)
+            self._stop_vote.agree()
             for epoch in range(self.run_config.num_epochs):
                 self.progress.epoch = epoch
                 self._run_train_epoch()
                 if self.eval_dataloader is not None:
-                    self._run_eval_epoch(self.eval_dataloader, "eval_loss_epoch")
+                    self._run_eval_epoch(
+                        self.eval_dataloader, "eval_loss_epoch", self._max_num_eval_batches
+                    )
                 self.training_run_epoch_end()
                 self.callback_handler.call_event("on_training_run_epoch_end", self)
+                self._stop_vote.agree()
+                if self._is_scheduler_stepped_per_epoch:  # after every epoch-end metric
+                    self.scheduler_epoch_step()
                 self.run_history.increment_epoch()
         except StopTrainingError as error:
+            self._stop_vote.finish()
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
+        finally:
+            self._stop_vote.finish()
         self.training_run_end()
         self.callback_handler.call_event("on_training_run_end", self)
 
@@ -372,20 +485,34 @@ class Trainer:
         self.train_epoch_start()
         self.callback_handler.call_event("on_train_epoch_start", self)
         self._train_loss.reset()
+        self._train_tail = padded_tail(self.train_dataloader, self.accelerator)
         for step, batch in enumerate(self.train_dataloader):
             self.progress.step = step
-            self._run_train_step(step, batch)
+            try:
+                self._run_train_step(step, batch)
+            except StopTrainingError as error:  # raised by a hook (callbacks' are deferred)
+                if not self._stop_vote.is_active:
+                    raise
+                self._stop_vote.request(error)
+            self._stop_vote.end_of_step()
             if self.progress.num_update_steps >= self.run_config.num_update_steps:
                 break  # max_num_train_steps reached: the run ends after this epoch
+            if step + 1 == self._max_num_train_batches_per_epoch:
+                break  # the batch limit cuts the epoch short
         self.train_epoch_end()
         self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
         self.callback_handler.call_event("on_train_epoch_end", self)
+        self._stop_vote.agree()
 
     def _run_train_step(self, step: int, batch: Any) -> None:
         handler = self.callback_handler
         handler.call_event("on_train_step_start", self, batch=batch, step=step)
         batch_output = self.calculate_train_batch_loss(batch)
         loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
+        if self._train_tail is not None and step == self._train_tail.step:
+            # Accelerate completed this batch with repeated samples: count only the others
+            # (their loss is not separable from the repeats'; see train()).
+            batch_size = self._train_tail.num_genuine_samples
         self._train_loss.update(loss, batch_size)
         handler.call_event(
             "on_before_backward", self, batch=batch, batch_output=batch_output, step=step
@@ -407,10 +534,13 @@ class Trainer:
             self._clip_gradients()
             handler.call_event("on_before_optimizer_step", self, step=step)
             self.optimizer_step()
-            # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
-            if self.scheduler is not None and not self.accelerator.optimizer_step_was_skipped:
-                self.scheduler_step()
             self.progress.num_update_steps += 1
+            # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
+            if (
+                self._is_scheduler_stepped_per_update
+                and not self.accelerator.optimizer_step_was_skipped
+            ):
+                self.scheduler_step()
             handler.call_event("on_after_optimizer_step", self, step=step)
             self.optimizer_zero_grad()
         handler.call_event(
@@ -439,22 +569,46 @@ class Trainer:
     # One evaluation epoch, and evaluate()
     # ----------------------------------------------------------------------------------------
 
-    def _run_eval_epoch(self, dataloader: DataLoader, metric_name: str) -> None:
+    def _run_eval_epoch(
+        self, dataloader: DataLoader, metric_name: str, max_num_batches: int | None = None
+    ) -> None:
         self.eval_epoch_start()
         self.callback_handler.call_event("on_eval_epoch_start", self)
         self._eval_loss.reset()
+        tail = padded_tail(dataloader, self.accelerator)
         with torch.no_grad():
             for step, batch in enumerate(dataloader):
                 self.callback_handler.call_event("on_eval_step_start", self, batch=batch, step=step)
                 batch_output = self.calculate_eval_batch_loss(batch)
                 loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
+                if tail is not None and step == tail.step:
+                    loss, batch_size = self._loss_without_repeats(batch, loss, tail)
                 self._eval_loss.update(loss, batch_size)
                 self.callback_handler.call_event(
                     "on_eval_step_end", self, batch=batch, batch_output=batch_output, step=step
                 )
+                if step + 1 == max_num_batches:
+                    break
         self.eval_epoch_end()
         self.run_history.update_metric(metric_name, self._eval_loss.compute())
         self.callback_handler.call_event("on_eval_epoch_end", self)
+        self._stop_vote.agree()
+
+    def _loss_without_repeats(
+        self, batch: Any, loss: torch.Tensor, tail: PaddedTail
+    ) -> tuple[torch.Tensor, int]:
+        # This last batch was completed with repeated samples, so its loss is not the loss
+        # of its genuine samples alone: compute that with one more forward pass over them (no
+        # gradients, no collective with DDP). Callbacks still get the whole batch, which
+        # gather_for_metrics trims. A model sharded over the processes (FSDP, DeepSpeed)
+        # cannot run a forward pass on one process alone: then the batch's loss is counted
+        # for its genuine samples only, an approximation.
+        num_genuine = tail.num_genuine_samples
+        if num_genuine == 0 or not can_forward_alone(self.accelerator):
+            return loss, num_genuine
+        genuine_output = self.calculate_eval_batch_loss(slice_tensors(batch, slice(num_genuine)))
+        genuine_loss, _ = _loss_and_batch_size(genuine_output, "calculate_eval_batch_loss")
+        return genuine_loss, num_genuine
 
     def evaluate(
         self,
@@ -493,16 +647,149 @@ class Trainer:
         try:
             self.evaluation_run_start()
             self.callback_handler.call_event("on_evaluation_run_start", self)
-            self._run_eval_epoch(self.eval_dataloader, "evaluation_loss")
+            _, max_num_batches = self._batch_limits(None, None)
+            self._run_eval_epoch(
+                self.eval_dataloader,
+                "evaluation_loss",
+                _limit_that_cuts(max_num_batches, self.eval_dataloader),
+            )
             self.evaluation_run_end()
             self.callback_handler.call_event("on_evaluation_run_end", self)
         finally:
             self.eval_dataset, self.eval_dataloader, self.collate_fn = previous
         return self.run_history
 
+    def evaluate_model(
+        self,
+        model: nn.Module,
+        dataloader: DataLoader | None = None,
+        metric_name: str = "eval_loss_epoch",
+    ) -> float:
+        """Evaluates another model (e.g. an EMA copy of the one being trained) with this
+        trainer's :meth:`calculate_eval_batch_loss`, and records its loss.
+
+        ``model`` stands in for :attr:`model` while the batches run (under
+        ``torch.no_grad()`` and the trainer's mixed-precision autocast), in eval mode; its
+        train/eval mode and :attr:`model` are restored afterwards. No callback events fire,
+        so this is safe to call from a callback at any point of a run. The loss is the
+        sample-weighted mean over all processes, as for ``eval_loss_epoch``.
+
+        Args:
+            model: the module to evaluate, already on :attr:`device`.
+            dataloader: a prepared dataloader; default :attr:`eval_dataloader`, limited to
+                the batches that ``train()``'s ``max_num_eval_batches`` allows, so that the
+                loss is comparable with ``eval_loss_epoch``.
+            metric_name: recorded in the run history under this name (with the history's
+                current metric-name prefix).
+
+        Returns:
+            The loss.
+
+        Example::
+
+            with trainer.run_history.metric_name_prefix_as("ema_model_"):
+                trainer.evaluate_model(ema.module)  # records ema_model_eval_loss_epoch
+        """
+        max_num_batches = None
+        if dataloader is None:
+            dataloader, max_num_batches = self.eval_dataloader, self._max_num_eval_batches
+        if dataloader is None:
+            raise ValueError(
+                "evaluate_model() needs evaluation data: pass a dataloader, or an eval_dataset "
+                "to train()."
+            )
+        trained_model, was_training = self.model, model.training
+        epoch_loss = _EpochLoss(self.accelerator)
+        self.model = model
+        model.eval()
+        tail = padded_tail(dataloader, self.accelerator)
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                for step, batch in enumerate(dataloader):
+                    batch_output = self.calculate_eval_batch_loss(batch)
+                    loss, batch_size = _loss_and_batch_size(
+                        batch_output, "calculate_eval_batch_loss"
+                    )
+                    if tail is not None and step == tail.step:
+                        loss, batch_size = self._loss_without_repeats(batch, loss, tail)
+                    epoch_loss.update(loss, batch_size)
+                    if step + 1 == max_num_batches:
+                        break
+        finally:
+            self.model = trained_model
+            model.train(was_training)
+        value = epoch_loss.compute()
+        self.run_history.update_metric(metric_name, value)
+        return value
+
     # ----------------------------------------------------------------------------------------
     # Setting up a run
     # ----------------------------------------------------------------------------------------
+
+    def _batch_limits(
+        self, max_num_train_batches_per_epoch: int | None, max_num_eval_batches: int | None
+    ) -> tuple[int | None, int | None]:
+        """The given limits, lowered by those of any :class:`BatchLimitsCallback`."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, BatchLimitsCallback):
+                max_num_train_batches_per_epoch = _smaller(
+                    max_num_train_batches_per_epoch, callback.max_num_train_batches_per_epoch
+                )
+                max_num_eval_batches = _smaller(max_num_eval_batches, callback.max_num_eval_batches)
+        return max_num_train_batches_per_epoch, max_num_eval_batches
+
+    def _configure_scheduler_stepping(
+        self, step_interval: str | None, metric_name: str | None
+    ) -> None:
+        scheduler = self.scheduler
+        is_plateau = isinstance(scheduler, ReduceLROnPlateau)
+        self._is_timm_scheduler = callable(getattr(scheduler, "step_update", None))
+        self._scheduler_metric = metric_name
+        if scheduler is None:
+            self._is_scheduler_stepped_per_update = self._is_scheduler_stepped_per_epoch = False
+            return
+        if is_plateau and (step_interval == "update" or metric_name is None):
+            raise ValueError(
+                "ReduceLROnPlateau is stepped once per epoch with a metric: pass "
+                'scheduler_metric="eval_loss_epoch" (or another recorded metric) to train(), '
+                'and leave scheduler_step_interval as None or "epoch".'
+            )
+        if metric_name is not None and not (is_plateau or self._is_timm_scheduler):
+            raise ValueError(
+                f"scheduler_metric={metric_name!r} is only used by ReduceLROnPlateau and "
+                f"timm-style schedulers, but the scheduler is a {type(scheduler).__name__}. "
+                "Remove scheduler_metric."
+            )
+        if is_plateau:
+            per_update, per_epoch = False, True
+        elif self._is_timm_scheduler:
+            per_update, per_epoch = step_interval != "epoch", step_interval != "update"
+        else:
+            per_update, per_epoch = step_interval != "epoch", step_interval == "epoch"
+        self._is_scheduler_stepped_per_update = per_update
+        self._is_scheduler_stepped_per_epoch = per_epoch
+        if metric_name is not None:
+            self._check_scheduler_metric_will_be_recorded(metric_name)
+
+    def _check_scheduler_metric_will_be_recorded(self, metric_name: str) -> None:
+        expected = expected_metric_names(self)
+        if metric_name in expected:
+            return
+        message = (
+            f"scheduler_metric={metric_name!r} is not known to be recorded in this run. "
+            f"Metrics that will be recorded: {', '.join(sorted(expected))}."
+        )
+        callbacks = self.callback_handler.callbacks
+        if all(type(callback).__module__.startswith("trainwright.") for callback in callbacks):
+            raise ValueError(
+                f"{message} Pass an eval_dataset to record eval_loss_epoch, or a callback "
+                "that records the metric."
+            )
+        warnings.warn(
+            f"{message} If one of your callbacks records it, declare "
+            f"writes_metrics = ({metric_name!r},) on that callback.",
+            stacklevel=3,
+        )
 
     def _prepare_model_and_optimizer(self) -> None:
         if not self._is_prepared:
@@ -531,7 +818,15 @@ class Trainer:
         gradient_clip_value: float | None,
         max_grad_norm: float | None,
     ) -> RunConfig:
-        self._num_train_batches = len(self.train_dataloader)
+        self._max_num_train_batches_per_epoch = _limit_that_cuts(
+            self._max_num_train_batches_per_epoch, self.train_dataloader
+        )
+        self._max_num_eval_batches = _limit_that_cuts(
+            self._max_num_eval_batches, self.eval_dataloader
+        )
+        self._num_train_batches = _limit(
+            len(self.train_dataloader), self._max_num_train_batches_per_epoch
+        )
         num_update_steps_per_epoch = math.ceil(
             self._num_train_batches / gradient_accumulation_steps
         )
@@ -552,7 +847,11 @@ class Trainer:
             ),
             train_dataloader_len=self._num_train_batches,
             eval_per_device_batch_size=eval_batch_size if self.eval_dataloader else None,
-            eval_dataloader_len=len(self.eval_dataloader) if self.eval_dataloader else None,
+            eval_dataloader_len=(
+                _limit(len(self.eval_dataloader), self._max_num_eval_batches)
+                if self.eval_dataloader
+                else None
+            ),
             gradient_accumulation_steps=gradient_accumulation_steps,
             gradient_clip_value=gradient_clip_value,
             max_grad_norm=max_grad_norm,
@@ -717,8 +1016,38 @@ class Trainer:
         self.optimizer.step()
 
     def scheduler_step(self) -> None:
-        """Advances the scheduler; called after every optimizer update that happened."""
-        self.scheduler.step()
+        """Advances the scheduler after an optimizer update that happened (not called for a
+        scheduler stepped per epoch): ``step_update(num_updates=updates done so far)`` for a
+        timm-style scheduler, ``step()`` for any other."""
+        if self._is_timm_scheduler:
+            self.scheduler.step_update(num_updates=self.progress.num_update_steps)
+        else:
+            self.scheduler.step()
+
+    def scheduler_epoch_step(self) -> None:
+        """Advances a scheduler stepped per epoch, after ``on_training_run_epoch_end`` (so
+        every metric of the epoch is recorded).
+
+        ``ReduceLROnPlateau`` gets the latest value of ``scheduler_metric``; a timm-style
+        scheduler gets ``step(epoch=epochs completed, metric=...)``, which sets the learning
+        rate of the epoch about to start; any other scheduler gets ``step()``.
+
+        Example::
+
+            class LoggingTrainer(Trainer):
+                def scheduler_epoch_step(self):
+                    super().scheduler_epoch_step()
+                    self.print("next epoch's LR:", self.optimizer.param_groups[0]["lr"])
+        """
+        metric = None
+        if self._scheduler_metric is not None:
+            metric = self.run_history.get_latest_metric(self._scheduler_metric)
+        if self._is_timm_scheduler:
+            self.scheduler.step(epoch=self.progress.epoch + 1, metric=metric)
+        elif metric is not None:
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
 
     def optimizer_zero_grad(self) -> None:
         """Clears the gradients after an update."""
@@ -770,6 +1099,50 @@ def _dataloader_settings(dataloader: DataLoader) -> dict[str, Any]:
 def _num_local_processes() -> int:
     # torchrun and accelerate launch both state the processes sharing this machine here.
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def _limit(num_batches: int, max_num_batches: int | None) -> int:
+    return num_batches if max_num_batches is None else min(num_batches, max_num_batches)
+
+
+def _limit_that_cuts(max_num_batches: int | None, dataloader: DataLoader | None) -> int | None:
+    # A limit that does not cut the data short is dropped, so that such epochs run the
+    # dataloader to its end (Accelerate's dataloaders advance their epoch count only then).
+    if max_num_batches is None or dataloader is None or max_num_batches >= len(dataloader):
+        return None
+    return max_num_batches
+
+
+def _smaller(limit: int | None, other: int | None) -> int | None:
+    limits = [value for value in (limit, other) if value is not None]
+    return min(limits) if limits else None
+
+
+def _check_train_options(
+    max_num_train_batches_per_epoch: int | None,
+    max_num_eval_batches: int | None,
+    scheduler_step_interval: str | None,
+    scheduler_metric: str | None,
+    create_scheduler_fn: Any,
+) -> None:
+    for name, value in (
+        ("max_num_train_batches_per_epoch", max_num_train_batches_per_epoch),
+        ("max_num_eval_batches", max_num_eval_batches),
+    ):
+        if value is not None:
+            _check_positive_int(name, value)
+    if scheduler_step_interval not in (None, "update", "epoch"):
+        raise ValueError(
+            'scheduler_step_interval must be "update", "epoch" or None; '
+            f"got {scheduler_step_interval!r}."
+        )
+    if create_scheduler_fn is None and (
+        scheduler_step_interval is not None or scheduler_metric is not None
+    ):
+        raise ValueError(
+            "scheduler_step_interval and scheduler_metric only apply to a scheduler: pass "
+            "create_scheduler_fn to train(), or remove them."
+        )
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -6,6 +6,8 @@ from trainwright.callbacks.base import (
     StopTrainingError,
     TrainerCallback,
 )
+from trainwright.callbacks.ema import ModelEmaCallback
+from trainwright.callbacks.evaluation import StepBasedEvaluationCallback
 from trainwright.callbacks.monitor import MetricMonitor, MonitorCallback
 from trainwright.callbacks.progress import (
     LogMetricsCallback,
@@ -13,7 +15,12 @@ from trainwright.callbacks.progress import (
     PrintProgressCallback,
     ProgressBarCallback,
 )
-from trainwright.callbacks.runtime import MoveModulesToDeviceCallback
+from trainwright.callbacks.runtime import (
+    BatchLimitsCallback,
+    LimitBatchesCallback,
+    LimitEvalStepsCallback,
+    MoveModulesToDeviceCallback,
+)
 from trainwright.callbacks.saving import SaveBestModelCallback
 from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
 
@@ -29,16 +36,21 @@ DEFAULT_CALLBACKS = (
 __all__ = [
     "DEFAULT_CALLBACKS",
     "EVENTS",
+    "BatchLimitsCallback",
     "CallbackHandler",
     "EarlyStoppingCallback",
+    "LimitBatchesCallback",
+    "LimitEvalStepsCallback",
     "LogMetricsCallback",
     "MetricMonitor",
+    "ModelEmaCallback",
     "MonitorCallback",
     "MoveModulesToDeviceCallback",
     "PrintMetricsCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",
     "SaveBestModelCallback",
+    "StepBasedEvaluationCallback",
     "StopTrainingError",
     "TerminateOnNaNCallback",
     "TrainerCallback",

@@ -46,6 +46,14 @@ class StopTrainingError(Exception):
     the run as usual (``training_run_end`` and ``on_training_run_end``). The library never
     calls ``sys.exit``: ``train()`` simply returns.
 
+    In a multi-process run the processes agree on stopping, so they all stop at the same
+    point even when only one raises: raised during a training epoch (its start or a step),
+    the run stops at the end of the *next* step (the processes exchange requests without
+    waiting for each other, one step behind); raised during an evaluation epoch, at its end;
+    raised in any other event, right after that event. Until then the process that raised
+    carries on in step with the others (the event's other callbacks still run), and every
+    process receives ``on_stop_training_error`` with the requesting process's message.
+
     Example::
 
         class StopAfterTwoEpochs(TrainerCallback):
@@ -100,6 +108,7 @@ class TrainerCallback:
                                                 -> on_eval_step_end(batch, batch_output, step)
               eval_epoch_end(); record eval_loss_epoch     -> on_eval_epoch_end
             training_run_epoch_end()                       -> on_training_run_epoch_end
+            scheduler_epoch_step() (schedulers stepped per epoch, ReduceLROnPlateau, timm)
           StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
           training_run_end()                               -> on_training_run_end
         evaluate():
@@ -131,6 +140,16 @@ class TrainerCallback:
     #: Names of the metrics this callback records in the run history. Monitoring callbacks
     #: use it to tell, at the start of a run, whether a watched metric will ever be recorded.
     writes_metrics: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's state to keep in a training state (plain values and tensors);
+        empty by default. Override it, with :meth:`load_state_dict`, for callbacks whose
+        counters or best values must survive a resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned; called after
+        ``on_training_run_start`` when a run resumes."""
 
     @_no_op
     def on_init_end(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -248,7 +267,10 @@ class CallbackHandler:
     that define a method of that name and skip the rest.
 
     An exception raised by a callback propagates unchanged, with a note naming the callback
-    and the event (``AttributeError`` included: nothing is swallowed).
+    and the event (``AttributeError`` included: nothing is swallowed). The one exception:
+    while :attr:`defer_stop_requests` is set (the trainer sets it during a multi-process
+    ``train()``), a :class:`StopTrainingError` is kept for :meth:`pop_stop_request` and the
+    event's other callbacks still run, so that the process can stop in step with the others.
 
     Args:
         callbacks: callback instances, or ``TrainerCallback`` subclasses to instantiate with
@@ -264,6 +286,10 @@ class CallbackHandler:
         self._callbacks: list[TrainerCallback] = []
         self._classes_given: dict[type, TrainerCallback] = {}
         self._dispatch: dict[str, tuple[Callable, ...]] = {}
+        #: Keep a callback's ``StopTrainingError`` for :meth:`pop_stop_request` instead of
+        #: raising it.
+        self.defer_stop_requests = False
+        self._stop_request: StopTrainingError | None = None
         for callback in callbacks:
             self._add(callback)
         self._rebuild()
@@ -316,11 +342,41 @@ class CallbackHandler:
         for method in methods:
             try:
                 method(*args, **kwargs)
-            except StopTrainingError:
-                raise
+            except StopTrainingError as error:
+                if not self.defer_stop_requests:
+                    raise
+                if self._stop_request is None:
+                    self._stop_request = error
             except Exception as error:
                 _annotate(error, f"raised by callback {_describe(method.__self__)} in {event!r}")
                 raise
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Every callback's :meth:`TrainerCallback.state_dict`, under a stable key: the class
+        name, with ``#2``, ``#3``... for further instances of a class, in execution order."""
+        return {key: callback.state_dict() for key, callback in self._keyed_callbacks()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Gives each callback its saved state; callbacks without a saved state (added since)
+        keep theirs."""
+        for key, callback in self._keyed_callbacks():
+            if key in state:
+                callback.load_state_dict(state[key])
+
+    def _keyed_callbacks(self) -> list[tuple[str, TrainerCallback]]:
+        seen: dict[str, int] = {}
+        keyed = []
+        for callback in self.callbacks:
+            name = _describe(callback)
+            seen[name] = seen.get(name, 0) + 1
+            keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
+        return keyed
+
+    def pop_stop_request(self) -> StopTrainingError | None:
+        """The first ``StopTrainingError`` deferred since the last call (see
+        :attr:`defer_stop_requests`), or ``None``; it is forgotten once returned."""
+        request, self._stop_request = self._stop_request, None
+        return request
 
     def _add(self, callback: CallbackLike) -> TrainerCallback:
         if isinstance(callback, type) and issubclass(callback, TrainerCallback):

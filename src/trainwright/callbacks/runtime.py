@@ -11,7 +11,12 @@ from trainwright.callbacks.base import TrainerCallback
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
-__all__ = ["MoveModulesToDeviceCallback"]
+__all__ = [
+    "BatchLimitsCallback",
+    "LimitBatchesCallback",
+    "LimitEvalStepsCallback",
+    "MoveModulesToDeviceCallback",
+]
 
 
 class MoveModulesToDeviceCallback(TrainerCallback):
@@ -36,3 +41,66 @@ class MoveModulesToDeviceCallback(TrainerCallback):
 
     def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._move_modules(trainer)
+
+
+class BatchLimitsCallback(TrainerCallback):
+    """Limits the batches each training epoch and each evaluation uses (e.g. for a quick
+    trial run of a script), without changing the data.
+
+    The trainer reads the limits when ``train()`` (or ``evaluate()``) starts, exactly like its
+    ``max_num_train_batches_per_epoch`` and ``max_num_eval_batches`` arguments (the smallest
+    limit given anywhere wins), so :class:`~trainwright.run_config.RunConfig` and the
+    scheduler placeholders reflect them and a schedule still ends on the run's last update.
+
+    Args:
+        max_num_train_batches_per_epoch: training batches per epoch, or ``None`` for all.
+        max_num_eval_batches: batches per evaluation, or ``None`` for all.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            *DEFAULT_CALLBACKS, BatchLimitsCallback(max_num_train_batches_per_epoch=10),
+        ])
+    """
+
+    def __init__(
+        self,
+        max_num_train_batches_per_epoch: int | None = None,
+        max_num_eval_batches: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_num_train_batches_per_epoch", max_num_train_batches_per_epoch),
+            ("max_num_eval_batches", max_num_eval_batches),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+        self.max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
+        self.max_num_eval_batches = max_num_eval_batches
+
+
+class LimitBatchesCallback(BatchLimitsCallback):
+    """Uses only the first ``num_batches`` batches of every training epoch and evaluation
+    (pytorch-accelerated's name and signature; see :class:`BatchLimitsCallback`).
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[LimitBatchesCallback(2)])
+    """
+
+    def __init__(self, num_batches: int) -> None:
+        super().__init__(num_batches, num_batches)
+
+
+class LimitEvalStepsCallback(BatchLimitsCallback):
+    """Uses only the first ``num_eval_steps`` batches of every evaluation; training is not
+    limited (see :class:`BatchLimitsCallback`).
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[LimitEvalStepsCallback(20)])
+    """
+
+    def __init__(self, num_eval_steps: int) -> None:
+        super().__init__(max_num_eval_batches=num_eval_steps)

@@ -1,0 +1,95 @@
+"""Evaluating during an epoch, every few optimizer updates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from trainwright.callbacks.base import TrainerCallback
+
+if TYPE_CHECKING:
+    from trainwright.trainer import Trainer
+
+__all__ = ["StepBasedEvaluationCallback"]
+
+
+class StepBasedEvaluationCallback(TrainerCallback):
+    """Evaluates the model every ``eval_every_n_updates`` optimizer updates, recording
+    ``step_eval_loss``.
+
+    It runs at ``on_train_step_end`` of the steps that completed an update whose count is a
+    multiple of ``eval_every_n_updates`` (the 1st evaluation after update N, the k-th after
+    update k * N of the ``train()`` call), so with gradient accumulation it never evaluates
+    in the middle of an accumulation window. The evaluation uses
+    :meth:`Trainer.evaluate_model` (the trainer's ``calculate_eval_batch_loss``, no callback
+    events, so progress bars and epoch metrics are left alone), and the model is back in
+    train mode when training resumes.
+
+    Args:
+        eval_every_n_updates: evaluate after every this-many optimizer updates.
+        eval_dataset: the data to evaluate on; default the ``eval_dataset`` given to
+            ``train()`` (with its ``max_num_eval_batches`` limit). A dataset given here gets a
+            dataloader with the trainer's evaluation defaults and the run's evaluation batch
+            size.
+        metric_name: the run-history metric to record, ``"step_eval_loss"`` by default.
+
+    Raises:
+        ValueError: at the start of ``train()``, if there is no data to evaluate on.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            *DEFAULT_CALLBACKS, StepBasedEvaluationCallback(eval_every_n_updates=500),
+        ])
+        trainer.train(train_dataset, num_epochs=1, eval_dataset=eval_dataset)
+        trainer.run_history.get_metric_values("step_eval_loss")  # one value per 500 updates
+    """
+
+    writes_metrics: tuple[str, ...] = ("step_eval_loss",)
+
+    def __init__(
+        self,
+        eval_every_n_updates: int,
+        eval_dataset: Dataset | None = None,
+        metric_name: str = "step_eval_loss",
+    ) -> None:
+        if (
+            isinstance(eval_every_n_updates, bool)
+            or not isinstance(eval_every_n_updates, int)
+            or eval_every_n_updates < 1
+        ):
+            raise ValueError(
+                f"eval_every_n_updates must be a positive integer; got {eval_every_n_updates!r}."
+            )
+        self.eval_every_n_updates = eval_every_n_updates
+        self.eval_dataset = eval_dataset
+        self.metric_name = metric_name
+        self.writes_metrics = (metric_name,)
+        self._dataloader: DataLoader | None = None
+        self._last_evaluated_update = 0
+
+    def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._last_evaluated_update = 0
+        self._dataloader = None  # None: the trainer's evaluation data (and its batch limit)
+        if self.eval_dataset is None:
+            if trainer.eval_dataloader is None:
+                raise ValueError(
+                    "StepBasedEvaluationCallback has no data to evaluate on: pass "
+                    "eval_dataset=... to train() or to StepBasedEvaluationCallback()."
+                )
+            return
+        run_config = trainer.run_config
+        batch_size = run_config.eval_per_device_batch_size or run_config.train_per_device_batch_size
+        dataloader = DataLoader(self.eval_dataset, **trainer.get_default_eval_dl_kwargs(batch_size))
+        self._dataloader = trainer.accelerator.prepare(dataloader)
+
+    def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        num_updates = trainer.progress.num_update_steps
+        if num_updates == self._last_evaluated_update or num_updates % self.eval_every_n_updates:
+            return  # no update on this step, or not one we evaluate after
+        self._last_evaluated_update = num_updates
+        trainer.evaluate_model(trainer.model, self._dataloader, self.metric_name)
+
+    def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._dataloader = None  # let go of a dataloader (and its workers) built for the run

@@ -1,0 +1,242 @@
+"""What the loop needs to behave the same on one process and on many.
+
+- :func:`padded_tail` finds the samples Accelerate repeats at the end of an epoch so that
+  every process gets the same number of equal batches, so the loss metrics can leave them out.
+- :class:`StopVote` lets every process stop at the same step when any one of them raises
+  :class:`~trainwright.callbacks.StopTrainingError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sized
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from trainwright.callbacks.base import CallbackHandler, StopTrainingError
+
+__all__ = [
+    "PaddedTail",
+    "StopVote",
+    "can_forward_alone",
+    "check_all_processes_joined",
+    "padded_tail",
+]
+
+
+@dataclass(frozen=True)
+class PaddedTail:
+    """This process's last batch of an epoch, when it holds repeated samples.
+
+    Attributes:
+        step: the index of the batch in the epoch.
+        num_genuine_samples: how many of its samples (its first ones) are not repeats; 0 when
+            the whole batch only evens out the number of batches across processes.
+    """
+
+    step: int
+    num_genuine_samples: int
+
+
+def padded_tail(dataloader: Any, accelerator: Accelerator) -> PaddedTail | None:
+    """Where this process's share of ``dataloader`` ends in repeated samples, if it does.
+
+    With several processes, Accelerate's prepared dataloaders (``even_batches=True``, the
+    default) give every process the same number of full batches by completing the last ones
+    with samples from the start of the data. Batch ``i`` of process ``r`` holds the samples
+    at positions ``(i * num_processes + r) * b`` onwards of the epoch's order (``b`` the
+    per-process batch size), with or without ``split_batches``, so the samples past the end of
+    the dataset are the repeats. Repeats can only occur in the last batch.
+
+    Returns:
+        ``None`` on a single process, when nothing is repeated on this process, or when the
+        layout is unknown (an iterable dataset, a custom batch sampler); else the tail.
+    """
+    num_processes = accelerator.num_processes
+    dataset = getattr(dataloader, "dataset", None)
+    total_batch_size = getattr(dataloader, "total_batch_size", None)
+    if num_processes == 1 or not isinstance(dataset, Sized) or not total_batch_size:
+        return None
+    if not isinstance(dataloader, Sized) or len(dataloader) == 0:
+        return None
+    batch_size = total_batch_size // num_processes
+    last_step = len(dataloader) - 1
+    first_position = (last_step * num_processes + accelerator.process_index) * batch_size
+    num_genuine_samples = min(max(len(dataset) - first_position, 0), batch_size)
+    if num_genuine_samples == batch_size:
+        return None
+    return PaddedTail(last_step, num_genuine_samples)
+
+
+class StopVote:
+    """Agrees across processes on stopping, so that every process stops at the same step.
+
+    A process that raises :class:`StopTrainingError` on its own cannot simply leave the loop:
+    the others would wait for it forever in the next gradient all-reduce. So in a run with
+    several processes, a stop request is recorded instead of ending the run (the callback
+    handler defers the ones raised by callbacks, the loop catches those raised by hooks), the
+    process carries on in step with the others, and the requests are combined:
+
+    - after every training step, by an all-reduce started without waiting and read at the end
+      of the next step, so the per-step path never blocks; every process reads the same
+      result at the same step, one step after the request;
+    - at the end of every epoch-level event (a blocking all-reduce, a few per epoch).
+
+    Once any process asked, :meth:`end_of_step` / :meth:`agree` raise ``StopTrainingError`` on
+    every process: the requesting process's own error, and on the others an error quoting it.
+    With one process nothing is deferred or exchanged, and a request ends the run at once.
+
+    Not covered: a ``StopTrainingError`` raised on one process only by a trainer hook (an
+    overridden Trainer method) outside a training step, e.g. in ``train_epoch_end()``; it
+    ends that process's run at once. Raise it from a callback, or on every process. Any other
+    exception on one process ends that process; the launcher (``torchrun``, ``accelerate
+    launch``) then stops the others and reports the error.
+
+    Args:
+        accelerator: the trainer's accelerator.
+        callback_handler: the handler whose deferred stop requests are collected.
+
+    Attributes:
+        is_active: whether stop requests are being deferred and combined (during a
+            multi-process ``train()``).
+    """
+
+    def __init__(self, accelerator: Accelerator, callback_handler: CallbackHandler) -> None:
+        self._accelerator = accelerator
+        self._callback_handler = callback_handler
+        self.is_active = False
+        self._request: StopTrainingError | None = None
+        self._in_flight: _Ballot | None = None
+
+    def start(self) -> None:
+        """Starts deferring stop requests, if more than one process takes part."""
+        self.is_active = self._accelerator.num_processes > 1
+        self._callback_handler.defer_stop_requests = self.is_active
+        self._request, self._in_flight = None, None
+
+    def finish(self) -> None:
+        """Stops deferring: from now on a ``StopTrainingError`` propagates at once."""
+        self.is_active = False
+        self._callback_handler.defer_stop_requests = False
+        self._request, self._in_flight = None, None
+
+    def request(self, error: StopTrainingError) -> None:
+        """Records a stop request raised on this process (the first one is kept)."""
+        if self._request is None:
+            self._request = error
+
+    def end_of_step(self) -> None:
+        """Reads the vote started at the previous step, then starts this step's vote.
+
+        Raises:
+            StopTrainingError: on every process, if any asked to stop by the previous step.
+        """
+        if not self.is_active:
+            return
+        if self._in_flight is not None:
+            self._raise_if_requested(self._read_in_flight())
+        self._in_flight = self._start_vote()
+
+    def agree(self) -> None:
+        """Combines every stop request made so far, waiting for every process.
+
+        Raises:
+            StopTrainingError: on every process, if any asked to stop.
+        """
+        if not self.is_active:
+            return
+        requesting_rank = self._read_in_flight() if self._in_flight is not None else 0
+        if not requesting_rank:
+            self._in_flight = self._start_vote()
+            requesting_rank = self._read_in_flight()
+        self._raise_if_requested(requesting_rank)
+
+    def _own_request(self) -> StopTrainingError | None:
+        if self._request is None:
+            self._request = self._callback_handler.pop_stop_request()
+        return self._request
+
+    def _start_vote(self) -> _Ballot:
+        # Each process votes its rank + 1 if it asked to stop, else 0; the maximum names one
+        # process that asked (0: none).
+        vote = 0 if self._own_request() is None else self._accelerator.process_index + 1
+        return _Ballot(vote, self._accelerator.device)
+
+    def _read_in_flight(self) -> int:
+        assert self._in_flight is not None
+        ballot, self._in_flight = self._in_flight, None
+        return ballot.read()
+
+    def _raise_if_requested(self, requesting_rank: int) -> None:
+        if not requesting_rank:
+            return
+        # The message travels from the process that asked, so every process reports the same
+        # reason; this collective runs once per run, only when stopping.
+        own = self._request
+        message = [str(own) if own is not None else None]
+        dist.broadcast_object_list(message, src=requesting_rank - 1)
+        if own is not None:
+            raise own
+        raise StopTrainingError(f"process {requesting_rank - 1} asked to stop: {message[0]}")
+
+
+class _Ballot:
+    """One all-reduce (maximum) of an integer over every process, read later.
+
+    The value lives on the device, as NCCL needs, and filling it is a kernel launch, not a
+    host-device sync. On a GPU the result is copied to pinned host memory behind the
+    all-reduce without blocking, and reading it waits only for that copy; with gloo (CPU)
+    reading waits for the all-reduce itself.
+    """
+
+    def __init__(self, value: int, device: torch.device) -> None:
+        self._value = torch.full((), value, dtype=torch.int32, device=device)
+        self._work = dist.all_reduce(self._value, op=dist.ReduceOp.MAX, async_op=True)
+        self._event: torch.cuda.Event | None = None
+        if self._value.device.type == "cuda":
+            self._work.wait()  # orders later work on the current stream; does not block the host
+            host = torch.empty((), dtype=torch.int32, pin_memory=True)
+            host.copy_(self._value, non_blocking=True)
+            self._value, self._event = host, torch.cuda.Event()
+            self._event.record()
+
+    def read(self) -> int:
+        """The maximum over every process, waiting for it if needed."""
+        if self._event is not None:
+            self._event.synchronize()
+        else:
+            self._work.wait()
+        return int(self._value.item())
+
+
+def can_forward_alone(accelerator: Accelerator) -> bool:
+    """Whether one process may run the model without the others: not when its weights are
+    sharded across processes (FSDP, DeepSpeed, Megatron-LM), where every forward pass is a
+    collective operation."""
+    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    return accelerator.distributed_type not in sharded
+
+
+def check_all_processes_joined(accelerator: Accelerator) -> None:
+    """Fails fast when a launcher started several processes but Accelerate set up only one.
+
+    On a machine without a GPU, ``torchrun --nproc_per_node N`` without ``accelerate launch
+    --cpu`` leaves Accelerate in single-process mode: each process would silently train on
+    its own, on the whole dataset.
+
+    Raises:
+        RuntimeError: if ``WORLD_SIZE`` names more processes than Accelerate joined.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"This process was launched as one of WORLD_SIZE={world_size} processes, but "
+            "Accelerate set up a single process, so each would train alone. Without a GPU, "
+            "launch with `accelerate launch --cpu`, set ACCELERATE_USE_CPU=1 for torchrun, "
+            'or pass accelerator_kwargs={"cpu": True} to the Trainer.'
+        )

@@ -1,0 +1,314 @@
+"""Training runs whose results must not depend on the number of processes.
+
+Each scenario builds a fresh :class:`~trainwright.Trainer`, runs it and returns plain JSON
+values. ``worker.py`` runs them under ``torchrun`` (one result per rank); the tests run the
+same functions in the test process (one process) as the reference, so both sides share one
+definition of every run. Batch sizes are given as totals over the processes where the runs
+must see the same data per update.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from trainwright import StopTrainingError, Trainer, TrainerCallback, TrainerPlaceholderValues
+from trainwright.callbacks import TerminateOnNaNCallback
+
+NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
+IN_ORDER = {"shuffle": False, **NO_WORKERS}
+
+
+def make_dataset(num_samples: int, seed: int = 0) -> TensorDataset:
+    """``num_samples`` pairs (4 features, a class of 3); sample ``i`` has ``inputs[i, 0] == i``
+    so that gathered samples can be identified."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(num_samples, 4, generator=generator)
+    inputs[:, 0] = torch.arange(num_samples, dtype=inputs.dtype)
+    targets = torch.randint(0, 3, (num_samples,), generator=generator)
+    return TensorDataset(inputs, targets)
+
+
+def make_trainer(
+    lr: float, callbacks: tuple[TrainerCallback, ...] = (), trainer_class: type = Trainer
+) -> Trainer:
+    """A small MLP classifier with SGD, identically initialised on every process."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return trainer_class(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
+
+
+def _per_process(total_batch_size: int, trainer: Trainer) -> int:
+    num_processes = trainer.accelerator.num_processes
+    assert total_batch_size % num_processes == 0
+    return total_batch_size // num_processes
+
+
+def _metrics(trainer: Trainer, *names: str) -> dict[str, list[float]]:
+    return {name: trainer.run_history.get_metric_values(name) for name in names}
+
+
+class UpdateCounter(TrainerCallback):
+    """Counts optimizer updates and records the learning rate used by each one."""
+
+    def __init__(self) -> None:
+        self.num_updates = 0
+        self.learning_rates: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.learning_rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+    def on_after_optimizer_step(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.num_updates += 1
+
+
+def equivalence(gradient_accumulation_steps: int) -> dict[str, Any]:
+    """24 samples, 6 per update step over all processes, 2 epochs, uneven eval tails.
+
+    The training data is not shuffled: Accelerate draws the permutation from a generator of
+    its own when there are several processes, so shuffled orders differ across process
+    counts.
+    """
+    counter = UpdateCounter()
+    trainer = make_trainer(lr=0.2, callbacks=(counter,))
+    eval_dataset = make_dataset(10, seed=1)
+    trainer.train(
+        make_dataset(24),
+        num_epochs=2,
+        eval_dataset=eval_dataset,
+        per_device_batch_size=_per_process(6, trainer),
+        eval_per_device_batch_size=3,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        train_dataloader_kwargs=IN_ORDER,
+        eval_dataloader_kwargs=NO_WORKERS,
+    )
+    trainer.evaluate(eval_dataset, per_device_batch_size=3, dataloader_kwargs=NO_WORKERS)
+    weights = torch.cat([p.detach().flatten() for p in trainer.get_model().parameters()])
+    return {
+        "weights": weights.tolist(),
+        "num_updates": counter.num_updates,
+        **_metrics(trainer, "train_loss_epoch", "eval_loss_epoch", "evaluation_loss"),
+    }
+
+
+class GatherForMetrics(TrainerCallback):
+    """Gathers a nested structure of every evaluation batch with ``gather_for_metrics``."""
+
+    def __init__(self) -> None:
+        self.gathered: list[Any] = []
+
+    def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.gathered = []
+
+    def on_eval_step_end(self, trainer: Trainer, batch: Any, **kwargs: Any) -> None:
+        inputs, targets = batch
+        nested = {"sample_ids": inputs[:, 0], "pair": (targets, {"doubled": 2 * targets})}
+        self.gathered.append(trainer.gather_for_metrics(nested))
+
+    def collected(self) -> dict[str, list[int]]:
+        def concat(pick: Callable[[Any], torch.Tensor]) -> list[int]:
+            return torch.cat([pick(item) for item in self.gathered]).long().tolist()
+
+        return {
+            "sample_ids": concat(lambda item: item["sample_ids"]),
+            "targets": concat(lambda item: item["pair"][0]),
+            "doubled": concat(lambda item: item["pair"][1]["doubled"]),
+        }
+
+
+def loss_metrics_with_tails() -> dict[str, Any]:
+    """With ``lr=0`` the weights never change, so every loss metric is the plain mean loss
+    over its dataset, whatever the batching: the tails decide whether it is exact."""
+    gatherer = GatherForMetrics()
+    trainer = make_trainer(lr=0.0, callbacks=(gatherer,))
+    # 20 samples, batch 4: with 2 processes the 2nd process's last batch repeats 4 samples.
+    trainer.train(
+        make_dataset(20),
+        num_epochs=1,
+        eval_dataset=make_dataset(10, seed=1),
+        per_device_batch_size=4,
+        eval_per_device_batch_size=3,
+        train_dataloader_kwargs=IN_ORDER,
+        eval_dataloader_kwargs=NO_WORKERS,
+    )
+    results: dict[str, Any] = _metrics(trainer, "train_loss_epoch", "eval_loss_epoch")
+    # 10 samples, batch 3: the last batch of every process is padded (to 12 samples); 7
+    # samples: one process gets a batch of repeats only; 2 samples: fewer than a batch.
+    for num_samples in (10, 7, 2):
+        dataset = make_dataset(num_samples, seed=num_samples)
+        trainer.evaluate(dataset, per_device_batch_size=3, dataloader_kwargs=NO_WORKERS)
+        results[f"evaluation_loss_{num_samples}"] = trainer.run_history.get_latest_metric(
+            "evaluation_loss"
+        )
+        results[f"gathered_{num_samples}"] = gatherer.collected()
+    return results
+
+
+def update_counting(gradient_accumulation_steps: int) -> dict[str, Any]:
+    """``max_num_train_steps=12`` over 20 samples, 2 per process per batch, with a OneCycleLR
+    schedule sized by the placeholder (it raises if stepped past its total)."""
+    counter = UpdateCounter()
+    trainer = make_trainer(lr=0.1, callbacks=(counter,))
+    trainer.train(
+        make_dataset(20),
+        num_epochs=1,
+        per_device_batch_size=2,
+        max_num_train_steps=12,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        create_scheduler_fn=functools.partial(
+            torch.optim.lr_scheduler.OneCycleLR,
+            max_lr=0.1,
+            total_steps=TrainerPlaceholderValues.NUM_UPDATE_STEPS,
+        ),
+        train_dataloader_kwargs=IN_ORDER,
+    )
+    run_config = trainer.run_config
+    return {
+        "num_updates": counter.num_updates,
+        "learning_rates": counter.learning_rates,
+        "scheduler_steps": trainer.scheduler.last_epoch,
+        "scheduler_total_steps": trainer.scheduler.total_steps,
+        "progress_updates": trainer.progress.num_update_steps,
+        "num_epochs_run": trainer.run_history.current_epoch - 1,  # it counts from 1
+        **{
+            name: run_config[name]
+            for name in (
+                "num_epochs",
+                "num_update_steps_per_epoch",
+                "num_update_steps",
+                "num_processes",
+                "train_total_batch_size",
+                "train_dataloader_len",
+            )
+        },
+    }
+
+
+class StopOnLastProcess(TrainerCallback):
+    """Raises ``StopTrainingError`` in ``event`` at batch ``step`` (``None`` for epoch-level
+    events) of epoch ``epoch``, on the last process only, and records how far it got."""
+
+    def __init__(self, event: str, step: int | None, epoch: int = 0) -> None:
+        self.event, self.step, self.epoch = event, step, epoch
+        self.steps_ended: list[tuple[int, int]] = []
+        self.stop_message: str | None = None
+        self.run_ended = False
+
+    def _maybe_stop(self, trainer: Trainer, event: str, step: int | None) -> None:
+        accelerator = trainer.accelerator
+        is_last_process = accelerator.process_index == accelerator.num_processes - 1
+        moment = (event, step, trainer.progress.epoch)
+        if is_last_process and moment == (self.event, self.step, self.epoch):
+            raise StopTrainingError(f"stop requested in {event}")
+
+    def on_train_step_start(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        self._maybe_stop(trainer, "on_train_step_start", step)
+
+    def on_train_step_end(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        self.steps_ended.append((trainer.progress.epoch, step))
+        self._maybe_stop(trainer, "on_train_step_end", step)
+
+    def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._maybe_stop(trainer, "on_train_epoch_end", None)
+
+    def on_eval_step_end(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        self._maybe_stop(trainer, "on_eval_step_end", step)
+
+    def on_stop_training_error(
+        self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
+    ) -> None:
+        self.stop_message = str(error)
+
+    def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.run_ended = True
+
+
+def stop_on_one_process(event: str, step: int | None, epoch: int = 0) -> dict[str, Any]:
+    """3 epochs of 5 batches per process; the last process asks to stop in ``event``."""
+    stopper = StopOnLastProcess(event, step, epoch)
+    trainer = make_trainer(lr=0.1, callbacks=(stopper,))
+    trainer.train(
+        make_dataset(20),
+        num_epochs=3,
+        eval_dataset=make_dataset(6, seed=1),
+        per_device_batch_size=_per_process(4, trainer),
+        train_dataloader_kwargs=IN_ORDER,
+        eval_dataloader_kwargs=NO_WORKERS,
+    )
+    weights = torch.cat([p.detach().flatten() for p in trainer.get_model().parameters()])
+    return {
+        "last_step_ended": list(stopper.steps_ended[-1]),
+        "num_steps_ended": len(stopper.steps_ended),
+        "stop_message": stopper.stop_message,
+        "run_ended": stopper.run_ended,
+        "epoch_at_stop": trainer.progress.epoch,
+        "num_updates": trainer.progress.num_update_steps,
+        "weights_sum": weights.sum().item(),
+    }
+
+
+class FailOnLastProcess(TrainerCallback):
+    """Raises an ordinary error at step 3 on the last process only."""
+
+    def on_train_step_end(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        accelerator = trainer.accelerator
+        if accelerator.process_index == accelerator.num_processes - 1 and step == 3:
+            raise RuntimeError("deliberate failure on the last process")
+
+
+def error_on_one_process() -> dict[str, Any]:
+    """Trains 3 epochs; the last process fails at step 3 of the first."""
+    trainer = make_trainer(lr=0.1, callbacks=(FailOnLastProcess(),))
+    trainer.train(
+        make_dataset(20), num_epochs=3, per_device_batch_size=2, train_dataloader_kwargs=IN_ORDER
+    )
+    return {"finished": True}
+
+
+class NanLossOnLastProcessTrainer(Trainer):
+    """Its training loss turns NaN at step 2 of the first epoch, on the last process only
+    (the NaN gradients then reach every process through the all-reduce)."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        batch_output = super().calculate_train_batch_loss(batch)
+        accelerator = self.accelerator
+        is_last_process = accelerator.process_index == accelerator.num_processes - 1
+        if is_last_process and (self.progress.epoch, self.progress.step) == (0, 2):
+            batch_output["loss"] = batch_output["loss"] * math.nan
+        return batch_output
+
+
+def nan_loss_on_one_process() -> dict[str, Any]:
+    """TerminateOnNaNCallback sees the NaN on one process a step before the other."""
+    stopper = StopOnLastProcess("never", None)  # only records the steps and the stop
+    trainer = make_trainer(
+        lr=0.1,
+        callbacks=(TerminateOnNaNCallback(), stopper),
+        trainer_class=NanLossOnLastProcessTrainer,
+    )
+    trainer.train(
+        make_dataset(20), num_epochs=2, per_device_batch_size=2, train_dataloader_kwargs=IN_ORDER
+    )
+    return {
+        "last_step_ended": list(stopper.steps_ended[-1]),
+        "stop_message": stopper.stop_message,
+        "num_updates": trainer.progress.num_update_steps,
+    }
+
+
+#: Every scenario the worker can run, by name.
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "equivalence": equivalence,
+    "loss_metrics_with_tails": loss_metrics_with_tails,
+    "update_counting": update_counting,
+    "stop_on_one_process": stop_on_one_process,
+    "error_on_one_process": error_on_one_process,
+    "nan_loss_on_one_process": nan_loss_on_one_process,
+}

@@ -1,0 +1,182 @@
+"""Two CPU processes (torchrun, gloo) against one: same weights, metrics, counts and stops.
+
+All 2-process runs except the failing one happen in one ``torchrun`` launch (a module-scoped
+fixture), since starting the processes costs more than the runs themselves; each test
+compares its part with the same scenario run here in the test process.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from distributed_scenarios import (
+    equivalence,
+    loss_metrics_with_tails,
+    make_dataset,
+    stop_on_one_process,
+)
+from launcher import NUM_PROCESSES, launch, run_scenarios
+
+pytestmark = pytest.mark.multiprocess
+
+ACCUMULATION_STEPS = (1, 3)
+COUNTING_ACCUMULATION_STEPS = (1, 2)
+# (event, step, epoch) at which the last process alone raises StopTrainingError.
+STOP_MOMENTS = (
+    ("on_train_step_end", 1, 0),
+    ("on_train_step_start", 2, 1),  # before the backward pass and its gradient all-reduce
+    ("on_train_epoch_end", None, 0),
+    ("on_eval_step_end", 0, 1),
+)
+
+
+def _stop_key(event: str, step: int | None, epoch: int) -> str:
+    return f"stop:{event}:{step}:{epoch}"
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    specs: list[tuple[str, str, dict[str, Any]]] = [
+        *(
+            (f"equivalence:{k}", "equivalence", {"gradient_accumulation_steps": k})
+            for k in ACCUMULATION_STEPS
+        ),
+        ("loss_metrics_with_tails", "loss_metrics_with_tails", {}),
+        *(
+            (f"update_counting:{k}", "update_counting", {"gradient_accumulation_steps": k})
+            for k in COUNTING_ACCUMULATION_STEPS
+        ),
+        *(
+            (
+                _stop_key(*moment),
+                "stop_on_one_process",
+                dict(zip(("event", "step", "epoch"), moment)),
+            )
+            for moment in STOP_MOMENTS
+        ),
+        ("nan_loss_on_one_process", "nan_loss_on_one_process", {}),
+    ]
+    return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
+
+
+def _assert_close(actual: Any, expected: Any) -> None:
+    assert torch.allclose(
+        torch.tensor(actual, dtype=torch.float64),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-6,
+    ), (actual, expected)
+
+
+@pytest.mark.parametrize("gradient_accumulation_steps", ACCUMULATION_STEPS)
+def test_two_processes_train_like_one_with_twice_the_batch(
+    two_process_results: list[dict[str, Any]], gradient_accumulation_steps: int
+) -> None:
+    reference = equivalence(gradient_accumulation_steps)
+    for rank_results in two_process_results:
+        result = rank_results[f"equivalence:{gradient_accumulation_steps}"]
+        assert result["num_updates"] == reference["num_updates"]
+        _assert_close(result["weights"], reference["weights"])
+        for metric in ("train_loss_epoch", "eval_loss_epoch", "evaluation_loss"):
+            _assert_close(result[metric], reference[metric])
+
+
+def test_loss_metrics_count_every_sample_exactly_once(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    reference = loss_metrics_with_tails()
+    for rank_results in two_process_results:
+        result = rank_results["loss_metrics_with_tails"]
+        assert set(result) == set(reference)
+        for key, expected in reference.items():
+            if key.startswith("gathered_"):
+                assert result[key] == expected, key  # exact: every sample once, in order
+            else:
+                _assert_close(result[key], expected)
+
+
+def test_gather_for_metrics_returns_each_sample_once_in_order() -> None:
+    # The reference itself must hold the datasets' samples (so the comparison above is real).
+    reference = loss_metrics_with_tails()
+    for num_samples in (10, 7, 2):
+        dataset = make_dataset(num_samples, seed=num_samples)
+        targets = dataset.tensors[1].tolist()
+        assert reference[f"gathered_{num_samples}"] == {
+            "sample_ids": list(range(num_samples)),
+            "targets": targets,
+            "doubled": [2 * target for target in targets],
+        }
+
+
+@pytest.mark.parametrize("gradient_accumulation_steps", COUNTING_ACCUMULATION_STEPS)
+def test_max_num_train_steps_counts_updates_on_every_process(
+    two_process_results: list[dict[str, Any]], gradient_accumulation_steps: int
+) -> None:
+    # 20 samples, 2 per batch per process: 5 batches per process and epoch.
+    updates_per_epoch = math.ceil(5 / gradient_accumulation_steps)
+    for rank_results in two_process_results:
+        result = rank_results[f"update_counting:{gradient_accumulation_steps}"]
+        assert result["num_processes"] == NUM_PROCESSES
+        assert result["train_dataloader_len"] == 5
+        assert result["train_total_batch_size"] == 2 * NUM_PROCESSES * gradient_accumulation_steps
+        assert result["num_update_steps_per_epoch"] == updates_per_epoch
+        assert result["num_update_steps"] == 12
+        assert result["num_epochs"] == math.ceil(12 / updates_per_epoch)
+        assert result["num_epochs_run"] == result["num_epochs"]
+        assert result["num_updates"] == result["progress_updates"] == 12
+        # The schedule, sized by NUM_UPDATE_STEPS, is stepped once per update and ends on
+        # the last one: its final learning rate is OneCycleLR's minimum.
+        assert result["scheduler_steps"] == result["scheduler_total_steps"] == 12
+        assert result["learning_rates"][-1] == pytest.approx(0.1 / 25 / 1e4)
+        assert len(result["learning_rates"]) == 12
+
+
+@pytest.mark.parametrize("moment", STOP_MOMENTS, ids=lambda moment: str(moment))
+def test_stop_requested_by_one_process_stops_all_at_the_same_step(
+    two_process_results: list[dict[str, Any]], moment: tuple[str, int | None, int]
+) -> None:
+    first, last = (rank_results[_stop_key(*moment)] for rank_results in two_process_results)
+    for result in (first, last):
+        assert result["run_ended"]
+        assert result["stop_message"] is not None
+        assert "stop requested in " + moment[0] in result["stop_message"]
+    assert "process 1 asked to stop" in first["stop_message"]
+    for key in (
+        "last_step_ended",
+        "num_steps_ended",
+        "epoch_at_stop",
+        "num_updates",
+        "weights_sum",
+    ):
+        assert first[key] == last[key], key
+    # The stop takes effect where every process can agree on it: after the next training
+    # step for a request made during a step, at once for an epoch-level event.
+    event, step, epoch = moment
+    is_step_event = event in ("on_train_step_start", "on_train_step_end")
+    expected_last_step = [epoch, step + 1] if is_step_event else [epoch, 4]
+    assert first["last_step_ended"] == expected_last_step
+    # One process stops at once where it raises: the reference shows the runs are not trivial.
+    assert stop_on_one_process(*moment)["num_steps_ended"] < 15
+
+
+def test_nan_loss_on_one_process_stops_all_at_the_same_step(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    first, last = (rank_results["nan_loss_on_one_process"] for rank_results in two_process_results)
+    # The last process sees its NaN at step 2 and the first at step 3 (after the NaN update):
+    # both stop at the end of step 3, the step after the first request.
+    assert first["last_step_ended"] == last["last_step_ended"] == [0, 3]
+    assert first["num_updates"] == last["num_updates"] == 4
+    assert "the loss is nan at step 2 of epoch 1" in last["stop_message"]
+    assert "the loss is nan" in first["stop_message"]
+
+
+def test_error_on_one_process_ends_the_run_instead_of_hanging(tmp_path: Path) -> None:
+    result = launch([("error", "error_on_one_process", {})], tmp_path, timeout=60)
+    assert result.returncode not in (None, 0), result.output
+    assert "deliberate failure on the last process" in result.output
+    assert result.results == [{}, {}]
