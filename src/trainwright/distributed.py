@@ -175,14 +175,17 @@ class StopVote:
     def _raise_if_requested(self, requesting_rank: int) -> None:
         if not requesting_rank:
             return
-        # The message travels from the process that asked, so every process reports the same
-        # reason; this collective runs once per run, only when stopping.
+        # The error travels from the process that asked, so every process stops for the same
+        # reason (and the same kind of stop, e.g. an interruption); this collective runs once
+        # per run, only when stopping.
         own = self._request
-        message = [str(own) if own is not None else None]
-        dist.broadcast_object_list(message, src=requesting_rank - 1)
+        payload = [own]
+        dist.broadcast_object_list(payload, src=requesting_rank - 1)
         if own is not None:
             raise own
-        raise StopTrainingError(f"process {requesting_rank - 1} asked to stop: {message[0]}")
+        error = payload[0]
+        error.args = (f"process {requesting_rank - 1} asked to stop: {error}",)
+        raise error
 
 
 class _Ballot:

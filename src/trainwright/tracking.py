@@ -103,6 +103,16 @@ class RunHistory(ABC):
             "current_epoch": self.current_epoch,
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replaces the history with one saved by :meth:`state_dict`."""
+        self.reset()
+        with self.metric_name_prefix_as(""):
+            for name, values in state["metrics"].items():
+                for value in values:
+                    self.update_metric(name, value)
+        for _ in range(int(state["current_epoch"]) - 1):
+            self.increment_epoch()
+
 
 class InMemoryRunHistory(RunHistory):
     """A :class:`RunHistory` that keeps every metric in a dictionary of lists.

@@ -8,11 +8,17 @@ may override. Every callback event is one literal ``call_event`` line at the pla
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import math
 import os
+import signal
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +28,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset
 
-from trainwright.callbacks import DEFAULT_CALLBACKS, CallbackHandler, StopTrainingError
+from trainwright.callbacks import (
+    DEFAULT_CALLBACKS,
+    CallbackHandler,
+    SaveTrainingStateCallback,
+    StopTrainingError,
+    TrainingInterrupted,
+)
 from trainwright.callbacks.base import CallbackLike
 from trainwright.callbacks.monitor import expected_metric_names
 from trainwright.callbacks.runtime import BatchLimitsCallback
@@ -30,9 +42,15 @@ from trainwright.checkpointing import (
     MODEL_STATE_KEY,
     OPTIMIZER_STATE_KEY,
     SCHEDULER_STATE_KEY,
+    STAGING_SUFFIX,
+    TRAINING_STATE_FORMAT,
     atomic_save,
+    find_latest_training_state,
+    is_training_state,
     load_checkpoint_file,
+    read_trainer_state,
 )
+from trainwright.checkpointing import save_training_state as _save_training_state_directory
 from trainwright.data import default_dataloader_kwargs
 from trainwright.distributed import (
     PaddedTail,
@@ -52,15 +70,24 @@ __all__ = ["Trainer", "TrainerPlaceholderValues", "TrainingProgress"]
 class TrainingProgress:
     """Where the current ``train()`` run is; read it from callbacks, never write it.
 
+    It is saved with every training state and restored on resume, so the counts continue
+    across a resume.
+
     Attributes:
         epoch: index of the current epoch within this ``train()`` call, from 0.
         step: index of the current batch within the epoch, from 0.
         num_update_steps: optimizer updates performed so far in this ``train()`` call.
+        num_batches_done: batches of the current epoch whose step is complete (set before
+            ``on_train_step_end``).
+        is_epoch_finished: whether the current epoch's training and evaluation are done
+            (set before ``on_training_run_epoch_end``).
     """
 
     epoch: int = 0
     step: int = 0
     num_update_steps: int = 0
+    num_batches_done: int = 0
+    is_epoch_finished: bool = False
 
 
 class _EpochLoss:
@@ -89,6 +116,13 @@ class _EpochLoss:
         else:
             self._loss_sum += loss.detach() * batch_size
         self._num_samples += batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self._loss_sum.cpu(), "num_samples": self._num_samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loss_sum = state["loss_sum"].to(self._accelerator.device)
+        self._num_samples = state["num_samples"]
 
     def compute(self) -> float:
         totals = torch.stack(
@@ -173,6 +207,13 @@ class Trainer:
         self._train_loss = _EpochLoss(self.accelerator)
         self._eval_loss = _EpochLoss(self.accelerator)
         self._stop_vote = StopVote(self.accelerator, self.callback_handler)
+        #: The signal (``"SIGTERM"``, ``"SIGINT"``) that interrupted the last ``train()``.
+        self.interrupt_signal: str | None = None
+        # Torch's RNG and the sampler's generator at the start of the epoch: saved with a
+        # training state so that a resumed epoch replays the same batch order.
+        self._epoch_start_state: dict[str, Any] | None = None
+        # Set on resume: the saved position inside the epoch the run continues with.
+        self._resumed_epoch: dict[str, Any] | None = None
         self.callback_handler.call_event("on_init_end", self)
 
     # ----------------------------------------------------------------------------------------
@@ -295,6 +336,181 @@ class Trainer:
         return checkpoint
 
     # ----------------------------------------------------------------------------------------
+    # Training states: everything needed to continue a run exactly
+    # ----------------------------------------------------------------------------------------
+
+    def save_training_state(self, save_dir: str | os.PathLike) -> Path:
+        """Saves everything needed to continue this run exactly, as one directory.
+
+        The state holds the model, optimizer, gradient scaler and every RNG (Python, NumPy,
+        torch, CUDA; through Accelerate's ``save_state``, sharded under FSDP / DeepSpeed),
+        the scheduler, the loop position (:attr:`progress`: epoch, batch within the epoch,
+        optimizer updates), the gradients accumulated so far in the current accumulation
+        window, the epoch's partial loss sums, the sampler's generator and torch's RNG at the
+        epoch's start (for the batch order and worker seeds), the run history, and every
+        callback's :meth:`~trainwright.callbacks.TrainerCallback.state_dict`.
+
+        The directory is written atomically: complete, or absent (a save interrupted even by
+        SIGKILL leaves the previous state intact). Call it on every process, between steps
+        (e.g. from ``on_train_step_end`` or an epoch-end event). Values recorded in the run
+        history and callback states must be numbers, strings, tensors or containers of them.
+
+        Returns:
+            The directory written.
+
+        Example::
+
+            class SaveAtStep(TrainerCallback):
+                def on_train_step_end(self, trainer, step, **kwargs):
+                    if trainer.progress.num_update_steps == 100:
+                        trainer.save_training_state("checkpoints/state-100")
+        """
+        return _save_training_state_directory(self.accelerator, save_dir, self._trainer_state)
+
+    def load_training_state(self, load_dir: str | os.PathLike) -> None:
+        """Loads a state written by :meth:`save_training_state` into this trainer: model,
+        optimizer, scaler, RNGs, scheduler (when the trainer has one), run history, progress
+        and callback states. To continue training from it, use
+        ``train(..., resume_from=load_dir)`` instead, which also restores the position in
+        the data.
+
+        Raises:
+            FileNotFoundError: if ``load_dir`` does not exist.
+            ValueError: if it is incomplete or corrupted, or was saved from a different model
+                (nothing is loaded then).
+        """
+        state = self._read_training_state(Path(load_dir))
+        self._prepare_model_and_optimizer()
+        self._restore_training_state(Path(load_dir), state)
+        self.callback_handler.load_state_dict(state["callbacks"])
+        self._resumed_epoch = None
+
+    def _trainer_state(self) -> dict[str, Any]:
+        parameters = self.model.parameters()
+        return {
+            "format": TRAINING_STATE_FORMAT,
+            "progress": dataclasses.asdict(self.progress),
+            "run": self._run_facts(),
+            "model_signature": _model_signature(self.get_model()),
+            "run_history": self.run_history.state_dict(),
+            "callbacks": self.callback_handler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch_start": self._epoch_start_state,
+            "train_loss": self._train_loss.state_dict(),
+            "gradients": [None if p.grad is None else p.grad.detach().cpu() for p in parameters],
+        }
+
+    def _run_facts(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one for the resume to be exact."""
+        config = self.run_config
+        if config is None:
+            return {}
+        dataset = self.train_dataset
+        return {
+            "train dataset length": len(dataset) if isinstance(dataset, Sized) else None,
+            "per_device_batch_size": config.train_per_device_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "num_processes": config.num_processes,
+            "train_dataloader_len": config.train_dataloader_len,
+        }
+
+    def _find_resume_state(
+        self, resume_from: str | os.PathLike | None
+    ) -> tuple[Path | None, dict[str, Any] | None]:
+        if resume_from is None:
+            return None, None
+        if str(resume_from) == "latest":
+            savers = [
+                callback
+                for callback in self.callback_handler.callbacks
+                if isinstance(callback, SaveTrainingStateCallback)
+            ]
+            if not savers:
+                raise ValueError(
+                    "resume_from='latest' needs a SaveTrainingStateCallback: the newest state "
+                    "is looked for in its save_dir. Add one, or pass a state directory."
+                )
+            try:
+                directory = find_latest_training_state(savers[0].save_dir)
+            except FileNotFoundError:
+                self.print(f"No training state in {savers[0].save_dir} yet: starting afresh.")
+                return None, None
+        else:
+            directory = Path(resume_from)
+            if not directory.exists():
+                raise FileNotFoundError(f"No training state directory at {str(directory)!r}.")
+            if not directory.name.endswith(STAGING_SUFFIX) and not is_training_state(directory):
+                directory = find_latest_training_state(directory)
+        return directory, self._read_training_state(directory)
+
+    def _read_training_state(self, directory: Path) -> dict[str, Any]:
+        state = read_trainer_state(directory, self.accelerator.process_index)
+        saved, current = state["model_signature"], _model_signature(self.get_model())
+        if saved != current:
+            missing = sorted(set(current) - set(saved))
+            unexpected = sorted(set(saved) - set(current))
+            resized = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+            raise ValueError(
+                f"The training state in {str(directory)!r} was saved from a different model. "
+                f"Missing from the state: {missing or 'none'}; not in this model: "
+                f"{unexpected or 'none'}; different shapes: {resized or 'none'}. Nothing was "
+                "loaded."
+            )
+        return state
+
+    def _check_resume_matches_run(self, directory: Path, state: dict[str, Any]) -> None:
+        current = self._run_facts()
+        for name, saved_value in state["run"].items():
+            if current.get(name) != saved_value:
+                raise ValueError(
+                    f"Cannot resume from {str(directory)!r}: it was saved with {name}="
+                    f"{saved_value}, now {current.get(name)}. Resume with the same data and "
+                    "settings as the saved run. Nothing was loaded."
+                )
+
+    def _restore_training_state(self, directory: Path, state: dict[str, Any]) -> None:
+        # Accelerate restores the model, optimizer, scaler and every RNG (to the saved step).
+        self.accelerator.load_state(str(directory))
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.run_history.load_state_dict(state["run_history"])
+        self.progress = TrainingProgress(**state["progress"])
+        for parameter, gradient in zip(self.model.parameters(), state["gradients"]):
+            parameter.grad = None if gradient is None else gradient.to(parameter.device)
+        if self.progress.is_epoch_finished:  # saved during the epoch's last events
+            self._finish_epoch()
+        elif self.progress.num_batches_done > 0:  # saved mid-epoch: continue that epoch
+            self._resumed_epoch = {
+                "train_loss": state["train_loss"],
+                "epoch_start": state["epoch_start"],
+            }
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Turns SIGTERM and SIGINT into a request to stop after the current step (see
+        :class:`~trainwright.callbacks.TrainingInterrupted`); a second SIGINT interrupts at
+        once. Signal handlers can only be set from the main thread: elsewhere, nothing
+        changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signal_number: int, frame: Any) -> None:
+            if self.interrupt_signal is not None and signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.interrupt_signal = signal.Signals(signal_number).name
+
+        previous = {
+            number: signal.signal(number, request_stop)
+            for number in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    # ----------------------------------------------------------------------------------------
     # The run
     # ----------------------------------------------------------------------------------------
 
@@ -318,6 +534,7 @@ class Trainer:
         max_num_eval_batches: int | None = None,
         scheduler_step_interval: str | None = None,
         scheduler_metric: str | None = None,
+        resume_from: str | os.PathLike | None = None,
     ) -> RunHistory:
         """Trains the model for ``num_epochs`` epochs, evaluating after each one if
         ``eval_dataset`` is given.
@@ -374,6 +591,18 @@ class Trainer:
             scheduler_metric: the run-history metric passed to ``ReduceLROnPlateau`` (or a
                 timm-style scheduler) at each epoch end, e.g. ``"eval_loss_epoch"``;
                 required for ``ReduceLROnPlateau``.
+            resume_from: continue exactly from a training state (see
+                :meth:`save_training_state`): a state directory, a directory of states (the
+                newest complete one is used), or ``"latest"`` for the newest state in the
+                ``save_dir`` of the trainer's
+                :class:`~trainwright.callbacks.SaveTrainingStateCallback` (starting afresh
+                when it holds none yet, so the same command serves the first run and every
+                rerun). Pass the same datasets and settings as the saved run; a different
+                model, batch size, accumulation, number of processes or dataset length is an
+                error, raised before anything is loaded. The run continues at the saved
+                step, mid-epoch and mid accumulation window included, without loading the
+                batches already done; the weights, metrics and callback states then match an
+                uninterrupted run bit for bit.
 
         Returns:
             The run history.
@@ -409,6 +638,7 @@ class Trainer:
             max_grad_norm,
             create_scheduler_fn,
         )
+        resume_dir, resume_state = self._find_resume_state(resume_from)
         if reset_run_history:
             self.run_history.reset()
         self.train_dataset, self.eval_dataset, self.collate_fn = (
@@ -444,31 +674,33 @@ class Trainer:
             )
         self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
         self.progress = TrainingProgress()
-        self._run_training()
+        if resume_state is not None:
+            self._check_resume_matches_run(resume_dir, resume_state)
+            self._restore_training_state(resume_dir, resume_state)
+        self._run_training(resume_state)
         return self.run_history
 
-    def _run_training(self) -> None:
-        self.optimizer.zero_grad()  # start from clean gradients whatever ran before
+    def _run_training(self, resume_state: dict[str, Any] | None = None) -> None:
+        if resume_state is None:
+            self.optimizer.zero_grad()  # start from clean gradients whatever ran before
         # With several processes, a stop request is combined across them at every
         # self._stop_vote point, so that all processes stop at the same step (see StopVote).
         self._stop_vote.start()
+        self.interrupt_signal = None
         try:
-            self.training_run_start()
-            self.callback_handler.call_event("on_training_run_start", self)
-            self._stop_vote.agree()
-            for epoch in range(self.run_config.num_epochs):
-                self.progress.epoch = epoch
-                self._run_train_epoch()
-                if self.eval_dataloader is not None:
-                    self._run_eval_epoch(
-                        self.eval_dataloader, "eval_loss_epoch", self._max_num_eval_batches
-                    )
-                self.training_run_epoch_end()
-                self.callback_handler.call_event("on_training_run_epoch_end", self)
+            with self._interruptible():
+                self.training_run_start()
+                self.callback_handler.call_event("on_training_run_start", self)
+                if resume_state is not None:  # after the callbacks set themselves up
+                    self.callback_handler.load_state_dict(resume_state["callbacks"])
                 self._stop_vote.agree()
-                if self._is_scheduler_stepped_per_epoch:  # after every epoch-end metric
-                    self.scheduler_epoch_step()
-                self.run_history.increment_epoch()
+                self._run_epochs()
+        except TrainingInterrupted as interruption:
+            self._stop_vote.finish()
+            self.interrupt_signal = interruption.signal_name
+            self.callback_handler.call_event(
+                "on_training_interrupted", self, signal_name=interruption.signal_name
+            )
         except StopTrainingError as error:
             self._stop_vote.finish()
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
@@ -476,6 +708,29 @@ class Trainer:
             self._stop_vote.finish()
         self.training_run_end()
         self.callback_handler.call_event("on_training_run_end", self)
+
+    def _run_epochs(self) -> None:
+        # A resumed run starts at the saved epoch (progress is restored by then).
+        for epoch in range(self.progress.epoch, self.run_config.num_epochs):
+            self.progress.epoch = epoch
+            self._run_train_epoch()
+            if self.eval_dataloader is not None:
+                self._run_eval_epoch(
+                    self.eval_dataloader, "eval_loss_epoch", self._max_num_eval_batches
+                )
+            self.training_run_epoch_end()
+            self.progress.is_epoch_finished = True
+            self.callback_handler.call_event("on_training_run_epoch_end", self)
+            self._stop_vote.agree()
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        if self._is_scheduler_stepped_per_epoch:  # after every epoch-end metric
+            self.scheduler_epoch_step()
+        self.run_history.increment_epoch()
+        self.progress.epoch += 1
+        self.progress.num_batches_done = 0
+        self.progress.is_epoch_finished = False
 
     # ----------------------------------------------------------------------------------------
     # One training epoch, one training step
@@ -486,10 +741,12 @@ class Trainer:
         self.callback_handler.call_event("on_train_epoch_start", self)
         self._train_loss.reset()
         self._train_tail = padded_tail(self.train_dataloader, self.accelerator)
-        for step, batch in enumerate(self.train_dataloader):
+        for step, batch in self._epoch_batches():
             self.progress.step = step
             try:
                 self._run_train_step(step, batch)
+                if self.interrupt_signal is not None:  # SIGTERM / SIGINT: stop after the step
+                    raise TrainingInterrupted(self.interrupt_signal)
             except StopTrainingError as error:  # raised by a hook (callbacks' are deferred)
                 if not self._stop_vote.is_active:
                     raise
@@ -543,9 +800,40 @@ class Trainer:
                 self.scheduler_step()
             handler.call_event("on_after_optimizer_step", self, step=step)
             self.optimizer_zero_grad()
+        self.progress.num_batches_done = step + 1
         handler.call_event(
             "on_train_step_end", self, batch=batch, batch_output=batch_output, step=step
         )
+
+    def _epoch_batches(self) -> Iterable[tuple[int, Any]]:
+        """The epoch's ``(step, batch)`` pairs; in an epoch resumed mid-way, only the batches
+        not yet done, skipped at the sampler so that they are never loaded."""
+        self.progress.is_epoch_finished = False
+        resumed, self._resumed_epoch = self._resumed_epoch, None
+        if resumed is None:
+            self.progress.num_batches_done = 0
+            self._epoch_start_state = {
+                "torch_rng": torch.get_rng_state(),
+                "sampler": _generator_state(self.train_dataloader),
+            }
+            return enumerate(self.train_dataloader)
+        self._train_loss.load_state_dict(resumed["train_loss"])
+        self._epoch_start_state = resumed["epoch_start"]
+        # Replay the epoch's start as the saved run saw it: the sampler's generator gives the
+        # same batch order, and torch's RNG the same worker seeds, drawn when the iterator
+        # starts. Then the RNG continues from where the saved step left it.
+        rng_after_saved_step = torch.get_rng_state()
+        torch.set_rng_state(self._epoch_start_state["torch_rng"])
+        generator = getattr(self.train_dataloader, "synchronized_generator", None)
+        if generator is not None:
+            generator.set_state(self._epoch_start_state["sampler"])
+        first_step = self.progress.num_batches_done
+        batches = iter(self.accelerator.skip_first_batches(self.train_dataloader, first_step))
+        first_batch = next(batches, _NO_BATCH)
+        torch.set_rng_state(rng_after_saved_step)
+        if first_batch is _NO_BATCH:
+            return ()
+        return enumerate(itertools.chain([first_batch], batches), start=first_step)
 
     def _is_update_step(self, step: int) -> bool:
         accumulation_steps = self.run_config.gradient_accumulation_steps
@@ -1089,6 +1377,18 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
             f"{tuple(loss.shape)}. Reduce it (e.g. loss.mean()) before returning it."
         )
     return loss, batch_size
+
+
+_NO_BATCH = object()
+
+
+def _generator_state(dataloader: DataLoader) -> torch.Tensor | None:
+    generator = getattr(dataloader, "synchronized_generator", None)
+    return None if generator is None else generator.get_state()
+
+
+def _model_signature(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(value.shape) for name, value in model.state_dict().items()}
 
 
 def _dataloader_settings(dataloader: DataLoader) -> dict[str, Any]:

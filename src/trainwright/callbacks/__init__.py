@@ -5,6 +5,7 @@ from trainwright.callbacks.base import (
     CallbackHandler,
     StopTrainingError,
     TrainerCallback,
+    TrainingInterrupted,
 )
 from trainwright.callbacks.ema import ModelEmaCallback
 from trainwright.callbacks.evaluation import StepBasedEvaluationCallback
@@ -21,7 +22,7 @@ from trainwright.callbacks.runtime import (
     LimitEvalStepsCallback,
     MoveModulesToDeviceCallback,
 )
-from trainwright.callbacks.saving import SaveBestModelCallback
+from trainwright.callbacks.saving import SaveBestModelCallback, SaveTrainingStateCallback
 from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
 
 #: The callbacks a :class:`~trainwright.trainer.Trainer` uses unless told otherwise.
@@ -50,8 +51,10 @@ __all__ = [
     "PrintProgressCallback",
     "ProgressBarCallback",
     "SaveBestModelCallback",
+    "SaveTrainingStateCallback",
     "StepBasedEvaluationCallback",
     "StopTrainingError",
     "TerminateOnNaNCallback",
     "TrainerCallback",
+    "TrainingInterrupted",
 ]

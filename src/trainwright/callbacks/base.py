@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
-__all__ = ["EVENTS", "CallbackHandler", "StopTrainingError", "TrainerCallback"]
+__all__ = [
+    "EVENTS",
+    "CallbackHandler",
+    "StopTrainingError",
+    "TrainerCallback",
+    "TrainingInterrupted",
+]
 
 #: Every event fired by the trainer, in the order they first occur in a run.
 EVENTS: tuple[str, ...] = (
@@ -33,6 +39,7 @@ EVENTS: tuple[str, ...] = (
     "on_eval_epoch_end",
     "on_training_run_epoch_end",
     "on_stop_training_error",
+    "on_training_interrupted",
     "on_training_run_end",
     "on_evaluation_run_start",
     "on_evaluation_run_end",
@@ -61,6 +68,26 @@ class StopTrainingError(Exception):
                 if trainer.run_history.current_epoch > 2:
                     raise StopTrainingError("two epochs are enough")
     """
+
+
+class TrainingInterrupted(StopTrainingError):
+    """The run was interrupted by a signal (SIGTERM, or SIGINT / Ctrl-C).
+
+    While ``train()`` runs, the trainer catches SIGTERM and SIGINT: it finishes the current
+    training step, fires ``on_training_interrupted(signal_name=...)`` (where
+    :class:`~trainwright.callbacks.SaveTrainingStateCallback` saves a training state), runs
+    ``training_run_end`` / ``on_training_run_end`` and returns normally, with
+    ``trainer.interrupt_signal`` naming the signal. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once. With several processes, a signal received by any of them
+    stops all of them after the same step.
+    """
+
+    def __init__(self, signal_name: str, message: str | None = None) -> None:
+        super().__init__(message or f"Training interrupted by {signal_name}")
+        self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple:  # keep the signal name when sent to other processes
+        return (type(self), (self.signal_name, *self.args))
 
 
 def _no_op(method: Callable) -> Callable:
@@ -110,6 +137,7 @@ class TrainerCallback:
             training_run_epoch_end()                       -> on_training_run_epoch_end
             scheduler_epoch_step() (schedulers stepped per epoch, ReduceLROnPlateau, timm)
           StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
+          SIGTERM / SIGINT: after the current step  -> on_training_interrupted(signal_name)
           training_run_end()                               -> on_training_run_end
         evaluate():
           evaluation_run_start()                           -> on_evaluation_run_start
@@ -228,6 +256,11 @@ class TrainerCallback:
         self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
     ) -> None:
         """Called when a :class:`StopTrainingError` ends the run, before ``training_run_end``."""
+
+    @_no_op
+    def on_training_interrupted(self, trainer: Trainer, signal_name: str, **kwargs: Any) -> None:
+        """Called when SIGTERM or SIGINT interrupted the run, once the current step is
+        complete and before ``training_run_end``; the place to save a training state."""
 
     @_no_op
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:

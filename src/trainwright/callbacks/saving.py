@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainwright.callbacks.base import StopTrainingError, TrainerCallback
 from trainwright.callbacks.monitor import MonitorCallback
+from trainwright.checkpointing import STAGING_SUFFIX, is_training_state
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
-__all__ = ["SaveBestModelCallback"]
+__all__ = ["SaveBestModelCallback", "SaveTrainingStateCallback"]
 
 
 class SaveBestModelCallback(MonitorCallback):
@@ -85,3 +88,104 @@ class SaveBestModelCallback(MonitorCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.saved_this_run = state["saved_this_run"]
+
+
+class SaveTrainingStateCallback(TrainerCallback):
+    """Saves full training states, from which ``train(..., resume_from=...)`` continues a run
+    exactly (see :meth:`~trainwright.trainer.Trainer.save_training_state`).
+
+    States are directories named ``state-<optimizer updates>`` inside ``save_dir``, each
+    written atomically (complete or absent). They are saved:
+
+    - every ``save_every_n_steps`` optimizer updates, at the end of the step that performed
+      the update (``on_train_step_end``);
+    - every ``save_every_n_epochs`` epochs, once the epoch's evaluation and epoch-end
+      callbacks have run;
+    - at the end of the run when ``save_at_end`` (after the last epoch, or when a
+      ``StopTrainingError`` ended the run), before any callback reloads other weights;
+    - when the run is interrupted by SIGTERM or SIGINT (Ctrl-C), after the current step.
+
+    Only the newest ``max_checkpoints`` states are kept, when it is set. The callback runs
+    after callbacks of the default order (``order = 50``), so a state holds the early
+    stopping and best-model decisions of its step or epoch.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            *DEFAULT_CALLBACKS, SaveTrainingStateCallback("checkpoints", save_every_n_steps=500)])
+        trainer.train(dataset, num_epochs=10, resume_from="latest")  # continues if possible
+    """
+
+    order = 50
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_every_n_epochs: int | None = None,
+        save_every_n_steps: int | None = None,
+        save_at_end: bool = True,
+        max_checkpoints: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("save_every_n_epochs", save_every_n_epochs),
+            ("save_every_n_steps", save_every_n_steps),
+            ("max_checkpoints", max_checkpoints),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+        self.save_dir = Path(save_dir)
+        self.save_every_n_epochs = save_every_n_epochs
+        self.save_every_n_steps = save_every_n_steps
+        self.save_at_end = save_at_end
+        self.max_checkpoints = max_checkpoints
+        self._updates_at_last_check = 0
+
+    def save(self, trainer: Trainer) -> Path:
+        """Saves a training state now and prunes old ones; returns its directory."""
+        directory = self.save_dir / f"state-{trainer.progress.num_update_steps:09d}"
+        trainer.save_training_state(directory)
+        if trainer.accelerator.is_main_process:
+            self._prune()
+        trainer.accelerator.wait_for_everyone()
+        return directory
+
+    def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._updates_at_last_check = trainer.progress.num_update_steps
+
+    def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        updates = trainer.progress.num_update_steps
+        if self.save_every_n_steps is None or updates == self._updates_at_last_check:
+            return
+        self._updates_at_last_check = updates
+        if updates % self.save_every_n_steps == 0:
+            self.save(trainer)
+
+    def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        is_last_epoch = trainer.progress.epoch == trainer.run_config.num_epochs - 1
+        epoch = trainer.run_history.current_epoch
+        if (self.save_at_end and is_last_epoch) or (
+            self.save_every_n_epochs is not None and epoch % self.save_every_n_epochs == 0
+        ):
+            self.save(trainer)
+
+    def on_stop_training_error(
+        self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
+    ) -> None:
+        if self.save_at_end:
+            self.save(trainer)
+
+    def on_training_interrupted(self, trainer: Trainer, signal_name: str, **kwargs: Any) -> None:
+        path = self.save(trainer)
+        trainer.print(f"Interrupted by {signal_name}: training state saved to {path}")
+
+    def _prune(self) -> None:
+        if self.max_checkpoints is None:
+            return
+        states = sorted(
+            (path for path in self.save_dir.iterdir() if is_training_state(path)),
+            key=lambda path: path.name,
+        )
+        for stale in states[: -self.max_checkpoints]:
+            shutil.rmtree(stale)
+        for leftover in self.save_dir.glob(f"*{STAGING_SUFFIX}"):
+            shutil.rmtree(leftover, ignore_errors=True)
