@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback
-from trainwright.callbacks import EarlyStoppingCallback, SaveTrainingStateCallback
+from trainwright.callbacks import (
+    EarlyStoppingCallback,
+    SaveBestModelCallback,
+    SaveTrainingStateCallback,
+)
 
 
 class CountingDataset(Dataset):
@@ -119,6 +124,7 @@ def build(save_dir: Path | None = None, extra_callbacks=()) -> tuple[Trainer, Co
     callbacks = [
         UserCounter(),
         EarlyStoppingCallback(early_stopping_patience=5, early_stopping_threshold=0.0),
+        SaveBestModelCallback(Path(tempfile.mkdtemp()) / "best.pt", load_saved_checkpoint=False),
         *extra_callbacks,
     ]
     if save_dir is not None:
@@ -147,7 +153,11 @@ def summary(trainer: Trainer, dataset: CountingDataset) -> dict:
     stopper = next(
         c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)
     )
+    saver = next(
+        c for c in trainer.callback_handler.callbacks if isinstance(c, SaveBestModelCallback)
+    )
     return {
+        "best_model": [saver.monitor.best_value, saver.monitor.best_epoch, saver.saved_this_run],
         "weights": {k: v.tolist() for k, v in trainer.get_model().state_dict().items()},
         "history": {name: history.get_metric_values(name) for name in history.get_metric_names()},
         "current_epoch": history.current_epoch,

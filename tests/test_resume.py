@@ -46,6 +46,7 @@ def assert_same_run(resumed: dict, reference: dict) -> None:
     assert resumed["lr"] == reference["lr"]
     assert resumed["steps_seen"] == reference["steps_seen"]
     assert resumed["best_value"] == reference["best_value"]
+    assert resumed["best_model"] == reference["best_model"]
 
 
 # (epoch, step) whose end the state is saved at: 6 batches per epoch, accumulation 2, so
