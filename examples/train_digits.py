@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         default=None,
-        help="where to save the best model (default: a new temporary directory)",
+        help="where to save the best model (default: trainwright_digits in the temp directory)",
     )
     parser.add_argument(
         "--mixed-precision",
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     # Seed before building the model: it fixes the initial weights, dropout and data order.
     set_seed(SEED)
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="trainwright_digits_"))
+    # One fixed default path, so that every process of a multi-process run shares it.
+    output_dir = args.output_dir or Path(tempfile.gettempdir()) / "trainwright_digits"
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output_dir / CHECKPOINT_NAME
 

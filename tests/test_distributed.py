@@ -82,10 +82,11 @@ def test_padded_tail_is_none_on_one_process() -> None:
 def test_a_launch_of_several_processes_that_accelerate_did_not_join_fails_fast(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # e.g. torchrun on a machine without a GPU and without ACCELERATE_USE_CPU
+    # e.g. torchrun on a machine without a GPU, with the CPU explicitly ruled out (by
+    # default the Trainer asks Accelerate to join the processes on the CPU itself)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 .* ACCELERATE_USE_CPU=1"):
-        make_trainer()
+        make_trainer(accelerator_kwargs={"cpu": False})
 
 
 def test_a_deferring_handler_keeps_the_first_stop_request_and_runs_the_other_callbacks() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import resume_job
 import torch
-from conftest import make_dataset, make_trainer
+from conftest import RecorderCallback, make_dataset, make_trainer
 
-from trainwright import StopTrainingError
+from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import SaveTrainingStateCallback
 
 JOB = Path(resume_job.__file__)
@@ -249,3 +249,38 @@ def test_bad_resume_inputs_fail_clearly_and_overwrite_nothing(tmp_path):
         )
     for parameter, original in zip(trainer.get_model().parameters(), before):
         assert torch.equal(parameter, original)
+
+
+class SendSignal(TrainerCallback):
+    def __init__(self, signal_number, at_step, times=1):
+        self.signal_number, self.at_step, self.times = signal_number, at_step, times
+        self.interrupted_with = None
+
+    def on_train_step_end(self, trainer, step, **kwargs):
+        if step == self.at_step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signal_number)
+
+    def on_training_interrupted(self, trainer, signal_name, **kwargs):
+        self.interrupted_with = (signal_name, trainer.progress.num_batches_done)
+
+
+def test_ctrl_c_finishes_the_step_and_returns_cleanly():
+    sender = SendSignal(signal.SIGINT, at_step=2)
+    recorder = RecorderCallback()
+    trainer = make_trainer(callbacks=[sender, recorder])
+    previous_handler = signal.getsignal(signal.SIGINT)
+    trainer.train(make_dataset(20), num_epochs=2, per_device_batch_size=2)
+    assert trainer.interrupt_signal == "SIGINT"
+    assert sender.interrupted_with == ("SIGINT", 3)
+    events = [event for event, _ in recorder.events]
+    assert events[-3:] == ["on_train_step_end", "on_training_interrupted", "on_training_run_end"]
+    assert signal.getsignal(signal.SIGINT) is previous_handler  # handlers restored
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)  # trains again
+    assert trainer.interrupt_signal is None
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    trainer = make_trainer(callbacks=[SendSignal(signal.SIGINT, at_step=1, times=2)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(make_dataset(20), num_epochs=1, per_device_batch_size=2)

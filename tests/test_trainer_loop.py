@@ -439,3 +439,39 @@ def test_loss_function_module_is_moved_by_default_callbacks():
     )
     trainer.train(TensorDataset(*make_dataset(4).tensors), num_epochs=1, per_device_batch_size=2)
     assert trainer.loss_func.weight.device == trainer.device
+
+
+def test_zero_host_syncs_per_step_with_a_tracker_lr_monitor_and_timing(tmp_path):
+    from trainwright.callbacks import (
+        ExperimentTrackerCallback,
+        LearningRateMonitorCallback,
+        TimingCallback,
+    )
+
+    pytest.importorskip("tensorboard")
+    counter = HostSyncCounter()
+    tracker = ExperimentTrackerCallback(
+        ["tensorboard"], project_name="syncs", logging_dir=tmp_path, log_every_n_updates=2
+    )
+    callbacks = [
+        *DEFAULT_CALLBACKS,
+        tracker,
+        LearningRateMonitorCallback(log_every_n_updates=2),
+        TimingCallback(),
+        counter,
+        UninstallLast(counter),
+    ]
+    trainer = make_trainer(callbacks=callbacks)
+    try:
+        trainer.train(
+            make_dataset(40),
+            num_epochs=2,
+            eval_dataset=make_dataset(8),
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+        )
+    finally:
+        counter._uninstall()
+    assert counter.count == 0
+    assert list((tmp_path / "syncs").glob("events.out.tfevents.*"))  # the tracker did log
+    assert trainer.run_history.get_latest_metric("samples_per_s") > 0

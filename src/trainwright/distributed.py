@@ -3,11 +3,14 @@
 - :func:`padded_tail` finds the samples Accelerate repeats at the end of an epoch so that
   every process gets the same number of equal batches, so the loss metrics can leave them out.
 - :class:`StopVote` lets every process stop at the same step when any one of them raises
-  :class:`~trainwright.callbacks.StopTrainingError`.
+  :class:`~trainwright.callbacks.StopTrainingError`, end an epoch at the same step when any
+  one asks to, and agree on skipping an optimizer update.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from collections.abc import Sized
 from dataclasses import dataclass
@@ -21,12 +24,23 @@ from accelerate.utils import DistributedType
 from trainwright.callbacks.base import CallbackHandler, StopTrainingError
 
 __all__ = [
+    "END_EPOCH",
+    "EVALUATE",
+    "SAVE",
     "PaddedTail",
     "StopVote",
     "can_forward_alone",
     "check_all_processes_joined",
     "padded_tail",
 ]
+
+
+#: Requests for the end of a training step, combined across processes by :class:`StopVote`
+#: (plain ints, so that checking for them costs nothing on the per-step path).
+END_EPOCH = 1
+EVALUATE = 2
+SAVE = 4
+STEP_END_REQUESTS = (END_EPOCH, EVALUATE, SAVE)
 
 
 @dataclass(frozen=True)
@@ -84,12 +98,24 @@ class StopVote:
 
     - after every training step, by an all-reduce started without waiting and read at the end
       of the next step, so the per-step path never blocks; every process reads the same
-      result at the same step, one step after the request;
+      result at the same step, one step after the request (after the epoch's last step,
+      blocking, so that a request made in it stops the run before the epoch's end is
+      recorded);
     - at the end of every epoch-level event (a blocking all-reduce, a few per epoch).
 
     Once any process asked, :meth:`end_of_step` / :meth:`agree` raise ``StopTrainingError`` on
     every process: the requesting process's own error, and on the others an error quoting it.
-    With one process nothing is deferred or exchanged, and a request ends the run at once.
+    With one process nothing is deferred or exchanged, and a raised request ends the run at
+    once (one made with :meth:`request`, e.g. by ``Trainer.request_stop``, at the end of the
+    step or epoch-level event).
+
+    Requests for the end of a step (:meth:`request_at_step_end`: end the epoch, evaluate,
+    save) travel in the same all-reduce: :meth:`end_of_step` returns them on every process at
+    the same step, one step after the request (at once with one process). A request to end
+    the epoch made outside a training epoch's steps and its start is dropped at the next
+    epoch-level agreement; the others wait for the next step's end. Skipping an update needs
+    an answer before the optimizer step, so :meth:`agree_on_skip` is a blocking all-reduce,
+    which the trainer only runs when a callback declares ``may_skip_updates``.
 
     Not covered: a ``StopTrainingError`` raised on one process only by a trainer hook (an
     overridden Trainer method) outside a training step, e.g. in ``train_epoch_end()``; it
@@ -111,6 +137,8 @@ class StopVote:
         self._callback_handler = callback_handler
         self.is_active = False
         self._request: StopTrainingError | None = None
+        self._requested_flags = 0  # this process's step-end requests, not yet sent
+        self._agreed_flags = 0  # agreed by every process, for the next step's end
         self._in_flight: _Ballot | None = None
 
     def start(self) -> None:
@@ -118,59 +146,103 @@ class StopVote:
         self.is_active = self._accelerator.num_processes > 1
         self._callback_handler.defer_stop_requests = self.is_active
         self._request, self._in_flight = None, None
+        self._requested_flags = self._agreed_flags = 0
 
     def finish(self) -> None:
         """Stops deferring: from now on a ``StopTrainingError`` propagates at once."""
         self.is_active = False
         self._callback_handler.defer_stop_requests = False
         self._request, self._in_flight = None, None
+        self._requested_flags = self._agreed_flags = 0
 
     def request(self, error: StopTrainingError) -> None:
         """Records a stop request raised on this process (the first one is kept)."""
         if self._request is None:
             self._request = error
 
-    def end_of_step(self) -> None:
+    def request_at_step_end(self, flag: int) -> None:
+        """Records a request from this process for the end of a step: :data:`END_EPOCH`,
+        :data:`EVALUATE` or :data:`SAVE`."""
+        self._requested_flags |= flag
+
+    def end_of_step(self) -> int:
         """Reads the vote started at the previous step, then starts this step's vote.
+
+        Returns:
+            The step-end requests (:data:`END_EPOCH` | :data:`EVALUATE` | :data:`SAVE`) to
+            act on now, the same on every process; 0 (nearly always) for none.
 
         Raises:
             StopTrainingError: on every process, if any asked to stop by the previous step.
         """
-        if not self.is_active:
-            return
+        if not self.is_active:  # one process: requests apply at once
+            if self._request is not None:
+                self._raise_own_request()
+            flags, self._requested_flags = self._requested_flags, 0
+            return flags
+        flags, self._agreed_flags = self._agreed_flags, 0
         if self._in_flight is not None:
-            self._raise_if_requested(self._read_in_flight())
-        self._in_flight = self._start_vote()
+            requesting_rank, agreed_flags = self._read_in_flight()
+            self._raise_if_requested(requesting_rank)
+            flags |= agreed_flags
+        self._in_flight = self._start_vote(sends_flags=True)
+        return flags
 
     def agree(self) -> None:
-        """Combines every stop request made so far, waiting for every process.
+        """Combines every stop request made so far, waiting for every process; drops requests
+        to end an epoch (this runs between epochs' steps) and keeps the other step-end
+        requests for the next step's end.
 
         Raises:
             StopTrainingError: on every process, if any asked to stop.
         """
         if not self.is_active:
+            self._requested_flags &= ~END_EPOCH
+            if self._request is not None:
+                self._raise_own_request()
             return
-        requesting_rank = self._read_in_flight() if self._in_flight is not None else 0
+        requesting_rank = 0
+        if self._in_flight is not None:
+            requesting_rank, agreed_flags = self._read_in_flight()
+            self._agreed_flags |= agreed_flags & ~END_EPOCH
         if not requesting_rank:
-            self._in_flight = self._start_vote()
-            requesting_rank = self._read_in_flight()
+            self._in_flight = self._start_vote(sends_flags=False)
+            requesting_rank, _ = self._read_in_flight()
+        self._requested_flags &= ~END_EPOCH
         self._raise_if_requested(requesting_rank)
+
+    def agree_on_skip(self, is_skip_requested: bool) -> bool:
+        """Whether any process asks to skip the current optimizer update (a blocking
+        all-reduce; on one process, ``is_skip_requested`` itself)."""
+        if not self.is_active:
+            return is_skip_requested
+        return bool(_Ballot([int(is_skip_requested)], self._accelerator.device).read()[0])
+
+    def _raise_own_request(self) -> None:
+        request, self._request = self._request, None
+        raise request
 
     def _own_request(self) -> StopTrainingError | None:
         if self._request is None:
             self._request = self._callback_handler.pop_stop_request()
         return self._request
 
-    def _start_vote(self) -> _Ballot:
+    def _start_vote(self, sends_flags: bool) -> _Ballot:
         # Each process votes its rank + 1 if it asked to stop, else 0; the maximum names one
-        # process that asked (0: none).
-        vote = 0 if self._own_request() is None else self._accelerator.process_index + 1
-        return _Ballot(vote, self._accelerator.device)
+        # process that asked (0: none). Then one entry per step-end request: its flag if this
+        # process asked, else 0, so that the maxima combine the requests of every process.
+        stop_vote = 0 if self._own_request() is None else self._accelerator.process_index + 1
+        flags = 0
+        if sends_flags:
+            flags, self._requested_flags = self._requested_flags, 0
+        votes = [stop_vote, *(flags & flag for flag in STEP_END_REQUESTS)]
+        return _Ballot(votes, self._accelerator.device)
 
-    def _read_in_flight(self) -> int:
+    def _read_in_flight(self) -> tuple[int, int]:
         assert self._in_flight is not None
         ballot, self._in_flight = self._in_flight, None
-        return ballot.read()
+        requesting_rank, *flags = ballot.read()
+        return requesting_rank, functools.reduce(operator.or_, flags, 0)
 
     def _raise_if_requested(self, requesting_rank: int) -> None:
         if not requesting_rank:
@@ -189,7 +261,7 @@ class StopVote:
 
 
 class _Ballot:
-    """One all-reduce (maximum) of an integer over every process, read later.
+    """One all-reduce (elementwise maximum) of a few integers over every process, read later.
 
     The value lives on the device, as NCCL needs, and filling it is a kernel launch, not a
     host-device sync. On a GPU the result is copied to pinned host memory behind the
@@ -197,24 +269,28 @@ class _Ballot:
     reading waits for the all-reduce itself.
     """
 
-    def __init__(self, value: int, device: torch.device) -> None:
-        self._value = torch.full((), value, dtype=torch.int32, device=device)
+    def __init__(self, values: list[int], device: torch.device) -> None:
+        # Zeros, then a fill per non-zero entry (rare): kernel launches, no host-device copy.
+        self._value = torch.zeros(len(values), dtype=torch.int32, device=device)
+        for index, value in enumerate(values):
+            if value:
+                self._value[index] = value
         self._work = dist.all_reduce(self._value, op=dist.ReduceOp.MAX, async_op=True)
         self._event: torch.cuda.Event | None = None
         if self._value.device.type == "cuda":
             self._work.wait()  # orders later work on the current stream; does not block the host
-            host = torch.empty((), dtype=torch.int32, pin_memory=True)
+            host = torch.empty(len(values), dtype=torch.int32, pin_memory=True)
             host.copy_(self._value, non_blocking=True)
             self._value, self._event = host, torch.cuda.Event()
             self._event.record()
 
-    def read(self) -> int:
-        """The maximum over every process, waiting for it if needed."""
+    def read(self) -> list[int]:
+        """The maximum over every process of each value, waiting for it if needed."""
         if self._event is not None:
             self._event.synchronize()
         else:
             self._work.wait()
-        return int(self._value.item())
+        return self._value.tolist()
 
 
 def can_forward_alone(accelerator: Accelerator) -> bool:

@@ -79,6 +79,18 @@ class RunHistory(ABC):
     def set_metric_name_prefix(self, prefix: str = "") -> None:
         """Sets the prefix added to the names of metrics recorded from now on."""
 
+    def plot(self, metric_names: Any = None) -> Any:
+        """A matplotlib figure of every numeric metric per epoch, the losses on shared axes
+        (see :func:`trainwright.plotting.plot_run_history`; needs matplotlib).
+
+        Example::
+
+            trainer.run_history.plot().savefig("history.png")
+        """
+        from trainwright.plotting import plot_run_history  # matplotlib is optional
+
+        return plot_run_history(self, metric_names)
+
     @contextmanager
     def metric_name_prefix_as(self, prefix: str):
         """Records metrics under ``prefix`` inside the ``with`` block, e.g. to evaluate an

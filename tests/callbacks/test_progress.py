@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 from conftest import make_dataset, make_trainer
 
 from trainwright import TrainerCallback
@@ -95,3 +97,80 @@ def test_progress_lines_and_bars(capsys):
     assert "Finishing training run" in captured.out
     assert "epoch 1" in captured.err and "3/3" in captured.err  # tqdm writes to stderr
     assert "evaluating" in captured.err
+
+
+class BatchLosses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_step_end(self, trainer, batch_output, **kwargs):
+        self.losses.append(batch_output["loss"].item())
+
+
+def test_progress_bar_shows_the_latest_loss_at_its_interval():
+    import io
+
+    output, losses = io.StringIO(), BatchLosses()
+    bar = ProgressBarCallback(loss_every_n_steps=2, file=output, mininterval=0, leave=True)
+    trainer = make_trainer(callbacks=[bar, losses])
+    trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=2)
+    text = output.getvalue()
+    assert f"loss={losses.losses[1]:.4g}" in text  # the second batch's, shown from the third
+    assert f"loss={losses.losses[0]:.4g}" not in text  # not a logging step
+
+
+class LengthlessBatches(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(make_dataset(6))
+
+
+def drive_train_epoch(callback, num_steps):
+    """Fires a training epoch's events at ``callback`` for a dataloader without a length."""
+    trainer = make_trainer()
+    trainer.train_dataloader = torch.utils.data.DataLoader(LengthlessBatches(), batch_size=2)
+    callback.on_train_epoch_start(trainer)
+    for step in range(num_steps):
+        batch_output = {"loss": torch.tensor(0.5 + step), "batch_size": 2}
+        callback.on_train_step_end(trainer, batch=None, batch_output=batch_output, step=step)
+    return trainer
+
+
+def test_progress_bar_counts_batches_of_a_dataloader_without_length():
+    import io
+
+    output = io.StringIO()
+    bar = ProgressBarCallback(loss_every_n_steps=1, file=output, mininterval=0)
+    trainer = drive_train_epoch(bar, num_steps=5)
+    text = output.getvalue()
+    assert "5it [" in text  # a count: tqdm shows "n/total" only with a total
+    bar.on_train_epoch_end(trainer)
+
+
+def test_rich_progress_bar_advances_and_shows_the_loss():
+    pytest.importorskip("rich")
+    import io
+
+    from rich.console import Console
+
+    from trainwright.callbacks import RichProgressBarCallback
+
+    rich_bar = RichProgressBarCallback(loss_every_n_steps=1, console=Console(file=io.StringIO()))
+
+    class Probe(TrainerCallback):
+        order = 100
+        seen = []
+
+        def on_train_step_end(self, trainer, step, **kwargs):
+            (task,) = rich_bar.progress.tasks
+            self.seen.append((task.completed, task.total, task.fields["loss"]))
+
+    trainer = make_trainer(callbacks=[rich_bar, Probe()])
+    trainer.train(make_dataset(6), num_epochs=1, per_device_batch_size=2)
+    assert [(completed, total) for completed, total, _ in Probe.seen] == [(1, 3), (2, 3), (3, 3)]
+    assert all(loss.startswith("loss ") for _, _, loss in Probe.seen)
+    assert rich_bar.progress is None  # closed at the epoch's end
+    # without a length: a running count
+    drive_train_epoch(rich_bar, num_steps=4)
+    (task,) = rich_bar.progress.tasks
+    assert (task.completed, task.total) == (4, None)
+    rich_bar.on_train_epoch_end(trainer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback, TrainerPlaceholderValues
-from trainwright.callbacks import TerminateOnNaNCallback
+from trainwright.callbacks import SaveTrainingStateCallback, TerminateOnNaNCallback
 
 NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
 IN_ORDER = {"shuffle": False, **NO_WORKERS}
@@ -303,6 +304,95 @@ def nan_loss_on_one_process() -> dict[str, Any]:
     }
 
 
+class ControlOnLastProcess(TrainerCallback):
+    """On the last process only: asks for an evaluation and a save at epoch 0 step 1, to skip
+    an update during step 2, and to end epoch 1 at its step 1. Records the steps, the
+    skipped update, whether it left the weights and optimizer state untouched, and the first
+    step that started after the evaluation and the save."""
+
+    may_skip_updates = True
+
+    def __init__(self, save_dir: Path) -> None:
+        self.save_dir = save_dir
+        self.first_step_after_requests: list[int] | None = None
+        self.steps_ended: list[list[int]] = []
+        self.skipped_at: list[list[int]] = []
+        self.is_state_unchanged_by_skips = True
+        self._before_update: list[torch.Tensor] = []
+
+    def _is_last_process(self, trainer: Trainer) -> bool:
+        accelerator = trainer.accelerator
+        return accelerator.process_index == accelerator.num_processes - 1
+
+    def _state(self, trainer: Trainer) -> list[torch.Tensor]:
+        model = trainer.get_model()
+        momenta = [trainer.optimizer.state[p].get("momentum_buffer") for p in model.parameters()]
+        tensors = [p.detach() for p in model.parameters()] + [m for m in momenta if m is not None]
+        return [tensor.clone() for tensor in tensors]
+
+    def on_train_step_start(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        history = trainer.run_history
+        is_evaluated = "step_eval_loss" in history.get_metric_names()
+        if self.first_step_after_requests is None and is_evaluated:
+            assert len(list(self.save_dir.glob("state-*"))) == 1  # saved by then as well
+            self.first_step_after_requests = [trainer.progress.epoch, step]
+
+    def on_after_backward(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        if self._is_last_process(trainer) and (trainer.progress.epoch, step) == (0, 2):
+            trainer.request_skip_update("asked at step 2")
+
+    def on_before_optimizer_step(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._before_update = self._state(trainer)
+
+    def on_train_step_end(self, trainer: Trainer, step: int, **kwargs: Any) -> None:
+        epoch = trainer.progress.epoch
+        self.steps_ended.append([epoch, step])
+        if trainer.progress.num_skipped_updates > len(self.skipped_at):
+            self.skipped_at.append([epoch, step])
+            after = self._state(trainer)
+            self.is_state_unchanged_by_skips &= len(after) == len(self._before_update) and all(
+                torch.equal(a, b) for a, b in zip(after, self._before_update)
+            )
+        if self._is_last_process(trainer) and (epoch, step) == (0, 1):
+            trainer.request_evaluation()
+            trainer.request_save()
+        if self._is_last_process(trainer) and (epoch, step) == (1, 1):
+            trainer.request_end_epoch()
+
+
+def control_on_one_process(gradient_accumulation_steps: int, save_dir: str) -> dict[str, Any]:
+    """24 samples, 4 per batch over all processes (6 batches an epoch), 2 epochs, SGD with
+    momentum and a StepLR scheduler; :class:`ControlOnLastProcess` evaluates, saves, skips
+    and ends epochs."""
+    control = ControlOnLastProcess(Path(save_dir))
+    saver = SaveTrainingStateCallback(save_dir, save_at_end=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=(control, saver))
+    trainer.train(
+        make_dataset(24),
+        num_epochs=2,
+        eval_dataset=make_dataset(6, seed=1),
+        per_device_batch_size=_per_process(4, trainer),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+        train_dataloader_kwargs=IN_ORDER,
+    )
+    weights = torch.cat([p.detach().flatten() for p in trainer.get_model().parameters()])
+    return {
+        "steps_ended": control.steps_ended,
+        "first_step_after_requests": control.first_step_after_requests,
+        "num_evaluations": len(trainer.run_history.get_metric_values("step_eval_loss")),
+        "skipped_at": control.skipped_at,
+        "is_state_unchanged_by_skips": control.is_state_unchanged_by_skips,
+        "num_skipped_updates": trainer.progress.num_skipped_updates,
+        "num_updates": trainer.progress.num_update_steps,
+        "scheduler_steps": trainer.scheduler.last_epoch,
+        "weights": weights.tolist(),
+    }
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "equivalence": equivalence,
@@ -311,4 +401,5 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "stop_on_one_process": stop_on_one_process,
     "error_on_one_process": error_on_one_process,
     "nan_loss_on_one_process": nan_loss_on_one_process,
+    "control_on_one_process": control_on_one_process,
 }

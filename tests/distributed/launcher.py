@@ -59,8 +59,10 @@ def launch(specs: list[tuple[str, str, dict[str, Any]]], out_dir: Path, timeout:
         str(out_dir),
         json.dumps(specs),
     ]
-    # Without a GPU, Accelerate sets up torch.distributed (gloo) only when asked to use the CPU.
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    # A plain torchrun launch, as a user would type it: the Trainer itself asks Accelerate to
+    # join the processes on the CPU (gloo) when there is no GPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
     process = subprocess.Popen(
         command,
         env=env,

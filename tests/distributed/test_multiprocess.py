@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from distributed_scenarios import (
+    control_on_one_process,
     equivalence,
     loss_metrics_with_tails,
     make_dataset,
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.multiprocess
 
 ACCUMULATION_STEPS = (1, 3)
 COUNTING_ACCUMULATION_STEPS = (1, 2)
+CONTROL_ACCUMULATION_STEPS = (1, 2)
 # (event, step, epoch) at which the last process alone raises StopTrainingError.
 STOP_MOMENTS = (
     ("on_train_step_end", 1, 0),
@@ -40,6 +42,7 @@ def _stop_key(event: str, step: int | None, epoch: int) -> str:
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    control_dir = tmp_path_factory.mktemp("control_states")
     specs: list[tuple[str, str, dict[str, Any]]] = [
         *(
             (f"equivalence:{k}", "equivalence", {"gradient_accumulation_steps": k})
@@ -59,6 +62,14 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             for moment in STOP_MOMENTS
         ),
         ("nan_loss_on_one_process", "nan_loss_on_one_process", {}),
+        *(
+            (
+                f"control:{k}",
+                "control_on_one_process",
+                {"gradient_accumulation_steps": k, "save_dir": str(control_dir / f"{k}")},
+            )
+            for k in CONTROL_ACCUMULATION_STEPS
+        ),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -180,3 +191,35 @@ def test_error_on_one_process_ends_the_run_instead_of_hanging(tmp_path: Path) ->
     assert result.returncode not in (None, 0), result.output
     assert "deliberate failure on the last process" in result.output
     assert result.results == [{}, {}]
+
+
+# (gradient accumulation) -> (the step skipped, the steps of epoch 1 with one process).
+CONTROL_EXPECTATIONS = {1: ([0, 2], 2), 2: ([0, 3], 2)}
+
+
+@pytest.mark.parametrize("gradient_accumulation_steps", CONTROL_ACCUMULATION_STEPS)
+def test_control_requests_by_one_process_apply_on_all_at_the_same_step(
+    two_process_results: list[dict[str, Any]], gradient_accumulation_steps: int, tmp_path: Path
+) -> None:
+    first, last = (
+        rank_results[f"control:{gradient_accumulation_steps}"]
+        for rank_results in two_process_results
+    )
+    assert first == last  # the same decisions at the same steps: identical runs, weights too
+    reference = control_on_one_process(gradient_accumulation_steps, str(tmp_path))
+    skipped_step, num_epoch_1_steps = CONTROL_EXPECTATIONS[gradient_accumulation_steps]
+    for result, num_processes in ((reference, 1), (first, NUM_PROCESSES)):
+        # Evaluation and save asked at epoch 0 step 1: done before the next step with one
+        # process, a step later with several.
+        assert result["first_step_after_requests"] == [0, 1 + num_processes]
+        assert result["num_evaluations"] == 1
+        assert result["skipped_at"] == [skipped_step]
+        assert result["num_skipped_updates"] == 1
+        assert result["is_state_unchanged_by_skips"]
+        # Asked at epoch 1 step 1: the epoch ends after that step with one process, after
+        # the next one with several (the request travels with the step's vote).
+        epoch_1_steps = [step for epoch, step in result["steps_ended"] if epoch == 1]
+        assert epoch_1_steps == list(range(num_epoch_1_steps + num_processes - 1))
+        assert [step for epoch, step in result["steps_ended"] if epoch == 0] == list(range(6))
+        # Every update but the skipped one steps the scheduler.
+        assert result["scheduler_steps"] == result["num_updates"] - 1

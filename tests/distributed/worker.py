@@ -1,4 +1,5 @@
-"""Runs scenarios of ``distributed_scenarios`` in every process of a ``torchrun`` launch.
+"""Runs scenarios of ``distributed_scenarios`` and ``resume_scenarios`` in every process of a
+``torchrun`` launch.
 
 Usage: ``torchrun --nproc_per_node 2 worker.py OUT_DIR SPECS_JSON``, where ``SPECS_JSON`` is a
 list of ``[key, scenario_name, kwargs]``. Each process writes ``OUT_DIR/rank<r>.json``, a
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from distributed_scenarios import SCENARIOS
 
@@ -21,10 +24,19 @@ def main(out_dir: str, specs_json: str) -> None:
     results_path = Path(out_dir) / f"rank{rank}.json"
     # Lets the launcher kill this process if the run hangs.
     (Path(out_dir) / f"pid.rank{rank}").write_text(str(os.getpid()))
+    scenarios = _all_scenarios()
     results: dict[str, object] = {}
     for key, scenario_name, kwargs in json.loads(specs_json):
-        results[key] = SCENARIOS[scenario_name](**kwargs)
+        results[key] = scenarios[scenario_name](**kwargs)
         results_path.write_text(json.dumps(results))
+
+
+def _all_scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
+    # The resume scenarios run the job of the single-process resume tests, in tests/.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from resume_scenarios import RESUME_SCENARIOS
+
+    return {**SCENARIOS, **RESUME_SCENARIOS}
 
 
 if __name__ == "__main__":

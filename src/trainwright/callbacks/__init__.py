@@ -1,20 +1,37 @@
 """Callbacks: the base class and handler, and every built-in callback."""
 
 from trainwright.callbacks.base import (
+    ALL_METRICS,
     EVENTS,
     CallbackHandler,
+    CallbackOrderError,
     StopTrainingError,
     TrainerCallback,
     TrainingInterrupted,
 )
 from trainwright.callbacks.ema import ModelEmaCallback
 from trainwright.callbacks.evaluation import StepBasedEvaluationCallback
+from trainwright.callbacks.filters import EventFilter, every, filtered, once
+from trainwright.callbacks.loggers import (
+    CSVLoggerCallback,
+    ExperimentTrackerCallback,
+    LoggerCallback,
+)
 from trainwright.callbacks.monitor import MetricMonitor, MonitorCallback
+from trainwright.callbacks.monitoring import (
+    CudaMemoryCallback,
+    LearningRateMonitorCallback,
+    ModelSummaryCallback,
+    TimingCallback,
+)
+from trainwright.callbacks.plotting import SavePlotCallback
+from trainwright.callbacks.profiling import CallbackProfiler
 from trainwright.callbacks.progress import (
     LogMetricsCallback,
     PrintMetricsCallback,
     PrintProgressCallback,
     ProgressBarCallback,
+    RichProgressBarCallback,
 )
 from trainwright.callbacks.runtime import (
     BatchLimitsCallback,
@@ -35,26 +52,42 @@ DEFAULT_CALLBACKS = (
 )
 
 __all__ = [
+    "ALL_METRICS",
     "DEFAULT_CALLBACKS",
     "EVENTS",
     "BatchLimitsCallback",
+    "CSVLoggerCallback",
     "CallbackHandler",
+    "CallbackOrderError",
+    "CallbackProfiler",
+    "CudaMemoryCallback",
     "EarlyStoppingCallback",
+    "EventFilter",
+    "ExperimentTrackerCallback",
+    "LearningRateMonitorCallback",
     "LimitBatchesCallback",
     "LimitEvalStepsCallback",
     "LogMetricsCallback",
+    "LoggerCallback",
     "MetricMonitor",
     "ModelEmaCallback",
+    "ModelSummaryCallback",
     "MonitorCallback",
     "MoveModulesToDeviceCallback",
     "PrintMetricsCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",
+    "RichProgressBarCallback",
     "SaveBestModelCallback",
+    "SavePlotCallback",
     "SaveTrainingStateCallback",
     "StepBasedEvaluationCallback",
     "StopTrainingError",
     "TerminateOnNaNCallback",
+    "TimingCallback",
     "TrainerCallback",
     "TrainingInterrupted",
+    "every",
+    "filtered",
+    "once",
 ]

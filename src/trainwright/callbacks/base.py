@@ -7,15 +7,26 @@ the two in agreement.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from trainwright.callbacks.filters import filter_of
+from trainwright.callbacks.ordering import (
+    ALL_METRICS,
+    CallbackOrderError,
+    resolve_callback_order,
+)
+from trainwright.callbacks.profiling import CallbackProfiler
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
 __all__ = [
+    "ALL_METRICS",
     "EVENTS",
     "CallbackHandler",
+    "CallbackOrderError",
     "StopTrainingError",
     "TrainerCallback",
     "TrainingInterrupted",
@@ -40,6 +51,7 @@ EVENTS: tuple[str, ...] = (
     "on_training_run_epoch_end",
     "on_stop_training_error",
     "on_training_interrupted",
+    "on_exception",
     "on_training_run_end",
     "on_evaluation_run_start",
     "on_evaluation_run_end",
@@ -139,10 +151,12 @@ class TrainerCallback:
           StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
           SIGTERM / SIGINT: after the current step  -> on_training_interrupted(signal_name)
           training_run_end()                               -> on_training_run_end
+          any other exception (KeyboardInterrupt too)      -> on_exception(exception), re-raised
         evaluate():
           evaluation_run_start()                           -> on_evaluation_run_start
           one eval epoch as above, metric evaluation_loss
           evaluation_run_end()                             -> on_evaluation_run_end
+          any exception                                    -> on_exception(exception), re-raised
 
     ``step`` is the index of the batch within the current epoch. ``on_train_step_end`` fires
     once the step is complete (after the optimizer update when there is one), so it is the
@@ -151,6 +165,16 @@ class TrainerCallback:
     Callbacks may also define methods for custom events, fired by an overridden hook with
     ``trainer.callback_handler.call_event("my_event", ...)``; only callbacks that define the
     method receive it.
+
+    Where a callback runs among the others is declared with :attr:`order`,
+    :attr:`run_after` / :attr:`run_before` and the metrics it writes and reads (see
+    :mod:`trainwright.callbacks.ordering`); ``trainer.callback_handler.describe()`` prints the
+    resulting plan. Event methods can be filtered to run every N updates, epochs or seconds,
+    or once (:mod:`trainwright.callbacks.filters`). Callbacks control the run through the
+    trainer: raise :class:`StopTrainingError` or call ``trainer.request_stop()``,
+    ``trainer.request_end_epoch()``, ``trainer.request_skip_update()``,
+    ``trainer.request_evaluation()`` or ``trainer.request_save()``; every process takes the
+    same decision at the same step.
 
     Example::
 
@@ -163,11 +187,37 @@ class TrainerCallback:
     """
 
     #: Position among the trainer's callbacks: lower runs first; ties keep the given order.
+    #: A preference: :attr:`run_after`, :attr:`run_before` and metric declarations win.
     order: int = 0
 
-    #: Names of the metrics this callback records in the run history. Monitoring callbacks
-    #: use it to tell, at the start of a run, whether a watched metric will ever be recorded.
+    #: Callbacks this one must run after: classes (instances of them and their subclasses)
+    #: or class names. Names of callbacks that are not present are ignored.
+    run_after: tuple[type | str, ...] = ()
+
+    #: Callbacks this one must run before, given as for :attr:`run_after`.
+    run_before: tuple[type | str, ...] = ()
+
+    #: Names of the metrics this callback records in the run history. Callbacks that read
+    #: them run after this one (see :attr:`reads_metrics`); monitoring callbacks use it to
+    #: tell, at the start of a run, whether a watched metric will ever be recorded.
     writes_metrics: tuple[str, ...] = ()
+
+    #: Names of the metrics this callback reads from the run history. A callback that reads
+    #: a metric another callback writes must run after it: the handler raises an error
+    #: otherwise (or reorders, with ``reorder_metric_readers=True``). :data:`ALL_METRICS`
+    #: (``"*"``) reads every metric and places the callback after every metric writer.
+    reads_metrics: tuple[str, ...] = ()
+
+    #: What an exception raised by this callback does: ``"raise"`` (propagate it, the
+    #: default) or ``"warn"`` (warn once, naming the callback and the event, and disable
+    #: the callback for the rest of the handler's life; for loggers and other callbacks
+    #: the run does not depend on). :class:`StopTrainingError` always propagates.
+    error_policy: str = "raise"
+
+    #: Set by callbacks that may call ``trainer.request_skip_update()`` on some processes
+    #: only: in a multi-process run the processes then agree on every update whether to
+    #: skip it (one small blocking all-reduce per optimizer update, only when declared).
+    may_skip_updates: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         """The callback's state to keep in a training state (plain values and tensors);
@@ -263,6 +313,14 @@ class TrainerCallback:
         complete and before ``training_run_end``; the place to save a training state."""
 
     @_no_op
+    def on_exception(self, trainer: Trainer, exception: BaseException, **kwargs: Any) -> None:
+        """Called when any exception other than :class:`StopTrainingError` (errors,
+        ``KeyboardInterrupt``) escapes ``train()`` or ``evaluate()``, once, before it
+        propagates; the place to release resources (close files, finish a tracker run).
+        An exception raised here is reported as a warning and does not replace the
+        original one. ``on_training_run_end`` does not fire after it."""
+
+    @_no_op
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         """Called after :meth:`Trainer.training_run_end`, also when the run stopped early."""
 
@@ -294,20 +352,36 @@ class CallbackHandler:
     """Runs the trainer's callbacks: one dispatch table, built when the callbacks change.
 
     For every event, the table holds the bound methods of the callbacks that actually
-    override it, sorted by ``order`` and then by the order the callbacks were given in.
-    ``call_event`` is one dictionary lookup and a loop, so an event no callback overrides
-    costs next to nothing. Custom events (any name not in :data:`EVENTS`) reach the callbacks
-    that define a method of that name and skip the rest.
+    override it, in execution order: by ``order`` and then the order the callbacks were
+    given in, wherever the callbacks' ``run_after`` / ``run_before`` and metric declarations
+    allow (see :mod:`trainwright.callbacks.ordering`; contradictions and metrics read before
+    they are written are errors raised here). ``call_event`` is one dictionary lookup and a
+    loop, so an event no callback overrides costs next to nothing. Custom events (any name
+    not in :data:`EVENTS`) reach the callbacks that define a method of that name and skip
+    the rest. Methods with an event filter (:mod:`trainwright.callbacks.filters`) enter the
+    table wrapped in their filter; the others are called directly. :meth:`describe` prints
+    the plan.
 
     An exception raised by a callback propagates unchanged, with a note naming the callback
-    and the event (``AttributeError`` included: nothing is swallowed). The one exception:
-    while :attr:`defer_stop_requests` is set (the trainer sets it during a multi-process
-    ``train()``), a :class:`StopTrainingError` is kept for :meth:`pop_stop_request` and the
-    event's other callbacks still run, so that the process can stop in step with the others.
+    and the event (``AttributeError`` included: nothing is swallowed), unless the callback's
+    ``error_policy`` is ``"warn"``: then it is reported once as a ``RuntimeWarning`` and the
+    callback is disabled. The other exception: while :attr:`defer_stop_requests` is set (the
+    trainer sets it during a multi-process ``train()``), a :class:`StopTrainingError` is kept
+    for :meth:`pop_stop_request` and the event's other callbacks still run, so that the
+    process can stop in step with the others.
 
     Args:
         callbacks: callback instances, or ``TrainerCallback`` subclasses to instantiate with
             no arguments.
+        reorder_metric_readers: place a callback that reads a metric after the callback that
+            writes it, instead of raising :class:`CallbackOrderError`.
+        profile: time every callback method and training step (see
+            :class:`~trainwright.callbacks.profiling.CallbackProfiler`, in :attr:`profiler`);
+            the table is printed at the end of every ``train()``.
+
+    Raises:
+        CallbackOrderError: if the ordering constraints form a cycle, or a callback reads a
+            metric before the callback that writes it runs.
 
     Example::
 
@@ -315,10 +389,22 @@ class CallbackHandler:
         handler.call_event("on_train_epoch_end", trainer)
     """
 
-    def __init__(self, callbacks: Iterable[CallbackLike] = ()) -> None:
+    def __init__(
+        self,
+        callbacks: Iterable[CallbackLike] = (),
+        reorder_metric_readers: bool = False,
+        profile: bool = False,
+    ) -> None:
         self._callbacks: list[TrainerCallback] = []
+        self._ordered: list[TrainerCallback] = []
         self._classes_given: dict[type, TrainerCallback] = {}
         self._dispatch: dict[str, tuple[Callable, ...]] = {}
+        self._disabled: list[TrainerCallback] = []  # by error_policy="warn"
+        # Filter state per (callback, event), kept across rebuilds of the table.
+        self._filtered_methods: dict[tuple[int, str], Any] = {}
+        self.reorder_metric_readers = reorder_metric_readers
+        #: The profiler when ``profile=True``, else ``None``.
+        self.profiler: CallbackProfiler | None = CallbackProfiler() if profile else None
         #: Keep a callback's ``StopTrainingError`` for :meth:`pop_stop_request` instead of
         #: raising it.
         self.defer_stop_requests = False
@@ -330,7 +416,51 @@ class CallbackHandler:
     @property
     def callbacks(self) -> list[TrainerCallback]:
         """The callbacks in execution order (a copy)."""
-        return sorted(self._callbacks, key=lambda callback: callback.order)
+        return list(self._ordered)
+
+    def describe(self, print_plan: bool = True) -> str:
+        """The execution plan: the callback order, then for each event the callbacks it
+        reaches, in order, with their filters. Printed unless ``print_plan=False``.
+
+        Returns:
+            The plan, one line per event that reaches a callback.
+
+        Example::
+
+            trainer.callback_handler.describe()
+            # callback order: MoveModulesToDeviceCallback, TerminateOnNaNCallback, ...
+            # on_training_run_start: MoveModulesToDeviceCallback -> TerminateOnNaNCallback ...
+        """
+        lines = ["callback order: " + (", ".join(map(_describe, self._ordered)) or "none")]
+        if self._disabled:
+            lines.append("disabled: " + ", ".join(map(_describe, self._disabled)))
+        for event, methods in self._dispatch.items():
+            if not methods:
+                continue
+            names = []
+            for method in methods:
+                callback = getattr(method, "__self__", None)
+                if not isinstance(callback, TrainerCallback):
+                    continue  # the profiler's own markers
+                event_filter = filter_of(callback, event)
+                suffix = f" [{event_filter!r}]" if event_filter is not None else ""
+                names.append(_describe(callback) + suffix)
+            lines.append(f"{event}: {' -> '.join(names)}")
+        plan = "\n".join(lines)
+        if print_plan:
+            print(plan)
+        return plan
+
+    def reset_event_filters(self, trainer: Trainer) -> None:
+        """Restarts every event filter's count from ``trainer``'s current position; the
+        trainer calls it at the start of every ``train()`` (after a resume's restore).
+
+        Example::
+
+            handler.reset_event_filters(trainer)  # an every-N filter counts from here
+        """
+        for filtered_method in self._filtered_methods.values():
+            filtered_method.reset(trainer)
 
     def add_callback(self, callback: CallbackLike) -> TrainerCallback:
         """Adds a callback (a class is instantiated with no arguments) and returns the instance.
@@ -340,7 +470,13 @@ class CallbackHandler:
             ValueError: if this instance, or this class given as a class, is already present.
         """
         instance = self._add(callback)
-        self._rebuild()
+        try:
+            self._rebuild()
+        except Exception:
+            self._callbacks.remove(instance)
+            self._classes_given.pop(type(instance), None)
+            self._rebuild()
+            raise
         return instance
 
     def remove_callback(self, callback: CallbackLike) -> TrainerCallback:
@@ -381,8 +517,22 @@ class CallbackHandler:
                 if self._stop_request is None:
                     self._stop_request = error
             except Exception as error:
-                _annotate(error, f"raised by callback {_describe(method.__self__)} in {event!r}")
+                callback = method.__self__
+                if callback.error_policy == "warn":
+                    self._disable(callback, event, error)
+                    continue
+                _annotate(error, f"raised by callback {_describe(callback)} in {event!r}")
                 raise
+
+    def _disable(self, callback: TrainerCallback, event: str, error: Exception) -> None:
+        warnings.warn(
+            f"Callback {_describe(callback)} raised {type(error).__name__}: {error} in "
+            f"{event!r}; it is disabled from now on (its error_policy is 'warn').",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._disabled.append(callback)
+        self._rebuild()
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """Every callback's :meth:`TrainerCallback.state_dict`, under a stable key: the class
@@ -437,13 +587,42 @@ class CallbackHandler:
         return instance
 
     def _rebuild(self) -> None:
+        for callback in self._callbacks:
+            if callback.error_policy not in ("raise", "warn"):
+                raise ValueError(
+                    f"{_describe(callback)}.error_policy must be 'raise' or 'warn'; got "
+                    f"{callback.error_policy!r}."
+                )
+        self._ordered = resolve_callback_order(self._callbacks, self.reorder_metric_readers)
+        custom_events = [event for event in self._dispatch if event not in EVENTS]
         self._dispatch = {event: self._methods_for(event) for event in EVENTS}
+        for event in custom_events:
+            self._dispatch[event] = self._methods_for(event)
 
     def _methods_for(self, event: str) -> tuple[Callable, ...]:
-        methods = []
-        for callback in self.callbacks:
-            if callback_overrides(callback, event):
-                methods.append(getattr(callback, event))
+        methods: list[Callable] = []
+        for callback in self._ordered:
+            if not callback_overrides(callback, event) or any(
+                callback is disabled for disabled in self._disabled
+            ):
+                continue
+            method = getattr(callback, event)
+            event_filter = filter_of(callback, event)
+            if event_filter is not None:
+                key = (id(callback), event)
+                if key not in self._filtered_methods:
+                    self._filtered_methods[key] = event_filter.wrap(method)
+                method = self._filtered_methods[key]
+            if self.profiler is not None:
+                method = self.profiler.wrap(_describe(callback), event, method)
+            methods.append(method)
+        if self.profiler is not None:  # step timing and the report at the end of a run
+            if event == "on_train_step_start":
+                methods.insert(0, self.profiler.step_started)
+            elif event == "on_train_step_end":
+                methods.append(self.profiler.step_ended)
+            elif event == "on_training_run_end":
+                methods.append(self.profiler.print_report)
         return tuple(methods)
 
     def _register_custom_event(self, event: str) -> tuple[Callable, ...]:

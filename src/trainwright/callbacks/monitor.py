@@ -114,6 +114,11 @@ class MonitorCallback(TrainerCallback):
         """The metric this callback watches."""
         return self.monitor.watch_metric
 
+    @property
+    def reads_metrics(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The watched metric: a callback that writes it must run before this one."""
+        return (self.monitor.watch_metric,)
+
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.reset_on_train:
             self.monitor.reset()

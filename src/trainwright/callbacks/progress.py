@@ -1,4 +1,9 @@
-"""Callbacks that show the run's progress and print its metrics."""
+"""Callbacks that show the run's progress and print its metrics.
+
+Which library does what: :class:`ProgressBarCallback` draws with tqdm (a dependency),
+:class:`RichProgressBarCallback` with rich (optional, imported when the callback is built);
+the printing callbacks use :meth:`Trainer.print <trainwright.trainer.Trainer.print>`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from trainwright.callbacks.base import StopTrainingError, TrainerCallback
+from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
+from trainwright.device_values import DeviceValueReader
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -18,6 +24,7 @@ __all__ = [
     "PrintMetricsCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",
+    "RichProgressBarCallback",
 ]
 
 
@@ -52,49 +59,172 @@ class ProgressBarCallback(TrainerCallback):
     machine only). tqdm picks notebook widgets when run in a notebook, and redraws at a
     bounded rate (``mininterval``, 0.1 s by default) however fast the steps are.
 
+    The training bar shows the latest loss, refreshed every ``loss_every_n_steps`` batches
+    without making the host wait for the device: the loss is copied to the host in the
+    background (:class:`~trainwright.device_values.DeviceValueReader`) and shown once it has
+    arrived (at once on the CPU, a step or so later on a GPU). A dataloader without a length
+    (an ``IterableDataset`` without ``__len__``) gets a bar that counts batches.
+
     Args:
+        loss_every_n_steps: show the loss of every this-many-th batch; ``None`` hides it.
         **tqdm_kwargs: passed to :class:`tqdm.auto.tqdm`, e.g. ``mininterval=1.0`` or
             ``file=sys.stdout``.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer,
+                          callbacks=[PrintProgressCallback, ProgressBarCallback(mininterval=1.0)])
     """
 
-    def __init__(self, **tqdm_kwargs: Any) -> None:
+    def __init__(self, loss_every_n_steps: int | None = 10, **tqdm_kwargs: Any) -> None:
+        if loss_every_n_steps is not None and (
+            isinstance(loss_every_n_steps, bool)
+            or not isinstance(loss_every_n_steps, int)
+            or loss_every_n_steps < 1
+        ):
+            raise ValueError(
+                "loss_every_n_steps must be a positive integer or None; got "
+                f"{loss_every_n_steps!r}."
+            )
         self._bar: tqdm | None = None
+        self.loss_every_n_steps = loss_every_n_steps
         self.tqdm_kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}
+        self._losses = DeviceValueReader()
+        self._is_shown = False
 
     def _open(self, trainer: Trainer, dataloader: Any, description: str) -> None:
+        """Opens the bar of an epoch over ``dataloader`` (``total=None`` without a length)."""
         self._close()
         self._bar = tqdm(
-            total=len(dataloader) if isinstance(dataloader, Sized) else None,
+            total=_length_or_none(dataloader),
             desc=description,
-            disable=not trainer.accelerator.is_local_main_process,
+            disable=not self._is_shown,
             **self.tqdm_kwargs,
         )
 
+    def _advance(self) -> None:
+        """Moves the bar on by one batch."""
+        self._bar.update(1)
+
+    def _show_loss(self, loss: float) -> None:
+        """Shows ``loss`` beside the bar; drawn at the bar's next refresh."""
+        self._bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
     def _close(self) -> None:
+        """Closes the open bar, if any."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
     def on_train_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._is_shown = trainer.accelerator.is_local_main_process
+        self._losses.clear()
         self._open(trainer, trainer.train_dataloader, f"epoch {trainer.run_history.current_epoch}")
 
-    def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._bar.update(1)
+    def on_train_step_end(
+        self, trainer: Trainer, batch_output: dict, step: int, **kwargs: Any
+    ) -> None:
+        self._advance()
+        if self.loss_every_n_steps is None or not self._is_shown:
+            return
+        if (step + 1) % self.loss_every_n_steps == 0:
+            self._losses.submit(batch_output["loss"], tag=step)
+        arrived = list(self._losses.ready())
+        if arrived:
+            self._show_loss(arrived[-1][1])  # the newest
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._losses.clear()
         self._close()
 
     def on_eval_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        self._is_shown = trainer.accelerator.is_local_main_process
         self._open(trainer, trainer.eval_dataloader, "evaluating")
 
     def on_eval_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._bar.update(1)
+        self._advance()
 
     def on_eval_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._close()
 
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._close()  # an early stop can leave a bar open
+
+
+class RichProgressBarCallback(ProgressBarCallback):
+    """A :class:`ProgressBarCallback` drawn with `rich <https://rich.readthedocs.io>`_
+    (optional: ``pip install rich``): a bar with the batch count, elapsed and remaining time,
+    and the latest loss, read without host syncs as for the tqdm bar. A dataloader without a
+    length shows a running count.
+
+    Args:
+        loss_every_n_steps: show the loss of every this-many-th batch; ``None`` hides it.
+        **progress_kwargs: passed to :class:`rich.progress.Progress`, e.g.
+            ``refresh_per_second=2`` or ``console=rich.console.Console(stderr=True)``.
+
+    Raises:
+        ImportError: if rich is not installed.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer,
+                          callbacks=[PrintProgressCallback, RichProgressBarCallback()])
+    """
+
+    def __init__(self, loss_every_n_steps: int | None = 10, **progress_kwargs: Any) -> None:
+        try:
+            import rich.progress
+        except ImportError:
+            raise ImportError(
+                "RichProgressBarCallback needs rich, which is not installed: pip install rich "
+                '(or pip install "trainwright[loggers]"), or use ProgressBarCallback.'
+            ) from None
+        super().__init__(loss_every_n_steps)
+        self._rich_progress = rich.progress
+        self.progress_kwargs = {"transient": True, **progress_kwargs}
+        #: The open :class:`rich.progress.Progress` (``None`` between epochs).
+        self.progress: Any = None
+        self._task: Any = None
+
+    def _open(self, trainer: Trainer, dataloader: Any, description: str) -> None:
+        self._close()
+        if not self._is_shown:
+            return
+        progress = self._rich_progress
+        self.progress = progress.Progress(
+            progress.TextColumn("[progress.description]{task.description}"),
+            progress.BarColumn(),
+            progress.MofNCompleteColumn(),
+            progress.TimeElapsedColumn(),
+            progress.TimeRemainingColumn(),
+            progress.TextColumn("{task.fields[loss]}"),
+            **self.progress_kwargs,
+        )
+        self.progress.start()
+        self._task = self.progress.add_task(description, total=_length_or_none(dataloader), loss="")
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self._task)
+
+    def _show_loss(self, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self._task, loss=f"loss {loss:.4g}")
+
+    def _close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = self._task = None
+
+
+def _length_or_none(dataloader: Any) -> int | None:
+    # A DataLoader over an IterableDataset without __len__ is Sized but len() raises.
+    if not isinstance(dataloader, Sized):
+        return None
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
 
 
 class PrintMetricsCallback(TrainerCallback):
@@ -107,9 +237,14 @@ class PrintMetricsCallback(TrainerCallback):
     order; if a callback stops the run during that event (early stopping), the epoch's
     metrics are printed when the stop is reported. Override :meth:`log_metrics` to send
     them somewhere else.
+
+    It reads every metric (``reads_metrics = (ALL_METRICS,)``), so it also runs after every
+    callback that declares ``writes_metrics`` at ``on_training_run_epoch_end`` itself,
+    whatever their ``order``.
     """
 
     order = 10  # after callbacks of the default order reacting to the same events
+    reads_metrics = (ALL_METRICS,)
 
     def __init__(self) -> None:
         self._counts_before: dict[str, int] = {}

@@ -106,8 +106,9 @@ class SaveTrainingStateCallback(TrainerCallback):
     - when the run is interrupted by SIGTERM or SIGINT (Ctrl-C), after the current step.
 
     Only the newest ``max_checkpoints`` states are kept, when it is set. The callback runs
-    after callbacks of the default order (``order = 50``), so a state holds the early
-    stopping and best-model decisions of its step or epoch.
+    after callbacks of the default order (``order = 50``) and always after the stopping and
+    best-model callbacks (``run_after``), so a state holds the early stopping and best-model
+    decisions of its step or epoch.
 
     Example::
 
@@ -117,6 +118,7 @@ class SaveTrainingStateCallback(TrainerCallback):
     """
 
     order = 50
+    run_after = ("EarlyStoppingCallback", "TerminateOnNaNCallback", "SaveBestModelCallback")
 
     def __init__(
         self,

@@ -1,0 +1,153 @@
+"""Event filters: every N updates / epochs / seconds, once; exact firing steps, resume, and
+no call when not due."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_dataset, make_trainer
+
+from trainwright import StopTrainingError, TrainerCallback
+from trainwright.callbacks import CallbackHandler, EventFilter, every, filtered, once
+
+
+class EveryTwoUpdates(TrainerCallback):
+    def __init__(self) -> None:
+        self.fired: list[tuple[int, int, int]] = []  # (epoch, step, updates)
+
+    @every(n_updates=2)
+    def on_train_step_end(self, trainer, step, **kwargs):
+        self.fired.append((trainer.progress.epoch, step, trainer.progress.num_update_steps))
+
+
+def train(callbacks, num_epochs=2, **kwargs):
+    trainer = make_trainer(callbacks=callbacks)
+    # 10 samples, 2 per batch: 5 batches per epoch; accumulation 2: updates at steps 1, 3, 4.
+    trainer.train(
+        make_dataset(10),
+        num_epochs=num_epochs,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        train_dataloader_kwargs={"shuffle": False},
+        **kwargs,
+    )
+    return trainer
+
+
+def test_every_n_updates_fires_at_the_steps_that_performed_them_across_epochs():
+    callback = EveryTwoUpdates()
+    train([callback])
+    # Updates 1..6 happen at (epoch, step) (0,1) (0,3) (0,4) (1,1) (1,3) (1,4).
+    assert callback.fired == [(0, 3, 2), (1, 1, 4), (1, 4, 6)]
+
+
+def test_every_n_updates_continues_exactly_after_a_resume(tmp_path):
+    uninterrupted = EveryTwoUpdates()
+    train([uninterrupted], num_epochs=3)
+
+    class SaveAndStop(TrainerCallback):
+        order = 1  # after the filtered callback has seen the step
+
+        def on_train_step_end(self, trainer, step, **kwargs):
+            # Epoch 1, step 2: mid accumulation window, right after update 4 fired.
+            if trainer.progress.epoch == 1 and step == 2:
+                trainer.save_training_state(tmp_path / "state")
+                raise StopTrainingError("interrupted")
+
+    first_part = EveryTwoUpdates()
+    train([first_part, SaveAndStop()], num_epochs=3)
+    second_part = EveryTwoUpdates()
+    train([second_part], num_epochs=3, resume_from=tmp_path / "state")
+    assert first_part.fired == uninterrupted.fired[:2]
+    assert second_part.fired == uninterrupted.fired[2:]
+    assert uninterrupted.fired[-1] == (2, 3, 8)
+
+
+def test_a_filtered_method_is_not_called_when_not_due_and_others_are_not_wrapped():
+    calls = []
+
+    class Counted(TrainerCallback):
+        @every(n_updates=3)
+        def on_train_step_end(self, trainer, **kwargs):
+            calls.append(trainer.progress.num_update_steps)
+
+        def on_train_epoch_end(self, trainer, **kwargs):
+            calls.append("epoch end")
+
+    callback = Counted()
+    handler = train([callback]).callback_handler
+    assert calls == [3, "epoch end", 6, "epoch end"]
+    # The unfiltered event method sits in the table as is: nothing added on its path.
+    assert handler._dispatch["on_train_epoch_end"] == (callback.on_train_epoch_end,)
+    assert handler._dispatch["on_train_step_end"][0] is not callback.on_train_step_end
+
+
+def test_every_n_epochs_once_and_seconds():
+    class Mixed(TrainerCallback):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+            self.first: list[int] = []
+            self.timed: list[int] = []
+            self.never: list[int] = []
+
+        @every(n_epochs=2)
+        def on_training_run_epoch_end(self, trainer, **kwargs):
+            self.epochs.append(trainer.progress.epoch)
+
+        @once
+        def on_train_step_end(self, trainer, step, **kwargs):
+            self.first.append(step)
+
+        @every(seconds=1e-9)
+        def on_train_epoch_end(self, trainer, **kwargs):
+            self.timed.append(trainer.progress.epoch)
+
+        @every(seconds=1e9)
+        def on_train_epoch_start(self, trainer, **kwargs):
+            self.never.append(trainer.progress.epoch)
+
+    callback = Mixed()
+    train([callback], num_epochs=5)
+    assert callback.epochs == [1, 3]
+    assert callback.first == [0]
+    assert callback.timed == [0, 1, 2, 3, 4]
+    assert callback.never == []
+
+
+def test_decorated_filters_keep_their_state_per_instance():
+    first, second = EveryTwoUpdates(), EveryTwoUpdates()
+    train([first, second])
+    assert first.fired == second.fired == [(0, 3, 2), (1, 1, 4), (1, 4, 6)]
+
+
+def test_the_wrapper_filters_an_existing_callback_instance():
+    class EveryStep(TrainerCallback):
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+
+        def on_after_optimizer_step(self, trainer, **kwargs):
+            self.updates.append(trainer.progress.num_update_steps)
+
+    plain, wrapped = EveryStep(), filtered(EveryStep(), on_after_optimizer_step=every(n_updates=4))
+    handler = train([plain, wrapped], num_epochs=3).callback_handler
+    assert plain.updates == list(range(1, 10))
+    assert wrapped.updates == [4, 8]
+    assert "on_after_optimizer_step: EveryStep -> EveryStep [every 4 updates]" in (
+        handler.describe(print_plan=False)
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments", [{}, {"n_updates": 2, "n_epochs": 1}, {"n_updates": 0}, {"seconds": -1.0}]
+)
+def test_a_filter_needs_exactly_one_valid_interval(arguments):
+    with pytest.raises(ValueError):
+        every(**arguments)
+
+
+def test_the_wrapper_rejects_unknown_events_and_non_filters():
+    with pytest.raises(ValueError, match="no event method 'on_nothing'"):
+        filtered(TrainerCallback(), on_nothing=once)
+    with pytest.raises(TypeError, match="EventFilter"):
+        filtered(TrainerCallback(), on_train_step_end=3)
+    assert isinstance(once, EventFilter)
+    CallbackHandler([filtered(TrainerCallback(), on_train_step_end=once)])

@@ -1,0 +1,150 @@
+"""Exact resume and preemption with 2 CPU processes (torchrun, gloo).
+
+Two launches: the first runs the job uninterrupted, then again saving training states along
+the way, then preempted by a SIGTERM sent to one process only; the second, in fresh
+processes, resumes from every saved state. Each result is compared, process by process, with
+the uninterrupted run (bit for bit: the same process count runs on both sides).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from launcher import NUM_PROCESSES, run_scenarios
+
+pytestmark = pytest.mark.multiprocess
+
+# (epoch counted from 1, step) whose end a state is saved at; 3 steps per epoch, an update
+# after steps 1 and 2 (see resume_scenarios).
+SAVE_POINTS = {
+    "mid accumulation window": (2, 0),
+    "mid-epoch after an update": (2, 1),
+    "end of an epoch's last step": (1, 2),
+}
+# (epoch, step) whose end the SIGTERM reaches the last process at, and the step both
+# processes stop after: the next one (the processes agree on stopping one step behind), or
+# the end of the training epoch when the signal came in its last step.
+PREEMPTIONS = {
+    "mid-epoch": ((2, 0), (2, 1)),
+    "in an epoch's last step": ((1, 2), (1, 2)),
+}
+COMPARED = (
+    "weights",
+    "history",
+    "current_epoch",
+    "lr",
+    "steps_seen",
+    "best_value",
+    "best_model",
+    "rng",
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    states = tmp_path_factory.mktemp("states")
+    preemption_dirs = {
+        case: states / f"preempted-{index}" for index, case in enumerate(PREEMPTIONS)
+    }
+    first = run_scenarios(
+        [
+            ("uninterrupted", "uninterrupted", {}),
+            (
+                "save_along_the_way",
+                "save_along_the_way",
+                {"points": list(SAVE_POINTS.values()), "save_dir": str(states)},
+            ),
+            *(
+                (
+                    f"preempted:{case}",
+                    "preempted",
+                    {"epoch": epoch, "step": step, "save_dir": str(preemption_dirs[case])},
+                )
+                for case, ((epoch, step), _) in PREEMPTIONS.items()
+            ),
+        ],
+        tmp_path_factory.mktemp("first_launch"),
+    )
+    resume_dirs = {
+        f"resume:{case}": states / f"e{epoch}-s{step}"
+        for case, (epoch, step) in SAVE_POINTS.items()
+    }
+    resume_dirs["resume:epoch end"] = states / "epochs" / "state-000000002"
+    second = run_scenarios(
+        [
+            *(
+                (key, "resume", {"resume_from": str(directory)})
+                for key, directory in resume_dirs.items()
+            ),
+            *(
+                (f"rerun:{case}", "rerun_after_preemption", {"save_dir": str(directory)})
+                for case, directory in preemption_dirs.items()
+            ),
+        ],
+        tmp_path_factory.mktemp("second_launch"),
+    )
+    return {
+        "results": [{**a, **b} for a, b in zip(first, second)],
+        "preemption_dirs": preemption_dirs,
+    }
+
+
+def assert_same_run(result: dict[str, Any], reference: dict[str, Any]) -> None:
+    for key in COMPARED:
+        assert result[key] == reference[key], key  # bit for bit, as floats
+
+
+def test_the_processes_differ_in_dropout_and_saving_changes_nothing(runs: dict[str, Any]) -> None:
+    references = [rank_results["uninterrupted"] for rank_results in runs["results"]]
+    # Every process draws its own dropout masks (so restoring each one's RNG matters), and
+    # the weights still agree (DDP).
+    assert references[0]["rng"] != references[1]["rng"]
+    assert references[0]["weights"] == references[1]["weights"]
+    assert len(references[0]["history"]["train_loss_epoch"]) == 3
+    for rank_results in runs["results"]:
+        assert_same_run(rank_results["save_along_the_way"], rank_results["uninterrupted"])
+
+
+@pytest.mark.parametrize("case", [*SAVE_POINTS, "epoch end"])
+def test_resume_in_a_fresh_launch_is_bit_identical(runs: dict[str, Any], case: str) -> None:
+    for rank_results in runs["results"]:
+        assert_same_run(rank_results[f"resume:{case}"], rank_results["uninterrupted"])
+
+
+@pytest.mark.parametrize("case", PREEMPTIONS)
+def test_sigterm_to_one_process_stops_all_after_the_same_step(
+    runs: dict[str, Any], case: str
+) -> None:
+    first, last = (rank_results[f"preempted:{case}"] for rank_results in runs["results"])
+    assert (first["sent_signal"], last["sent_signal"]) == (False, True)
+    _, stop_step = PREEMPTIONS[case]
+    for result in (first, last):
+        # The process that got no signal stopped for the same reason, as an interruption.
+        assert result["interrupt_signal"] == "SIGTERM"
+        assert result["interrupted_by"] == ["SIGTERM"]
+        assert result["stop_errors"] == []
+        assert result["steps_ended"][-1] == list(stop_step)
+        assert result["epochs_ended"] == list(range(1, stop_step[0]))
+    assert first["num_updates"] == last["num_updates"]
+    # One state, saved by both processes at the same point.
+    state_name = f"state-{first['num_updates']:09d}"
+    assert first["saved_states"] == last["saved_states"] == [state_name]
+    state_dir = runs["preemption_dirs"][case] / state_name
+    progress = [
+        torch.load(state_dir / f"trainer_state_{rank}.pt", weights_only=True)["progress"]
+        for rank in range(NUM_PROCESSES)
+    ]
+    assert progress[0] == progress[1]
+    assert progress[0]["num_update_steps"] == first["num_updates"]
+    assert progress[0]["epoch"] == stop_step[0] - 1  # counted from 0
+    assert progress[0]["num_batches_done"] == stop_step[1] + 1
+
+
+@pytest.mark.parametrize("case", PREEMPTIONS)
+def test_rerun_after_preemption_continues_exactly(runs: dict[str, Any], case: str) -> None:
+    for rank_results in runs["results"]:
+        rerun = rank_results[f"rerun:{case}"]
+        assert rerun["interrupt_signal"] is None
+        assert_same_run(rerun, rank_results["uninterrupted"])

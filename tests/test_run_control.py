@@ -1,0 +1,245 @@
+"""Control from callbacks and hooks on one process: stop requests, ending an epoch early and
+skipping an optimizer update (the 2-process behaviour is in tests/distributed/)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+
+import pytest
+import torch
+from conftest import RecorderCallback, make_dataset, make_model, make_trainer
+
+from trainwright import Trainer, TrainerCallback
+from trainwright.callbacks import SaveTrainingStateCallback
+
+
+class StepLog(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.num_optimizer_steps = 0
+
+    def on_after_optimizer_step(self, trainer, **kwargs):
+        self.num_optimizer_steps += 1
+
+    def on_train_step_end(self, trainer, step, **kwargs):
+        self.steps.append((trainer.progress.epoch, step))
+
+
+def train(trainer: Trainer, num_epochs: int = 2, **kwargs) -> None:
+    # 10 samples, 2 per batch: 5 batches per epoch.
+    trainer.train(
+        make_dataset(10),
+        num_epochs=num_epochs,
+        per_device_batch_size=2,
+        train_dataloader_kwargs={"shuffle": False},
+        **kwargs,
+    )
+
+
+def snapshot(trainer: Trainer) -> dict:
+    return {
+        "weights": copy.deepcopy(trainer.get_model().state_dict()),
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
+    }
+
+
+def assert_same_state(actual, expected) -> None:
+    def flatten(value):
+        if isinstance(value, dict):
+            return {key: flatten(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [flatten(item) for item in value]
+        return value.tolist() if isinstance(value, torch.Tensor) else value
+
+    assert flatten(actual) == flatten(expected)
+
+
+class SkipThirdUpdate(TrainerCallback):
+    """Asks to skip the third update, from the event given, and checks nothing moved."""
+
+    def __init__(self, event: str = "on_before_optimizer_step") -> None:
+        self.event = event
+        self.before: dict | None = None
+        self.after: dict | None = None
+        self.gradients_after: list = []
+
+    def _maybe_request(self, trainer, event):
+        if event == self.event and trainer.progress.num_update_steps == 2 and not self.before:
+            trainer.request_skip_update("third update")
+            self.before = snapshot(trainer)
+
+    def on_after_backward(self, trainer, **kwargs):
+        self._maybe_request(trainer, "on_after_backward")
+
+    def on_before_optimizer_step(self, trainer, **kwargs):
+        self._maybe_request(trainer, "on_before_optimizer_step")
+
+    def on_train_step_end(self, trainer, **kwargs):
+        if trainer.progress.num_skipped_updates == 1 and self.after is None:
+            self.after = snapshot(trainer)
+            self.gradients_after = [p.grad for p in trainer.model.parameters()]
+
+
+def momentum_trainer(callbacks) -> Trainer:
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return Trainer(model, torch.nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
+
+
+def test_a_skipped_update_leaves_weights_optimizer_and_scheduler_unchanged(caplog):
+    skipper, log = SkipThirdUpdate(), StepLog()
+    trainer = momentum_trainer([skipper, log])
+    with caplog.at_level(logging.INFO, logger="trainwright.trainer"):
+        train(
+            trainer,
+            create_scheduler_fn=functools.partial(
+                torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5
+            ),
+        )
+    assert_same_state(skipper.after, skipper.before)
+    assert all(gradient is None or not gradient.any() for gradient in skipper.gradients_after)
+    assert trainer.progress.num_skipped_updates == 1
+    assert trainer.progress.num_update_steps == 10  # the skipped update's slot is used up
+    assert log.num_optimizer_steps == 9  # on_after_optimizer_step (EMA) did not run for it
+    assert trainer.scheduler.last_epoch == 9
+    assert "Skipped optimizer update 3 (epoch 0, step 2): third update" in caplog.text
+
+
+def test_a_skip_asked_during_the_window_skips_the_window_update():
+    skipper = SkipThirdUpdate(event="on_after_backward")
+    trainer = momentum_trainer([skipper])
+    # Accumulation 2: windows (0, 1) (2, 3) (4); the third update is at step 4.
+    train(
+        trainer,
+        gradient_accumulation_steps=2,
+        create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    )
+    assert_same_state(skipper.after, skipper.before)
+    assert trainer.progress.num_skipped_updates == 1
+    assert trainer.progress.num_update_steps == 6
+
+
+def test_ending_the_epoch_early_goes_on_with_evaluation_and_the_next_epoch():
+    class EndAtStepTwo(TrainerCallback):
+        def __init__(self) -> None:
+            self.gradients_at_epoch_end: list = []
+
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if trainer.progress.epoch == 0 and step == 2:
+                trainer.request_end_epoch()
+
+        def on_train_epoch_end(self, trainer, **kwargs):
+            self.gradients_at_epoch_end.append([p.grad for p in trainer.model.parameters()])
+
+    ender, log, recorder = EndAtStepTwo(), StepLog(), RecorderCallback()
+    trainer = make_trainer(callbacks=[ender, log, recorder])
+    train(trainer, eval_dataset=make_dataset(4), gradient_accumulation_steps=2)
+    assert log.steps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]
+    # Step 2 opened an accumulation window: its gradients were discarded, not applied.
+    assert log.num_optimizer_steps == 1 + 3
+    assert all(g is None or not g.any() for g in ender.gradients_at_epoch_end[0])
+    events = [event for event, _ in recorder.events]
+    assert events.count("on_eval_epoch_end") == events.count("on_training_run_epoch_end") == 2
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 2
+
+
+def test_an_end_epoch_request_outside_the_steps_is_ignored():
+    class EndAtEpochEnd(TrainerCallback):
+        def on_train_epoch_end(self, trainer, **kwargs):
+            trainer.request_end_epoch()
+
+    log = StepLog()
+    train(make_trainer(callbacks=[EndAtEpochEnd(), log]))
+    assert len(log.steps) == 10
+
+
+def test_request_stop_ends_the_run_after_the_current_step():
+    class StopAtStepOne(TrainerCallback):
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+
+        def on_train_step_start(self, trainer, step, **kwargs):
+            if step == 1:
+                trainer.request_stop("enough")
+
+        def on_stop_training_error(self, trainer, error, **kwargs):
+            self.errors.append(str(error))
+
+    stopper, log = StopAtStepOne(), StepLog()
+    train(make_trainer(callbacks=[stopper, log]))
+    assert log.steps == [(0, 0), (0, 1)]  # the step that asked completes
+    assert stopper.errors == ["enough"]
+
+
+def test_request_stop_from_an_epoch_level_event():
+    class StopAfterFirstEpoch(TrainerCallback):
+        def on_training_run_epoch_end(self, trainer, **kwargs):
+            trainer.request_stop()
+
+    trainer = make_trainer(callbacks=[StopAfterFirstEpoch()])
+    train(trainer, num_epochs=3)
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 1
+
+
+def test_hooks_can_skip_updates_too():
+    class SkipEveryOtherUpdate(Trainer):
+        def calculate_train_batch_loss(self, batch):
+            if self.progress.step % 2 == 1:
+                self.request_skip_update("odd step")
+            return super().calculate_train_batch_loss(batch)
+
+    model = make_model()
+    trainer = SkipEveryOtherUpdate(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=(),
+    )
+    train(trainer)
+    assert trainer.progress.num_skipped_updates == 4
+    assert trainer.progress.num_update_steps == 10
+
+
+class EvaluateAndSaveAtStepOne(TrainerCallback):
+    """Asks for an evaluation and a save at step 1 of epoch 0; records, at every step start,
+    how many evaluations and states there are."""
+
+    def __init__(self, save_dir) -> None:
+        self.save_dir = save_dir
+        self.seen: list[tuple[int, int, int]] = []  # (step, evaluations, states)
+        self.is_training_at_step_start: list[bool] = []
+
+    def on_train_step_start(self, trainer, step, **kwargs):
+        history = trainer.run_history
+        num_evaluations = 0
+        if "step_eval_loss" in history.get_metric_names():
+            num_evaluations = len(history.get_metric_values("step_eval_loss"))
+        num_states = len(list(self.save_dir.glob("state-*")))
+        self.seen.append((step, num_evaluations, num_states))
+        self.is_training_at_step_start.append(trainer.model.training)
+
+    def on_train_step_end(self, trainer, step, **kwargs):
+        if (trainer.progress.epoch, step) == (0, 1):
+            trainer.request_evaluation()
+            trainer.request_save()
+
+
+def test_evaluation_and_save_requests_run_at_the_end_of_the_step(tmp_path):
+    requester = EvaluateAndSaveAtStepOne(tmp_path)
+    saver = SaveTrainingStateCallback(tmp_path, save_at_end=False)
+    trainer = make_trainer(callbacks=[requester, saver])
+    train(trainer, num_epochs=1, eval_dataset=make_dataset(4))
+    assert requester.seen == [(0, 0, 0), (1, 0, 0), (2, 1, 1), (3, 1, 1), (4, 1, 1)]
+    assert [path.name for path in tmp_path.glob("state-*")] == ["state-000000002"]
+    assert all(requester.is_training_at_step_start)  # back in train mode after evaluating
+
+
+def test_evaluation_and_save_requests_need_their_means():
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match="needs evaluation data"):
+        trainer.request_evaluation()
+    with pytest.raises(ValueError, match="SaveTrainingStateCallback"):
+        trainer.request_save()
