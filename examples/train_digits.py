@@ -28,7 +28,12 @@ from metrics import AccuracyCallback
 from torch import nn
 
 from trainwright import Trainer
-from trainwright.callbacks import DEFAULT_CALLBACKS, EarlyStoppingCallback, SaveBestModelCallback
+from trainwright.callbacks import (
+    DEFAULT_CALLBACKS,
+    EarlyStoppingCallback,
+    SaveBestModelCallback,
+    SavePlotCallback,
+)
 
 SEED = 42
 CHECKPOINT_NAME = "best_model.pt"
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output_dir = args.output_dir or Path(tempfile.gettempdir()) / "trainwright_digits"
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output_dir / CHECKPOINT_NAME
+    plot_path = output_dir / "metrics.png"
 
     splits = load_digits_splits(seed=SEED)
     model = make_classifier()
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             AccuracyCallback(NUM_CLASSES),
             SaveBestModelCallback(checkpoint_path),
             EarlyStoppingCallback(early_stopping_patience=3, early_stopping_threshold=1e-3),
+            SavePlotCallback(plot_path),  # every metric per epoch, as a PNG (matplotlib)
         ],
         mixed_precision=args.mixed_precision,
     )
@@ -99,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_loss": history.get_latest_metric("test_evaluation_loss"),
         "test_accuracy": history.get_latest_metric("test_accuracy"),
         "checkpoint_path": str(checkpoint_path),
+        "plot_path": str(plot_path),
     }
     trainer.print("\nSummary")
     for name, value in summary.items():

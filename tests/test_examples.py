@@ -60,6 +60,9 @@ def test_train_digits_reaches_high_test_accuracy_and_saves_the_best_model(load_e
     assert checkpoint["eval_loss_epoch"] == pytest.approx(summary["best_eval_loss"])
     model = train_digits.make_classifier()
     model.load_state_dict(checkpoint[MODEL_STATE_KEY])
+    # The run's metrics plot: a real, non-empty PNG.
+    plot = Path(summary["plot_path"]).read_bytes()
+    assert plot.startswith(b"\x89PNG\r\n\x1a\n") and len(plot) > 10_000
 
 
 def test_metrics_callback_records_accuracy_and_confusion_matrix(load_example):

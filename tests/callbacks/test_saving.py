@@ -95,3 +95,49 @@ def test_state_round_trips():
     restored.load_state_dict(saver.state_dict())
     assert (restored.monitor.best_value, restored.monitor.best_epoch) == (0.25, 3)
     assert restored.saved_this_run
+
+
+def test_wsd_checkpoints_are_saved_before_each_decay_and_at_each_checkpoint(tmp_path):
+    from trainwright.callbacks import WSDCheckpointCallback
+    from trainwright.schedulers import WSDLrScheduler
+
+    class WeightsAtUpdate(TrainerCallback):
+        def __init__(self):
+            self.weights = {}
+
+        def on_after_optimizer_step(self, trainer, **kwargs):
+            state = trainer.get_model().state_dict()
+            self.weights[trainer.progress.num_update_steps] = {
+                k: v.clone() for k, v in state.items()
+            }
+
+    recorder = WeightsAtUpdate()
+    trainer = make_trainer(callbacks=[recorder, WSDCheckpointCallback(tmp_path)])
+    # 12 updates; checkpoints after 6 and 12 updates, decay windows of 2 and 3 updates
+    scheduler_fn = WSDLrScheduler.create_scheduler_fn(
+        checkpoint_steps=[6, 12], decay_phase_ratio=0.25, lr_min_ratio=0.1
+    )
+    trainer.train(make_dataset(12), num_epochs=2, per_device_batch_size=2,
+                  create_scheduler_fn=scheduler_fn)  # fmt: skip
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "post-decay-000000006.pt",
+        "post-decay-000000012.pt",
+        "pre-decay-000000004",
+        "pre-decay-000000009",
+    ]
+    for updates in (6, 12):
+        saved = torch.load(tmp_path / f"post-decay-{updates:09d}.pt", weights_only=True)
+        for name, value in saved["model_state_dict"].items():
+            assert torch.equal(value, recorder.weights[updates][name])
+    state = torch.load(tmp_path / "pre-decay-000000009" / "trainer_state_0.pt", weights_only=True)
+    assert state["progress"]["num_update_steps"] == 9
+
+
+def test_wsd_checkpoints_need_a_wsd_scheduler(tmp_path):
+    import pytest
+
+    from trainwright.callbacks import WSDCheckpointCallback
+
+    trainer = make_trainer(callbacks=[WSDCheckpointCallback(tmp_path)])
+    with pytest.raises(ValueError, match="needs a WSDLrScheduler"):
+        trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)

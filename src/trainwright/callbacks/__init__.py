@@ -35,11 +35,16 @@ from trainwright.callbacks.progress import (
 )
 from trainwright.callbacks.runtime import (
     BatchLimitsCallback,
+    ConvertSyncBatchNormCallback,
     LimitBatchesCallback,
     LimitEvalStepsCallback,
     MoveModulesToDeviceCallback,
 )
-from trainwright.callbacks.saving import SaveBestModelCallback, SaveTrainingStateCallback
+from trainwright.callbacks.saving import (
+    SaveBestModelCallback,
+    SaveTrainingStateCallback,
+    WSDCheckpointCallback,
+)
 from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
 
 #: The callbacks a :class:`~trainwright.trainer.Trainer` uses unless told otherwise.
@@ -60,6 +65,7 @@ __all__ = [
     "CallbackHandler",
     "CallbackOrderError",
     "CallbackProfiler",
+    "ConvertSyncBatchNormCallback",
     "CudaMemoryCallback",
     "EarlyStoppingCallback",
     "EventFilter",
@@ -87,6 +93,7 @@ __all__ = [
     "TimingCallback",
     "TrainerCallback",
     "TrainingInterrupted",
+    "WSDCheckpointCallback",
     "every",
     "filtered",
     "once",

@@ -14,7 +14,7 @@ from trainwright.checkpointing import STAGING_SUFFIX, is_training_state
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
-__all__ = ["SaveBestModelCallback", "SaveTrainingStateCallback"]
+__all__ = ["SaveBestModelCallback", "SaveTrainingStateCallback", "WSDCheckpointCallback"]
 
 
 class SaveBestModelCallback(MonitorCallback):
@@ -191,3 +191,70 @@ class SaveTrainingStateCallback(TrainerCallback):
             shutil.rmtree(stale)
         for leftover in self.save_dir.glob(f"*{STAGING_SUFFIX}"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+class WSDCheckpointCallback(TrainerCallback):
+    """Saves the checkpoints a warmup-stable-decay schedule is made for.
+
+    With a :class:`~trainwright.schedulers.WSDLrScheduler` of several checkpoints, each
+    checkpoint ``C`` ends a short decay that starts from the stable phase. This callback
+    saves, in ``save_dir``:
+
+    - ``pre-decay-<updates>``: a full training state (see
+      :meth:`~trainwright.trainer.Trainer.save_training_state`) just before each decay
+      starts, i.e. once the updates done reach a decay window's start. Resuming from it
+      with a longer schedule continues the stable phase, so a run can be extended without
+      retraining;
+    - ``post-decay-<updates>.pt``: a model export (:meth:`~trainwright.trainer.Trainer.
+      save_checkpoint`) once each decay ends, at the checkpoint, with the weights trained at
+      the decayed learning rate.
+
+    Saves happen at the end of the step that performed the update (``on_train_step_end``).
+
+    Args:
+        save_dir: the directory to save into.
+        save_pre_decay_states: save the training states before each decay.
+        save_post_decay_models: save the model exports at each checkpoint.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            *DEFAULT_CALLBACKS, WSDCheckpointCallback("wsd-checkpoints")])
+        trainer.train(dataset, num_epochs=30,
+                      create_scheduler_fn=WSDLrScheduler.create_scheduler_fn(num_checkpoints=3))
+    """
+
+    order = 50
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_pre_decay_states: bool = True,
+        save_post_decay_models: bool = True,
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.save_pre_decay_states = save_pre_decay_states
+        self.save_post_decay_models = save_post_decay_models
+        self._updates_at_last_check = 0
+
+    def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        from trainwright.schedulers import WSDLrScheduler
+
+        if not isinstance(trainer.scheduler, WSDLrScheduler):
+            raise ValueError(
+                "WSDCheckpointCallback needs a WSDLrScheduler: pass create_scheduler_fn="
+                "WSDLrScheduler.create_scheduler_fn(...) to train(); got "
+                f"{type(trainer.scheduler).__name__}."
+            )
+        self._updates_at_last_check = trainer.progress.num_update_steps
+
+    def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        updates = trainer.progress.num_update_steps
+        if updates == self._updates_at_last_check:
+            return  # no update in this step
+        self._updates_at_last_check = updates
+        scheduler = trainer.scheduler
+        if self.save_pre_decay_states and scheduler.is_decay_phase_start(updates):
+            trainer.save_training_state(self.save_dir / f"pre-decay-{updates:09d}")
+        if self.save_post_decay_models and scheduler.is_checkpoint_step(updates):
+            trainer.save_checkpoint(self.save_dir / f"post-decay-{updates:09d}.pt")
