@@ -66,6 +66,7 @@ from trainwright.distributed import (
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.run_config import RunConfig
 from trainwright.tracking import InMemoryRunHistory, RunHistory
+from trainwright.validation import check_positive_int
 
 __all__ = ["Trainer", "TrainerPlaceholderValues", "TrainingProgress"]
 
@@ -89,7 +90,13 @@ class TrainingProgress:
             ``on_train_step_end``).
         is_epoch_finished: whether the current epoch's training and evaluation are done
             (set before ``on_training_run_epoch_end``).
-        num_skipped_updates: optimizer updates skipped so far in this ``train()`` call.
+        num_skipped_updates: optimizer updates skipped so far in this ``train()`` call with
+            ``Trainer.request_skip_update``.
+        num_scaler_skipped_updates: optimizer updates skipped so far in this ``train()`` call
+            by the fp16 gradient scaler because the gradients held inf or NaN (the scaler
+            then lowers its scale). Like requested skips they count in ``num_update_steps``
+            and do not step the scheduler; unlike them, ``on_after_optimizer_step`` still
+            fires. Always 0 without a gradient scaler (bf16, fp32).
     """
 
     epoch: int = 0
@@ -98,6 +105,7 @@ class TrainingProgress:
     num_batches_done: int = 0
     is_epoch_finished: bool = False
     num_skipped_updates: int = 0
+    num_scaler_skipped_updates: int = 0
 
 
 class _EpochLoss:
@@ -210,6 +218,7 @@ class Trainer:
         self._is_skip_vote_needed = False
         self.run_history = run_history if run_history is not None else InMemoryRunHistory()
         accelerator_kwargs = dict(accelerator_kwargs or {})
+        _check_accelerator_kwargs(accelerator_kwargs)
         if _is_cpu_multiprocess_launch():
             # torchrun on a machine without an accelerator: Accelerate joins the processes
             # (gloo) only when told to use the CPU, so tell it.
@@ -266,8 +275,56 @@ class Trainer:
         return self.eval_dataloader
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """Prints once per run (on the main process only), like :func:`print`."""
+        """Prints once per machine, like :func:`print`: on the local main process of every
+        machine (``accelerator.print``), so once per run on a single machine and once per
+        machine on several. Use :meth:`print_once` for once per run on any number."""
         self.accelerator.print(*args, **kwargs)
+
+    def print_once(self, *args: Any, **kwargs: Any) -> None:
+        """Prints once per run, like :func:`print`: on the main process of the whole run only
+        (process 0 of machine 0)."""
+        if self.accelerator.is_main_process:
+            print(*args, **kwargs)
+
+    def run_on_main_process(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Calls ``function(*args, **kwargs)`` on the main process of the run only, and returns
+        its result there (``None`` on the other processes). The other processes do not wait
+        for it; follow it with :meth:`wait_for_everyone` if they must.
+
+        Example::
+
+            trainer.run_on_main_process(write_report, "runs/report.md")
+        """
+        return self.accelerator.on_main_process(function)(*args, **kwargs)
+
+    def run_on_local_main_process(
+        self, function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Like :meth:`run_on_main_process`, but on the main process of every machine (e.g.
+        to write to a disk each machine has of its own)."""
+        return self.accelerator.on_local_main_process(function)(*args, **kwargs)
+
+    def main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """A context manager in which the main process runs first and the other processes
+        wait, entering the block once it has left it (Accelerate's ``main_process_first``):
+        e.g. the main process downloads or preprocesses a dataset into a cache that the others
+        then read. Enter it on every process (it waits for every process, twice).
+
+        Example::
+
+            with trainer.main_process_first():
+                dataset = load_or_build_cached_dataset("cache/")
+        """
+        return self.accelerator.main_process_first()
+
+    def local_main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """Like :meth:`main_process_first`, with the main process of every machine first (for
+        a cache on each machine's own disk)."""
+        return self.accelerator.local_main_process_first()
+
+    def wait_for_everyone(self) -> None:
+        """Waits until every process reaches this call (a barrier; nothing on one process)."""
+        self.accelerator.wait_for_everyone()
 
     def gather(self, tensor: Any) -> Any:
         """Concatenates ``tensor`` (or a nested structure of tensors) from every process."""
@@ -764,7 +821,10 @@ class Trainer:
             train_dataset: the training data; by default each item is ``(inputs, targets)``.
             num_epochs: epochs to train for (overridden by ``max_num_train_steps``).
             eval_dataset: evaluated after every epoch, recording ``eval_loss_epoch``.
-            per_device_batch_size: batch size of each process.
+            per_device_batch_size: batch size of each process; with Accelerate's
+                ``DataLoaderConfiguration(split_batches=True)`` (``accelerator_kwargs``),
+                of all processes together, split among them (it must then be a multiple of
+                the number of processes; ``run_config`` gives the per-process size).
             max_num_train_steps: if set, train for exactly this many optimizer updates,
                 however many epochs that takes.
             gradient_accumulation_steps: micro-batches per optimizer update. An update also
@@ -960,6 +1020,7 @@ class Trainer:
         self.callback_handler.call_event("on_train_epoch_start", self)
         self._train_loss.reset()
         self._train_tail = padded_tail(self.train_dataloader, self.accelerator)
+        num_scaler_skips_before = self.progress.num_scaler_skipped_updates
         for step, batch in self._epoch_batches():
             self.progress.step = step
             try:
@@ -980,6 +1041,7 @@ class Trainer:
         # A stop asked for in the epoch's last step takes effect here, before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
         self._stop_vote.agree()
+        self._report_scaler_skips(num_scaler_skips_before)
         self.train_epoch_end()
         self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
         self.callback_handler.call_event("on_train_epoch_end", self)
@@ -1022,10 +1084,14 @@ class Trainer:
                 self.optimizer_step()
                 self.progress.num_update_steps += 1
                 # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
+                # The flag is a plain attribute that the scaler's step (a host sync of its own)
+                # has set; without a scaler there is nothing to read.
                 if (
-                    self._is_scheduler_stepped_per_update
-                    and not self.accelerator.optimizer_step_was_skipped
+                    self.accelerator.scaler is not None
+                    and self.accelerator.optimizer_step_was_skipped
                 ):
+                    self.progress.num_scaler_skipped_updates += 1
+                elif self._is_scheduler_stepped_per_update:
                     self.scheduler_step()
                 handler.call_event("on_after_optimizer_step", self, step=step)
             self.optimizer_zero_grad()
@@ -1063,6 +1129,19 @@ class Trainer:
         if first_batch is _NO_BATCH:
             return ()
         return enumerate(itertools.chain([first_batch], batches), start=first_step)
+
+    def _report_scaler_skips(self, num_skips_before_epoch: int) -> None:
+        num_skips = self.progress.num_scaler_skipped_updates - num_skips_before_epoch
+        if num_skips and self.accelerator.is_main_process:  # the same on every process
+            _logger.info(
+                "The fp16 gradient scaler skipped %d optimizer update(s) in epoch %d (inf or "
+                "NaN gradients; the scheduler was not stepped for them), %d in this run; the "
+                "loss scale is now %g.",
+                num_skips,
+                self.progress.epoch + 1,
+                self.progress.num_scaler_skipped_updates,
+                self.accelerator.scaler.get_scale(),
+            )
 
     def _is_update_step(self, step: int) -> bool:
         accumulation_steps = self.run_config.gradient_accumulation_steps
@@ -1153,7 +1232,7 @@ class Trainer:
             raise ValueError(
                 "evaluate() needs a dataset to evaluate on: trainer.evaluate(dataset)."
             )
-        _check_positive_int("per_device_batch_size", per_device_batch_size)
+        check_positive_int("per_device_batch_size", per_device_batch_size)
         _check_not_empty("dataset", dataset)
         previous = (self.eval_dataset, self.eval_dataloader, self.collate_fn)
         self.eval_dataset, self.collate_fn = dataset, collate_fn
@@ -1319,6 +1398,15 @@ class Trainer:
 
     def _prepare_dataloader(self, dataloader: DataLoader, role: str) -> DataLoader:
         self._dataloader_settings[role] = _dataloader_settings(dataloader)
+        num_processes = self.accelerator.num_processes
+        batch_size = dataloader.batch_size
+        if self.accelerator.split_batches and batch_size and batch_size % num_processes:
+            raise ValueError(
+                f"With split_batches=True (Accelerate's dataloader_config), the {role} batch size "
+                f"({batch_size}) is the batch of all {num_processes} processes together, split "
+                f"among them, so it must be a multiple of {num_processes}. Pass a multiple of "
+                f"{num_processes}, or leave split_batches off to give each process its own batch."
+            )
         prepared = self.accelerator.prepare(dataloader)
         if isinstance(prepared, Sized) and len(prepared) == 0:
             raise ValueError(
@@ -1357,6 +1445,9 @@ class Trainer:
         else:
             num_update_steps = num_update_steps_per_epoch * num_epochs
         accelerator = self.accelerator
+        if accelerator.split_batches:  # the batch size given is that of all processes together
+            per_device_batch_size //= accelerator.num_processes
+            eval_batch_size //= accelerator.num_processes
         return RunConfig(
             num_epochs=num_epochs,
             num_update_steps_per_epoch=num_update_steps_per_epoch,
@@ -1403,11 +1494,11 @@ class Trainer:
         _check_not_empty("train_dataset", train_dataset)
         if eval_dataset is not None:
             _check_not_empty("eval_dataset", eval_dataset)
-        _check_positive_int("num_epochs", num_epochs)
-        _check_positive_int("per_device_batch_size", per_device_batch_size)
-        _check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
+        check_positive_int("num_epochs", num_epochs)
+        check_positive_int("per_device_batch_size", per_device_batch_size)
+        check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
         if max_num_train_steps is not None:
-            _check_positive_int("max_num_train_steps", max_num_train_steps)
+            check_positive_int("max_num_train_steps", max_num_train_steps)
         for name, value in (
             ("gradient_clip_value", gradient_clip_value),
             ("max_grad_norm", max_grad_norm),
@@ -1623,6 +1714,25 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
 
 _NO_BATCH = object()
 
+#: Former ``Accelerator`` arguments that Accelerate 1.x accepts but ignores.
+_DATALOADER_CONFIG_NAMES = (
+    "split_batches",
+    "dispatch_batches",
+    "even_batches",
+    "use_seedable_sampler",
+)
+
+
+def _check_accelerator_kwargs(accelerator_kwargs: dict[str, Any]) -> None:
+    ignored = [name for name in _DATALOADER_CONFIG_NAMES if name in accelerator_kwargs]
+    if ignored:
+        settings = ", ".join(f"{name}={accelerator_kwargs[name]!r}" for name in ignored)
+        raise ValueError(
+            f"accelerator_kwargs {ignored} would be silently ignored by Accelerate: they are "
+            "settings of its DataLoaderConfiguration now. Pass accelerator_kwargs="
+            f'{{"dataloader_config": accelerate.DataLoaderConfiguration({settings})}} instead.'
+        )
+
 
 def _is_cpu_multiprocess_launch() -> bool:
     """Whether a launcher (torchrun, accelerate launch) started several processes on a
@@ -1711,7 +1821,7 @@ def _check_train_options(
         ("max_num_eval_batches", max_num_eval_batches),
     ):
         if value is not None:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
     if scheduler_step_interval not in (None, "update", "epoch"):
         raise ValueError(
             'scheduler_step_interval must be "update", "epoch" or None; '
@@ -1724,11 +1834,6 @@ def _check_train_options(
             "scheduler_step_interval and scheduler_metric only apply to a scheduler: pass "
             "create_scheduler_fn to train(), or remove them."
         )
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
 def _length_or_unknown(dataset: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -54,14 +55,7 @@ class StepBasedEvaluationCallback(TrainerCallback):
         eval_dataset: Dataset | None = None,
         metric_name: str = "step_eval_loss",
     ) -> None:
-        if (
-            isinstance(eval_every_n_updates, bool)
-            or not isinstance(eval_every_n_updates, int)
-            or eval_every_n_updates < 1
-        ):
-            raise ValueError(
-                f"eval_every_n_updates must be a positive integer; got {eval_every_n_updates!r}."
-            )
+        check_positive_int("eval_every_n_updates", eval_every_n_updates)
         self.eval_every_n_updates = eval_every_n_updates
         self.eval_dataset = eval_dataset
         self.metric_name = metric_name

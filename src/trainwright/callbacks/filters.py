@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from trainwright.validation import check_positive_int
+
 if TYPE_CHECKING:
     from trainwright.callbacks.base import TrainerCallback
     from trainwright.trainer import Trainer
@@ -72,10 +74,8 @@ class EventFilter:
                 "(or use `once`)."
             )
         for name, value in (("n_updates", n_updates), ("n_epochs", n_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            if value is not None:
+                check_positive_int(name, value)
         if seconds is not None and not seconds > 0:
             raise ValueError(f"seconds must be a positive number; got {seconds!r}.")
         self.n_updates, self.n_epochs, self.seconds = n_updates, n_epochs, seconds

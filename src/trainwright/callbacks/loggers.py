@@ -32,6 +32,7 @@ import torch
 from trainwright.callbacks.monitoring import learning_rates
 from trainwright.callbacks.progress import PrintMetricsCallback
 from trainwright.device_values import DeviceValueReader
+from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
     from accelerate.tracking import GeneralTracker
@@ -260,15 +261,7 @@ class ExperimentTrackerCallback(LoggerCallback):
         self._tracker_specs = None if trackers is None else list(trackers)
         for spec in self._tracker_specs or ():
             _check_tracker_spec(spec)
-        if log_every_n_updates is not None and (
-            isinstance(log_every_n_updates, bool)
-            or not isinstance(log_every_n_updates, int)
-            or log_every_n_updates < 1
-        ):
-            raise ValueError(
-                f"log_every_n_updates must be a positive integer or None; got "
-                f"{log_every_n_updates!r}."
-            )
+        check_positive_int("log_every_n_updates", log_every_n_updates, optional=True)
         if epoch_step not in ("epoch", "update"):
             raise ValueError(f'epoch_step must be "epoch" or "update"; got {epoch_step!r}.')
         self.project_name = project_name

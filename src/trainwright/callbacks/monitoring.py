@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -76,15 +77,7 @@ class LearningRateMonitorCallback(TrainerCallback):
     writes_metrics = ("learning_rate",)
 
     def __init__(self, log_every_n_updates: int | None = None) -> None:
-        if log_every_n_updates is not None and (
-            isinstance(log_every_n_updates, bool)
-            or not isinstance(log_every_n_updates, int)
-            or log_every_n_updates < 1
-        ):
-            raise ValueError(
-                f"log_every_n_updates must be a positive integer or None; got "
-                f"{log_every_n_updates!r}."
-            )
+        check_positive_int("log_every_n_updates", log_every_n_updates, optional=True)
         self.log_every_n_updates = log_every_n_updates
         #: ``(optimizer updates so far, {name: learning rate})`` every N updates.
         self.update_history: list[tuple[int, dict[str, float]]] = []

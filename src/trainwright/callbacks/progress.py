@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
 from trainwright.device_values import DeviceValueReader
+from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -77,15 +78,7 @@ class ProgressBarCallback(TrainerCallback):
     """
 
     def __init__(self, loss_every_n_steps: int | None = 10, **tqdm_kwargs: Any) -> None:
-        if loss_every_n_steps is not None and (
-            isinstance(loss_every_n_steps, bool)
-            or not isinstance(loss_every_n_steps, int)
-            or loss_every_n_steps < 1
-        ):
-            raise ValueError(
-                "loss_every_n_steps must be a positive integer or None; got "
-                f"{loss_every_n_steps!r}."
-            )
+        check_positive_int("loss_every_n_steps", loss_every_n_steps, optional=True)
         self._bar: tqdm | None = None
         self.loss_every_n_steps = loss_every_n_steps
         self.tqdm_kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}

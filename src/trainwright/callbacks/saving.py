@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from trainwright.callbacks.base import StopTrainingError, TrainerCallback
 from trainwright.callbacks.monitor import MonitorCallback
 from trainwright.checkpointing import STAGING_SUFFIX, is_training_state
+from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -133,8 +134,7 @@ class SaveTrainingStateCallback(TrainerCallback):
             ("save_every_n_steps", save_every_n_steps),
             ("max_checkpoints", max_checkpoints),
         ):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+            check_positive_int(name, value, optional=True)
         self.save_dir = Path(save_dir)
         self.save_every_n_epochs = save_every_n_epochs
         self.save_every_n_steps = save_every_n_steps
