@@ -10,6 +10,9 @@ machine without CUDA it says so and exits 0 without running anything.
 Checks:
   1. fp32, fp16 (with a gradient scaler) and bf16 train a small CNN on scikit-learn's digits
      to within 2 accuracy points of each other.
+     An fp16 update that overflows (a loss blown up once) is skipped by the gradient
+     scaler, counted in ``progress.num_scaler_skipped_updates`` and does not step the
+     scheduler.
   2. A ``torch.compile``-d model trains through the Trainer.
   3. No host-device sync happens during training steps with ``DEFAULT_CALLBACKS``
      (``torch.cuda.set_sync_debug_mode("error")`` turns any sync into an error).
@@ -18,6 +21,7 @@ Checks:
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
@@ -117,6 +121,57 @@ def train_digits(mixed_precision: str, compile_model: bool = False, callbacks=()
     return trainer.run_history.get_latest_metric("accuracy")
 
 
+class OverflowOnceTrainer(Trainer):
+    """Blows up the loss of one step so that its scaled fp16 gradients overflow."""
+
+    OVERFLOW_STEP = 3
+
+    def backward_step(self, loss):
+        if (self.progress.epoch, self.progress.step) == (0, self.OVERFLOW_STEP):
+            loss = loss * 1e38  # finite in float32; times the scaler's 2**16: inf
+        super().backward_step(loss)
+
+
+class RecordSkips(TrainerCallback):
+    def __init__(self):
+        self.skipped_steps = []
+
+    def on_after_optimizer_step(self, trainer, step, **kwargs):
+        if trainer.accelerator.optimizer_step_was_skipped:
+            self.skipped_steps.append(step)
+
+
+def fp16_overflow() -> tuple[list[int], int, int, int]:
+    """One fp16 epoch with one forced overflow: (steps skipped, skips counted, updates,
+    scheduler steps)."""
+    fresh_accelerate_state()
+    torch.manual_seed(0)
+    train_dataset, _ = digits_datasets()
+    model = make_cnn()
+    recorder = RecordSkips()
+    trainer = OverflowOnceTrainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), 0.01),
+        callbacks=[recorder],
+        mixed_precision="fp16",
+    )
+    trainer.train(
+        train_dataset,
+        num_epochs=1,
+        per_device_batch_size=64,
+        create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+        train_dataloader_kwargs={"num_workers": 0},
+    )
+    progress = trainer.progress
+    return (
+        recorder.skipped_steps,
+        progress.num_scaler_skipped_updates,
+        progress.num_update_steps,
+        trainer.scheduler.last_epoch,
+    )
+
+
 def throughput(num_rounds: int = 5) -> tuple[float, float]:
     """Median seconds per epoch for a hand-written loop and the Trainer, interleaved."""
     train_dataset, _ = digits_datasets()
@@ -168,6 +223,18 @@ def main() -> int:
     for precision in ("fp16", "bf16"):
         if abs(accuracies[precision] - accuracies["no"]) > 0.02:
             failures.append(f"{precision} accuracy differs from fp32 by more than 2 points")
+
+    skipped_steps, num_counted, num_updates, num_scheduler_steps = fp16_overflow()
+    print(
+        f"[fp16 overflow] skipped at steps {skipped_steps}, counted {num_counted}; "
+        f"{num_updates} updates, {num_scheduler_steps} scheduler steps"
+    )
+    if OverflowOnceTrainer.OVERFLOW_STEP not in skipped_steps:
+        failures.append("fp16: the forced overflow did not skip its update")
+    if num_counted != len(skipped_steps):
+        failures.append("fp16: progress.num_scaler_skipped_updates misses skipped updates")
+    if num_scheduler_steps != num_updates - len(skipped_steps):
+        failures.append("fp16: the scheduler stepped for an update the scaler skipped")
 
     compiled = train_digits("no", compile_model=True)
     print(f"[compile] torch.compile model: eval accuracy {compiled:.4f}")

@@ -127,3 +127,10 @@ def test_loading_weights_of_another_architecture_lists_the_keys(tmp_path):
         other.load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="No checkpoint file"):
         other.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", ["split_batches", "even_batches"])
+def test_dataloader_settings_that_accelerate_would_ignore_are_refused(name):
+    # Accelerate 1.x takes these Accelerator arguments without using them.
+    with pytest.raises(ValueError, match=rf"DataLoaderConfiguration\({name}=False\)"):
+        make_trainer(accelerator_kwargs={name: False})

@@ -304,9 +304,10 @@ def can_forward_alone(accelerator: Accelerator) -> bool:
 def check_all_processes_joined(accelerator: Accelerator) -> None:
     """Fails fast when a launcher started several processes but Accelerate set up only one.
 
-    On a machine without a GPU, ``torchrun --nproc_per_node N`` without ``accelerate launch
-    --cpu`` leaves Accelerate in single-process mode: each process would silently train on
-    its own, on the whole dataset.
+    On a machine without a GPU, Accelerate joins the processes of ``torchrun --nproc_per_node
+    N`` only when told to use the CPU (the Trainer tells it, unless ``accelerator_kwargs``
+    says ``cpu=False``); otherwise each process would silently train on its own, on the whole
+    dataset.
 
     Raises:
         RuntimeError: if ``WORLD_SIZE`` names more processes than Accelerate joined.
@@ -316,6 +317,6 @@ def check_all_processes_joined(accelerator: Accelerator) -> None:
         raise RuntimeError(
             f"This process was launched as one of WORLD_SIZE={world_size} processes, but "
             "Accelerate set up a single process, so each would train alone. Without a GPU, "
-            "launch with `accelerate launch --cpu`, set ACCELERATE_USE_CPU=1 for torchrun, "
-            'or pass accelerator_kwargs={"cpu": True} to the Trainer.'
+            'pass accelerator_kwargs={"cpu": True} to the Trainer (or leave "cpu" out of '
+            "them), or set ACCELERATE_USE_CPU=1 for the launch."
         )

@@ -9,18 +9,26 @@ must see the same data per update.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import DataLoaderConfiguration
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback, TrainerPlaceholderValues
-from trainwright.callbacks import SaveTrainingStateCallback, TerminateOnNaNCallback
+from trainwright.callbacks import (
+    ConvertSyncBatchNormCallback,
+    SaveTrainingStateCallback,
+    TerminateOnNaNCallback,
+)
 
 NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
 IN_ORDER = {"shuffle": False, **NO_WORKERS}
@@ -393,6 +401,91 @@ def control_on_one_process(gradient_accumulation_steps: int, save_dir: str) -> d
     }
 
 
+def process_helpers(shared_dir: str) -> dict[str, Any]:
+    """What each process printed and ran with the trainer's process helpers, and whether the
+    other processes waited for the main one in ``main_process_first``."""
+    trainer = make_trainer(lr=0.1)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        trainer.print("print")
+        trainer.print_once("print_once")
+    ran = trainer.run_on_main_process(lambda *args, **kwargs: [*args, kwargs], 1, key="value")
+    ran_locally = trainer.run_on_local_main_process(lambda: "ran locally")
+    saw_main_first = {}
+    for name in ("main_process_first", "local_main_process_first"):
+        marker = Path(shared_dir) / name
+        with getattr(trainer, name)():
+            saw_main_first[name] = marker.exists()  # written by the main process's block
+            if trainer.accelerator.is_main_process:
+                time.sleep(0.3)  # a process that did not wait would enter meanwhile
+                marker.write_text("main process was here")
+    return {
+        "printed": output.getvalue().splitlines(),
+        "ran": ran,
+        "ran_locally": ran_locally,
+        "saw_main_first": saw_main_first,
+    }
+
+
+def sync_batchnorm_on_cpu() -> dict[str, Any]:
+    """ConvertSyncBatchNormCallback in a CPU multi-process run: the error it raises."""
+    try:
+        make_trainer(lr=0.1, callbacks=(ConvertSyncBatchNormCallback(),))
+    except ValueError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
+def tiny_datasets() -> dict[str, Any]:
+    """A world larger than the data: 1 training sample and 3 evaluation samples, with an
+    evaluation batch (8 per process) larger than the whole evaluation set."""
+    gatherer = GatherForMetrics()
+    trainer = make_trainer(lr=0.2, callbacks=(gatherer,))
+    trainer.train(
+        make_dataset(1),
+        num_epochs=2,
+        eval_dataset=make_dataset(3, seed=1),
+        per_device_batch_size=4,
+        eval_per_device_batch_size=8,
+        train_dataloader_kwargs=IN_ORDER,
+        eval_dataloader_kwargs=NO_WORKERS,
+    )
+    weights = torch.cat([p.detach().flatten() for p in trainer.get_model().parameters()])
+    return {
+        "weights": weights.tolist(),
+        "num_updates": trainer.progress.num_update_steps,
+        "gathered": gatherer.collected(),
+        **_metrics(trainer, "train_loss_epoch", "eval_loss_epoch"),
+    }
+
+
+def indivisible_split_batch() -> dict[str, Any]:
+    """``split_batches=True`` with a batch of 3 for all processes together: the error, and
+    ``run_config``'s batch sizes with a batch of 4 (2 per process)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=(),
+        accelerator_kwargs={"dataloader_config": DataLoaderConfiguration(split_batches=True)},
+    )
+    error = None
+    try:
+        trainer.train(make_dataset(12), num_epochs=1, per_device_batch_size=3)
+    except ValueError as exception:
+        error = str(exception)
+    trainer.train(make_dataset(12), num_epochs=1, per_device_batch_size=4)
+    run_config = trainer.run_config
+    return {
+        "error": error,
+        "train_per_device_batch_size": run_config.train_per_device_batch_size,
+        "train_total_batch_size": run_config.train_total_batch_size,
+        "train_dataloader_len": run_config.train_dataloader_len,
+    }
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "equivalence": equivalence,
@@ -402,4 +495,8 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "error_on_one_process": error_on_one_process,
     "nan_loss_on_one_process": nan_loss_on_one_process,
     "control_on_one_process": control_on_one_process,
+    "process_helpers": process_helpers,
+    "sync_batchnorm_on_cpu": sync_batchnorm_on_cpu,
+    "tiny_datasets": tiny_datasets,
+    "indivisible_split_batch": indivisible_split_batch,
 }

@@ -37,15 +37,15 @@ class Launch:
     results: list[dict[str, Any]]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def launch(specs: list[tuple[str, str, dict[str, Any]]], out_dir: Path, timeout: float) -> Launch:
-    """Runs ``specs`` (``(key, scenario name, kwargs)``) in 2 processes and collects results."""
-    command = [
+def torchrun_command() -> list[str]:
+    """``torchrun`` starting :data:`NUM_PROCESSES` processes on this machine."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -54,11 +54,23 @@ def launch(specs: list[tuple[str, str, dict[str, Any]]], out_dir: Path, timeout:
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
-        str(WORKER),
-        str(out_dir),
-        json.dumps(specs),
+        str(free_port()),
     ]
+
+
+def launch(
+    specs: list[tuple[str, str, dict[str, Any]]],
+    out_dir: Path,
+    timeout: float,
+    launcher_command: list[str] | None = None,
+) -> Launch:
+    """Runs ``specs`` (``(key, scenario name, kwargs)``) in 2 processes and collects results.
+
+    ``launcher_command`` (default :func:`torchrun_command`) is what precedes the worker's path
+    on the command line, e.g. an ``accelerate launch`` command.
+    """
+    launcher_command = launcher_command or torchrun_command()
+    command = [*launcher_command, str(WORKER), str(out_dir), json.dumps(specs)]
     # A plain torchrun launch, as a user would type it: the Trainer itself asks Accelerate to
     # join the processes on the CPU (gloo) when there is no GPU.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -99,10 +111,13 @@ def _kill(process: subprocess.Popen, out_dir: Path) -> None:
 
 
 def run_scenarios(
-    specs: list[tuple[str, str, dict[str, Any]]], out_dir: Path, timeout: float = 120
+    specs: list[tuple[str, str, dict[str, Any]]],
+    out_dir: Path,
+    timeout: float = 120,
+    launcher_command: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Like :func:`launch`, but fails (showing the output) unless every process succeeded."""
-    result = launch(specs, out_dir, timeout)
+    result = launch(specs, out_dir, timeout, launcher_command)
     if result.returncode is None:
         raise AssertionError(f"torchrun hung for {timeout} s and was killed:\n{result.output}")
     if result.returncode != 0:

@@ -19,6 +19,7 @@ from distributed_scenarios import (
     loss_metrics_with_tails,
     make_dataset,
     stop_on_one_process,
+    tiny_datasets,
 )
 from launcher import NUM_PROCESSES, launch, run_scenarios
 
@@ -43,6 +44,7 @@ def _stop_key(event: str, step: int | None, epoch: int) -> str:
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     control_dir = tmp_path_factory.mktemp("control_states")
+    helpers_dir = tmp_path_factory.mktemp("process_helpers")
     specs: list[tuple[str, str, dict[str, Any]]] = [
         *(
             (f"equivalence:{k}", "equivalence", {"gradient_accumulation_steps": k})
@@ -70,6 +72,10 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             )
             for k in CONTROL_ACCUMULATION_STEPS
         ),
+        ("process_helpers", "process_helpers", {"shared_dir": str(helpers_dir)}),
+        ("sync_batchnorm_on_cpu", "sync_batchnorm_on_cpu", {}),
+        ("tiny_datasets", "tiny_datasets", {}),
+        ("indivisible_split_batch", "indivisible_split_batch", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -223,3 +229,62 @@ def test_control_requests_by_one_process_apply_on_all_at_the_same_step(
         assert [step for epoch, step in result["steps_ended"] if epoch == 0] == list(range(6))
         # Every update but the skipped one steps the scheduler.
         assert result["scheduler_steps"] == result["num_updates"] - 1
+
+
+def test_process_helpers_print_and_run_on_the_main_process_only(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    main, other = (rank_results["process_helpers"] for rank_results in two_process_results)
+    # One machine: print (once per machine) and print_once (once per run) both print on
+    # process 0 only; the same holds for the local and global "run on main" helpers.
+    assert main["printed"] == ["print", "print_once"]
+    assert other["printed"] == []
+    assert main["ran"] == [1, {"key": "value"}]
+    assert other["ran"] is None
+    assert (main["ran_locally"], other["ran_locally"]) == ("ran locally", None)
+    # The main process entered first (and saw no marker); the other one waited until the
+    # main process had left the block (and saw its marker).
+    expected = {"main_process_first": True, "local_main_process_first": True}
+    assert main["saw_main_first"] == {name: False for name in expected}
+    assert other["saw_main_first"] == expected
+
+
+def test_sync_batchnorm_conversion_is_refused_on_cpu_processes(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    for rank_results in two_process_results:
+        error = rank_results["sync_batchnorm_on_cpu"]["error"]
+        assert error is not None
+        assert "SyncBatchNorm cannot train on 'cpu' devices" in error
+        assert "2 processes" in error
+
+
+def test_world_larger_than_the_data_trains_like_one_process_without_duplicates(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # 1 training sample for 2 processes, and an evaluation batch larger than the evaluation
+    # set: the repeats Accelerate adds are left out of the metrics and of gather_for_metrics,
+    # and the update (the mean of two identical gradients) is the single-process one.
+    reference = tiny_datasets()
+    assert reference["gathered"]["sample_ids"] == [0, 1, 2, 0, 1, 2]  # 2 evaluations of 3
+    for rank_results in two_process_results:
+        result = rank_results["tiny_datasets"]
+        assert result["num_updates"] == reference["num_updates"] == 2
+        assert result["gathered"] == reference["gathered"]
+        _assert_close(result["weights"], reference["weights"])
+        for metric in ("train_loss_epoch", "eval_loss_epoch"):
+            _assert_close(result[metric], reference[metric])
+
+
+def test_split_batches_needs_a_batch_divisible_by_the_process_count(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    for rank_results in two_process_results:
+        result = rank_results["indivisible_split_batch"]
+        assert result["error"] is not None
+        assert "train batch size (3) is the batch of all 2 processes" in result["error"]
+        assert "must be a multiple of 2" in result["error"]
+        # A batch of 4 split between 2 processes: 2 each, 4 per update, 12 samples in 3.
+        assert result["train_per_device_batch_size"] == 2
+        assert result["train_total_batch_size"] == 4
+        assert result["train_dataloader_len"] == 3

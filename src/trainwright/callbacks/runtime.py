@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from trainwright.callbacks.base import TrainerCallback
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchLimitsCallback",
+    "ConvertSyncBatchNormCallback",
     "LimitBatchesCallback",
     "LimitEvalStepsCallback",
     "MoveModulesToDeviceCallback",
@@ -41,6 +43,64 @@ class MoveModulesToDeviceCallback(TrainerCallback):
 
     def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._move_modules(trainer)
+
+
+class ConvertSyncBatchNormCallback(TrainerCallback):
+    """Replaces the model's BatchNorm layers with :class:`torch.nn.SyncBatchNorm`, so that in a
+    multi-process run the batch statistics are computed over the whole global batch instead
+    of each process's share.
+
+    It acts in ``on_init_end``, before Accelerate wraps the model (when ``train()`` or
+    ``evaluate()`` first prepares it), so pass it to the ``Trainer`` constructor; added later,
+    it does nothing. The converted layers keep the original parameters and running
+    statistics, so the optimizer needs no change. It runs before other callbacks
+    (``order = -20``), so they see the converted model.
+
+    With one process there is nothing to synchronise and the model is left as it is, unless
+    ``convert_on_one_process=True`` (then ``SyncBatchNorm`` computes like ``BatchNorm``; e.g.
+    to keep the module types, and so checkpoints, the same whatever the process count).
+
+    PyTorch's ``SyncBatchNorm`` trains on CUDA, XPU, HPU and PrivateUse1 devices only: in a
+    multi-process run on the CPU (or MPS) this callback raises a ``ValueError`` when the
+    trainer is constructed, instead of the run failing at its first forward pass.
+
+    Args:
+        process_group: the group to synchronise over; ``None`` for all processes.
+        convert_on_one_process: convert even when the run has a single process.
+
+    Example::
+
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            ConvertSyncBatchNormCallback(), *DEFAULT_CALLBACKS,
+        ])
+    """
+
+    order = -20
+    #: Devices on which ``torch.nn.SyncBatchNorm`` can train with several processes.
+    SUPPORTED_DEVICE_TYPES = ("cuda", "xpu", "hpu")
+
+    def __init__(
+        self,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        convert_on_one_process: bool = False,
+    ) -> None:
+        self.process_group = process_group
+        self.convert_on_one_process = convert_on_one_process
+
+    def on_init_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        num_processes = trainer.accelerator.num_processes
+        if num_processes == 1 and not self.convert_on_one_process:
+            return
+        device_type = trainer.device.type
+        supported = (*self.SUPPORTED_DEVICE_TYPES, torch._C._get_privateuse1_backend_name())
+        if num_processes > 1 and device_type not in supported:
+            raise ValueError(
+                f"ConvertSyncBatchNormCallback: torch.nn.SyncBatchNorm cannot train on "
+                f"{device_type!r} devices, and this run has {num_processes} processes on "
+                f"{device_type!r}. Remove the callback (each process then normalises with its "
+                "own batch statistics), or train on GPUs."
+            )
+        trainer.model = nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model, self.process_group)
 
 
 class BatchLimitsCallback(TrainerCallback):
