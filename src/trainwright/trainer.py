@@ -114,9 +114,13 @@ class _EpochLoss:
     The loop passes the number of genuine samples of each batch, leaving out the repeats
     Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``).
 
-    Summing on the device keeps the per-step path free of host syncs; the one read happens
-    at epoch end, after the sums of every process are added together.
+    Each step only keeps a reference to its detached loss: the losses are summed by a few
+    tensor operations every ``fold_every`` steps and at epoch end, not one per step, and
+    nothing is read on the host until the epoch's result, after the sums of every process
+    are added together.
     """
+
+    fold_every = 1024
 
     def __init__(self, accelerator: Accelerator) -> None:
         self._accelerator = accelerator
@@ -127,22 +131,49 @@ class _EpochLoss:
     def reset(self) -> None:
         self._loss_sum = torch.zeros((), dtype=self._dtype, device=self._accelerator.device)
         self._num_samples: int | torch.Tensor = 0
+        self._losses: list[torch.Tensor] = []
+        self._batch_sizes: list[int | torch.Tensor] = []
 
     def update(self, loss: torch.Tensor, batch_size: int | torch.Tensor) -> None:
-        if isinstance(batch_size, int):
-            self._loss_sum.add_(loss.detach(), alpha=batch_size)
+        self._losses.append(loss.detach())
+        self._batch_sizes.append(batch_size)
+        if len(self._losses) == self.fold_every:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).to(self._dtype)
+        sizes = self._batch_sizes
+        if all(isinstance(size, int) for size in sizes):
+            # pinned + non-blocking: the copy to the GPU does not make the host wait
+            on_cuda = losses.device.type == "cuda"
+            weights = torch.tensor(sizes, dtype=self._dtype, pin_memory=on_cuda)
+            weights = weights.to(losses.device, non_blocking=True)
+            self._num_samples += sum(sizes)
         else:
-            self._loss_sum += loss.detach() * batch_size
-        self._num_samples += batch_size
+            weights = torch.stack([torch.as_tensor(size).to(losses) for size in sizes])
+            self._num_samples = self._num_samples + weights.sum()
+        self._loss_sum = self._loss_sum + (losses * weights).sum()
+        self._losses, self._batch_sizes = [], []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self._loss_sum.cpu(), "num_samples": self._num_samples}
+        return {
+            "loss_sum": self._loss_sum.cpu(),
+            "num_samples": self._num_samples,
+            "losses": [loss.cpu() for loss in self._losses],
+            "batch_sizes": list(self._batch_sizes),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._loss_sum = state["loss_sum"].to(self._accelerator.device)
+        device = self._accelerator.device
+        self._loss_sum = state["loss_sum"].to(device)
         self._num_samples = state["num_samples"]
+        self._losses = [loss.to(device) for loss in state["losses"]]
+        self._batch_sizes = list(state["batch_sizes"])
 
     def compute(self) -> float:
+        self._fold()
         num_samples = self._num_samples
         if isinstance(num_samples, torch.Tensor):
             num_samples = num_samples.to(self._loss_sum)
