@@ -101,7 +101,13 @@ class TerminateOnNaNCallback(TrainerCallback):
     def on_train_step_end(
         self, trainer: Trainer, batch: Any, batch_output: dict, step: int, **kwargs: Any
     ) -> None:
-        self._losses.submit(batch_output["loss"], tag=(trainer.run_history.current_epoch, step))
+        loss = batch_output["loss"]
+        if loss.device.type == "cpu":  # already on the host: reading it waits for nothing
+            value = float(loss)
+            if not math.isfinite(value):
+                self._stop(value, trainer.run_history.current_epoch, step)
+            return
+        self._losses.submit(loss, tag=(trainer.run_history.current_epoch, step))
         self._check(self._losses.ready())
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -110,7 +116,10 @@ class TerminateOnNaNCallback(TrainerCallback):
     def _check(self, losses: Any) -> None:
         for (epoch, step), loss in losses:
             if not math.isfinite(loss):
-                self._losses.clear()
-                raise StopTrainingError(
-                    f"Stopping training: the loss is {loss} at step {step} of epoch {epoch}."
-                )
+                self._stop(loss, epoch, step)
+
+    def _stop(self, loss: float, epoch: int, step: int) -> None:
+        self._losses.clear()
+        raise StopTrainingError(
+            f"Stopping training: the loss is {loss} at step {step} of epoch {epoch}."
+        )
