@@ -62,6 +62,10 @@ class DeviceValueReader:
                 event.synchronize()
             yield tag, float(host)
 
+    def __len__(self) -> int:
+        """How many queued tensors have not been read yet."""
+        return len(self._pending)
+
     def clear(self) -> None:
         """Forgets every queued tensor."""
         self._pending.clear()

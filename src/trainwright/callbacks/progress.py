@@ -122,9 +122,10 @@ class ProgressBarCallback(TrainerCallback):
             return
         if (step + 1) % self.loss_every_n_steps == 0:
             self._losses.submit(batch_output["loss"], tag=step)
-        arrived = list(self._losses.ready())
-        if arrived:
-            self._show_loss(arrived[-1][1])  # the newest
+        if self._losses:  # something submitted and not shown yet
+            arrived = list(self._losses.ready())
+            if arrived:
+                self._show_loss(arrived[-1][1])  # the newest
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._losses.clear()
