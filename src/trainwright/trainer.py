@@ -1105,31 +1105,31 @@ class Trainer:
             "on_after_backward", self, batch=batch, batch_output=batch_output, step=step
         )
         if is_update_step:
-            self._clip_gradients()
-            handler.call_event("on_before_optimizer_step", self, step=step)
-            if (
-                self._skip_update_reason is not None or self._is_skip_vote_needed
-            ) and self._is_update_skipped():
-                self.progress.num_update_steps += 1  # request_skip_update(): nothing steps
-            else:
-                self.optimizer_step()
-                self.progress.num_update_steps += 1
-                # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
-                # The flag is a plain attribute that the scaler's step (a host sync of its own)
-                # has set; without a scaler there is nothing to read.
-                if (
-                    self.accelerator.scaler is not None
-                    and self.accelerator.optimizer_step_was_skipped
-                ):
-                    self.progress.num_scaler_skipped_updates += 1
-                elif self._is_scheduler_stepped_per_update:
-                    self.scheduler_step()
-                handler.call_event("on_after_optimizer_step", self, step=step)
-            self.optimizer_zero_grad()
+            self._update_parameters(step)
         self.progress.num_batches_done = step + 1
         handler.call_event(
             "on_train_step_end", self, batch=batch, batch_output=batch_output, step=step
         )
+
+    def _update_parameters(self, step: int) -> None:
+        """The end of an accumulation window: clip, update, step the scheduler, clear."""
+        self._clip_gradients()
+        self.callback_handler.call_event("on_before_optimizer_step", self, step=step)
+        is_skip_possible = self._skip_update_reason is not None or self._is_skip_vote_needed
+        if is_skip_possible and self._is_update_skipped():
+            self.progress.num_update_steps += 1  # request_skip_update(): nothing steps
+        else:
+            self.optimizer_step()
+            self.progress.num_update_steps += 1
+            # A step skipped by the fp16 gradient scaler (overflow) must not advance the LR.
+            # The flag is a plain attribute that the scaler's step (a host sync of its own)
+            # has set; without a scaler there is nothing to read.
+            if self.accelerator.scaler is not None and self.accelerator.optimizer_step_was_skipped:
+                self.progress.num_scaler_skipped_updates += 1
+            elif self._is_scheduler_stepped_per_update:
+                self.scheduler_step()
+            self.callback_handler.call_event("on_after_optimizer_step", self, step=step)
+        self.optimizer_zero_grad()
 
     def _epoch_batches(self) -> Iterable[tuple[int, Any]]:
         """The epoch's ``(step, batch)`` pairs; in an epoch resumed mid-way, only the batches
