@@ -103,7 +103,7 @@ class TerminateOnNaNCallback(TrainerCallback):
     ) -> None:
         loss = batch_output["loss"]
         if loss.device.type == "cpu":  # already on the host: reading it waits for nothing
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 self._stop(value, trainer.run_history.current_epoch, step)
             return
