@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_dataloader_kwargs"]
+__all__ = ["dataloader_length", "default_dataloader_kwargs"]
 
 
 def _cpus_available() -> int:
@@ -52,3 +52,15 @@ def default_dataloader_kwargs(
         "pin_memory": device.type == "cuda",
         "persistent_workers": num_workers > 0,
     }
+
+
+def dataloader_length(dataloader: Any) -> int | None:
+    """``len(dataloader)``, or ``None`` when it has no length.
+
+    A ``DataLoader`` over an ``IterableDataset`` without ``__len__`` (and Accelerate's
+    prepared loaders over one) has a ``__len__`` method that raises ``TypeError``.
+    """
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None

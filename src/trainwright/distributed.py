@@ -20,8 +20,10 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from torch.utils.data import IterableDataset
 
 from trainwright.callbacks.base import CallbackHandler, StopTrainingError
+from trainwright.data import dataloader_length
 
 __all__ = [
     "END_EPOCH",
@@ -67,19 +69,28 @@ def padded_tail(dataloader: Any, accelerator: Accelerator) -> PaddedTail | None:
     per-process batch size), with or without ``split_batches``, so the samples past the end of
     the dataset are the repeats. Repeats can only occur in the last batch.
 
+    An ``IterableDataset`` (with or without ``__len__``) is sharded among the processes by
+    Accelerate itself (``IterableDatasetShard``, or batches dispatched from the main process),
+    with its own completion of the last batches, so this correction does not apply to it:
+    its repeats, if any, count in the loss metrics.
+
     Returns:
         ``None`` on a single process, when nothing is repeated on this process, or when the
-        layout is unknown (an iterable dataset, a custom batch sampler); else the tail.
+        layout is unknown (an iterable dataset, a dataloader without a length, a custom
+        batch sampler); else the tail.
     """
     num_processes = accelerator.num_processes
     dataset = getattr(dataloader, "dataset", None)
     total_batch_size = getattr(dataloader, "total_batch_size", None)
     if num_processes == 1 or not isinstance(dataset, Sized) or not total_batch_size:
         return None
-    if not isinstance(dataloader, Sized) or len(dataloader) == 0:
+    if isinstance(dataset, IterableDataset):
+        return None
+    num_batches = dataloader_length(dataloader)
+    if not num_batches:  # None: no length; 0: no batches
         return None
     batch_size = total_batch_size // num_processes
-    last_step = len(dataloader) - 1
+    last_step = num_batches - 1
     first_position = (last_step * num_processes + accelerator.process_index) * batch_size
     num_genuine_samples = min(max(len(dataset) - first_position, 0), batch_size)
     if num_genuine_samples == batch_size:

@@ -41,6 +41,11 @@ class TrainerPlaceholderValues(_PlaceholderArithmetic, Enum):
     process performs, so a schedule sized with them ends exactly on the run's last update on
     any number of processes.
 
+    Training data without a length (an ``IterableDataset`` without ``__len__``) leaves the
+    per-epoch counts unknown, and ``NUM_UPDATE_STEPS`` unless ``max_num_train_steps`` is
+    given (``NUM_EPOCHS`` is then the unknown one); resolving an unknown placeholder raises
+    a ``ValueError`` that says so.
+
     Example::
 
         create_scheduler_fn = functools.partial(
@@ -63,10 +68,32 @@ class TrainerPlaceholderValues(_PlaceholderArithmetic, Enum):
         value = values[self.value]
         if value is None:
             raise ValueError(
-                f"{self} has no value in this run: {self.value} is None. "
-                "EVAL_DATALOADER_LEN needs an eval_dataset passed to train()."
+                f"{self} has no value in this run: {self.value} is None. {_WHY_NONE[self.value]}"
             )
         return value
+
+
+#: Why each placeholder can be unknown, and what to do about it.
+_NO_TRAIN_LENGTH = (
+    "The training data has no length (e.g. an IterableDataset without __len__), so this "
+    "count is unknown before training. "
+)
+_WHY_NONE = {
+    "num_epochs": _NO_TRAIN_LENGTH
+    + "With max_num_train_steps, epochs repeat until that many updates: size the schedule "
+    "with NUM_UPDATE_STEPS instead.",
+    "num_update_steps_per_epoch": _NO_TRAIN_LENGTH
+    + "Give the dataset a __len__, or size the schedule with NUM_UPDATE_STEPS and pass "
+    "max_num_train_steps to train().",
+    "num_update_steps": _NO_TRAIN_LENGTH
+    + "Pass max_num_train_steps to train() to fix the number of updates, or give the "
+    "dataset a __len__.",
+    "train_dataloader_len": _NO_TRAIN_LENGTH
+    + "Give the dataset a __len__, or size the schedule with NUM_UPDATE_STEPS and pass "
+    "max_num_train_steps to train().",
+    "eval_dataloader_len": "EVAL_DATALOADER_LEN needs an eval_dataset passed to train(), "
+    "with a length (not an IterableDataset without __len__).",
+}
 
 
 class PlaceholderExpression(_PlaceholderArithmetic):

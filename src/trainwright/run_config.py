@@ -23,18 +23,28 @@ class RunConfig(Mapping):
     batches per process per epoch, an epoch performs ``ceil(N / k)`` of them, and every
     process performs the same number.
 
+    Training data without a length (an ``IterableDataset`` without ``__len__``): each epoch
+    runs until the data is exhausted, so ``train_dataloader_len`` and
+    ``num_update_steps_per_epoch`` are ``None``; ``num_update_steps`` is
+    ``max_num_train_steps`` (``None`` without it); ``num_epochs`` is as given to ``train()``,
+    or ``None`` with ``max_num_train_steps``, meaning epochs repeat until that many updates.
+
     Attributes:
         num_epochs: epochs that will run (fewer than asked when ``max_num_train_steps`` ends
-            the run earlier).
-        num_update_steps_per_epoch: optimizer updates in a full epoch, on every process.
-        num_update_steps: optimizer updates the whole run will perform.
+            the run earlier); ``None``: until ``max_num_train_steps`` (data without a length).
+        num_update_steps_per_epoch: optimizer updates in a full epoch, on every process;
+            ``None`` for data without a length.
+        num_update_steps: optimizer updates the whole run will perform; ``None`` for data
+            without a length and no ``max_num_train_steps``.
         max_num_train_steps: the limit given to ``train()``, or ``None``.
         train_per_device_batch_size: batch size of each process's training batches.
         train_total_batch_size: samples per optimizer update over all processes and
             accumulated micro-steps.
-        train_dataloader_len: training batches per epoch on each process.
+        train_dataloader_len: training batches per epoch on each process; ``None`` for data
+            without a length.
         eval_per_device_batch_size: batch size of each process's evaluation batches.
-        eval_dataloader_len: evaluation batches per epoch on each process (0 without eval).
+        eval_dataloader_len: evaluation batches per epoch on each process (``None`` without
+            evaluation data, or for evaluation data without a length).
         gradient_accumulation_steps: micro-steps per optimizer update.
         gradient_clip_value: clip gradients to this absolute value, or ``None``.
         max_grad_norm: clip the gradient norm to this value, or ``None``.
@@ -50,15 +60,15 @@ class RunConfig(Mapping):
         eval_dl_kwargs: keyword arguments used to build the evaluation dataloader.
     """
 
-    num_epochs: int
-    num_update_steps_per_epoch: int
-    num_update_steps: int
+    num_epochs: int | None
+    num_update_steps_per_epoch: int | None
+    num_update_steps: int | None
     max_num_train_steps: int | None
     train_per_device_batch_size: int
     train_total_batch_size: int
-    train_dataloader_len: int
+    train_dataloader_len: int | None
     eval_per_device_batch_size: int | None
-    eval_dataloader_len: int
+    eval_dataloader_len: int | None
     gradient_accumulation_steps: int
     gradient_clip_value: float | None
     max_grad_norm: float | None

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, slice_tensors
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
@@ -52,7 +52,7 @@ from trainwright.checkpointing import (
     read_trainer_state,
 )
 from trainwright.checkpointing import save_training_state as _save_training_state_directory
-from trainwright.data import default_dataloader_kwargs
+from trainwright.data import dataloader_length, default_dataloader_kwargs
 from trainwright.distributed import (
     END_EPOCH,
     EVALUATE,
@@ -269,6 +269,13 @@ class Trainer:
         self._dataloader_settings: dict[str, dict[str, Any]] = {}
         self._max_num_train_batches_per_epoch: int | None = None
         self._max_num_eval_batches: int | None = None
+        # The epoch's training batches: None for data without a length until its last batch
+        # comes (see _marking_last_batch); the sizes of accumulation windows are taken from
+        # _num_window_batches (unbounded then), the loader being iterated is _epoch_dataloader.
+        self._is_train_length_known = True
+        self._num_train_batches: int | None = None
+        self._num_window_batches: float = math.inf
+        self._epoch_dataloader: DataLoader | None = None
         # How the scheduler is stepped; decided once per train(), so each step only reads a flag.
         self._is_scheduler_stepped_per_update = False
         self._is_scheduler_stepped_per_epoch = False
@@ -848,16 +855,40 @@ class Trainer:
         sample. A ``StopTrainingError`` raised on one process alone stops every process at
         the same point (see :class:`~trainwright.callbacks.StopTrainingError`).
 
+        Training data without a length (a ``torch.utils.data.IterableDataset`` without
+        ``__len__``, e.g. a stream):
+
+        - each epoch runs until the data is exhausted (iterating it again must start over);
+          ``num_epochs`` are run, or with ``max_num_train_steps``, epochs repeat until exactly
+          that many updates. ``run_config``'s per-epoch counts are then ``None``, and
+          ``num_update_steps`` is ``max_num_train_steps`` or ``None`` (see
+          :class:`~trainwright.run_config.RunConfig`); a placeholder that needs an unknown
+          count raises a ``ValueError`` when the scheduler is created;
+        - the default training ``DataLoader`` does not shuffle (the dataset sets its own
+          order), and with ``num_workers > 0`` every worker iterates the whole dataset unless
+          it splits itself with ``torch.utils.data.get_worker_info()``;
+        - with gradient accumulation, an update happens every ``gradient_accumulation_steps``
+          micro-batches and after the epoch's last batch, which Accelerate's loader flags
+          (``end_of_dataloader``) as it yields it. The size of the last, short window is only
+          known then, after its first micro-batches' backward, so each micro-batch's loss is
+          divided by ``gradient_accumulation_steps``: the last update of an epoch is smaller
+          than one over the same samples with a known length;
+        - with several processes, Accelerate shards the dataset itself, completing the last
+          batches with repeated samples that are not left out of the loss metrics;
+        - resuming mid-epoch (``resume_from``) skips the batches already done by iterating
+          over them: they are loaded again, and the dataset must yield the same order.
+
         Args:
             train_dataset: the training data; by default each item is ``(inputs, targets)``.
-            num_epochs: epochs to train for (overridden by ``max_num_train_steps``).
+            num_epochs: epochs to train for (overridden by ``max_num_train_steps``, also for
+                data without a length).
             eval_dataset: evaluated after every epoch, recording ``eval_loss_epoch``.
             per_device_batch_size: batch size of each process; with Accelerate's
                 ``DataLoaderConfiguration(split_batches=True)`` (``accelerator_kwargs``),
                 of all processes together, split among them (it must then be a multiple of
                 the number of processes; ``run_config`` gives the per-process size).
             max_num_train_steps: if set, train for exactly this many optimizer updates,
-                however many epochs that takes.
+                however many epochs that takes (with data without a length too).
             gradient_accumulation_steps: micro-batches per optimizer update. An update also
                 happens at the end of every epoch, over the micro-batches left.
             gradient_clip_value: clip each gradient element to ``[-v, v]`` before updates.
@@ -1020,8 +1051,17 @@ class Trainer:
         self.callback_handler.call_event("on_training_run_end", self)
 
     def _run_epochs(self) -> None:
-        # A resumed run starts at the saved epoch (progress is restored by then).
-        for epoch in range(self.progress.epoch, self.run_config.num_epochs):
+        # A resumed run starts at the saved epoch (progress is restored by then). Data without
+        # a length and max_num_train_steps: epochs repeat until that many updates.
+        num_epochs = self.run_config.num_epochs
+        epochs = (
+            itertools.count(self.progress.epoch)
+            if num_epochs is None
+            else range(self.progress.epoch, num_epochs)
+        )
+        for epoch in epochs:
+            if num_epochs is None and self._is_max_num_train_steps_reached():
+                break
             self.progress.epoch = epoch
             self._run_train_epoch()
             if self.eval_dataloader is not None:
@@ -1052,7 +1092,12 @@ class Trainer:
         self._train_loss.reset()
         self._train_tail = padded_tail(self.train_dataloader, self.accelerator)
         num_scaler_skips_before = self.progress.num_scaler_skipped_updates
-        for step, batch in self._epoch_batches():
+        # The update limit as a number, so the per-step check costs the same with and without.
+        max_num_update_steps = self.run_config.num_update_steps or math.inf
+        batches = self._epoch_batches()
+        if not self._is_train_length_known:  # decided per epoch: known lengths pay nothing
+            batches = self._marking_last_batch(batches)
+        for step, batch in batches:
             self.progress.step = step
             try:
                 self._run_train_step(step, batch)
@@ -1065,13 +1110,19 @@ class Trainer:
             requests = self._stop_vote.end_of_step()  # the same on every process
             if requests and self._act_on_step_end_requests(requests, step):
                 break  # request_end_epoch()
-            if self.progress.num_update_steps >= self.run_config.num_update_steps:
+            if self.progress.num_update_steps >= max_num_update_steps:
                 break  # max_num_train_steps reached: the run ends after this epoch
             if step + 1 == self._max_num_train_batches_per_epoch:
                 break  # the batch limit cuts the epoch short
         # A stop asked for in the epoch's last step takes effect here, before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
         self._stop_vote.agree()
+        if not self._is_train_length_known and self.progress.num_batches_done == 0:
+            raise ValueError(
+                f"The training data yielded no batches in epoch {self.progress.epoch + 1} on "
+                "this process. An iterable dataset must yield samples in every epoch "
+                "(iterating it again must start over); check its __iter__."
+            )
         self._report_scaler_skips(num_scaler_skips_before)
         self.train_epoch_end()
         self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
@@ -1142,6 +1193,7 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "sampler": _generator_state(self.train_dataloader),
             }
+            self._epoch_dataloader = self.train_dataloader
             return enumerate(self.train_dataloader)
         self._train_loss.load_state_dict(resumed["train_loss"])
         self._epoch_start_state = resumed["epoch_start"]
@@ -1154,12 +1206,36 @@ class Trainer:
         if generator is not None:
             generator.set_state(self._epoch_start_state["sampler"])
         first_step = self.progress.num_batches_done
-        batches = iter(self.accelerator.skip_first_batches(self.train_dataloader, first_step))
+        # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
+        self._epoch_dataloader = self.accelerator.skip_first_batches(
+            self.train_dataloader, first_step
+        )
+        batches = iter(self._epoch_dataloader)
         first_batch = next(batches, _NO_BATCH)
         torch.set_rng_state(rng_after_saved_step)
         if first_batch is _NO_BATCH:
             return ()
         return enumerate(itertools.chain([first_batch], batches), start=first_step)
+
+    def _marking_last_batch(self, batches: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        """The epoch's batches of data without a length, setting the epoch's length as its
+        last batch comes (or the batch limit's), so that it ends an accumulation window.
+
+        Accelerate's prepared loader reads one batch ahead and sets ``end_of_dataloader``
+        before it yields the last one.
+        """
+        self._num_train_batches = None
+        dataloader, max_num_batches = self._epoch_dataloader, self._max_num_train_batches_per_epoch
+        for step, batch in batches:
+            if dataloader.end_of_dataloader or step + 1 == max_num_batches:
+                self._num_train_batches = step + 1
+            yield step, batch
+
+    def _is_max_num_train_steps_reached(self) -> bool:
+        max_num_train_steps = self.run_config.max_num_train_steps
+        return max_num_train_steps is not None and (
+            self.progress.num_update_steps >= max_num_train_steps
+        )
 
     def _report_scaler_skips(self, num_skips_before_epoch: int) -> None:
         num_skips = self.progress.num_scaler_skipped_updates - num_skips_before_epoch
@@ -1179,9 +1255,11 @@ class Trainer:
         return (step + 1) % accumulation_steps == 0 or step + 1 == self._num_train_batches
 
     def _accumulation_window_size(self, step: int) -> int:
+        # Without a length, a window's size is not known until its last batch, after its
+        # first micro-batches' backward: every window counts as full (see train()).
         accumulation_steps = self.run_config.gradient_accumulation_steps
         window_start = step - step % accumulation_steps
-        return min(accumulation_steps, self._num_train_batches - window_start)
+        return min(accumulation_steps, self._num_window_batches - window_start)
 
     def _clip_gradients(self) -> None:
         # Accelerate unscales fp16 gradients (once per update) before clipping.
@@ -1446,7 +1524,7 @@ class Trainer:
         prepared = self.accelerator.prepare_data_loader(
             dataloader, device_placement=is_placement_needed
         )
-        if isinstance(prepared, Sized) and len(prepared) == 0:
+        if dataloader_length(prepared) == 0:  # None: no length, nothing to check up front
             raise ValueError(
                 f"The {role} dataloader has no batches on this process (dataset of "
                 f"{_length_or_unknown(dataloader.dataset)} samples, batch size "
@@ -1471,18 +1549,31 @@ class Trainer:
         self._max_num_eval_batches = _limit_that_cuts(
             self._max_num_eval_batches, self.eval_dataloader
         )
-        self._num_train_batches = _limit(
-            len(self.train_dataloader), self._max_num_train_batches_per_epoch
-        )
-        num_update_steps_per_epoch = math.ceil(
-            self._num_train_batches / gradient_accumulation_steps
-        )
+        train_len = dataloader_length(self.train_dataloader)
+        self._is_train_length_known = train_len is not None
+        if self._is_train_length_known:
+            self._num_train_batches = _limit(train_len, self._max_num_train_batches_per_epoch)
+            self._num_window_batches = self._num_train_batches
+            num_update_steps_per_epoch = math.ceil(
+                self._num_train_batches / gradient_accumulation_steps
+            )
+        else:  # found as each epoch ends; every accumulation window counts as full
+            self._num_train_batches = num_update_steps_per_epoch = None
+            self._num_window_batches = math.inf
         if max_num_train_steps is not None:
-            num_epochs = math.ceil(max_num_train_steps / num_update_steps_per_epoch)
             num_update_steps = max_num_train_steps
-        else:
+            # Without a length, epochs repeat until max_num_train_steps (num_epochs None).
+            num_epochs = (
+                math.ceil(max_num_train_steps / num_update_steps_per_epoch)
+                if num_update_steps_per_epoch is not None
+                else None
+            )
+        elif num_update_steps_per_epoch is not None:
             num_update_steps = num_update_steps_per_epoch * num_epochs
+        else:
+            num_update_steps = None
         accelerator = self.accelerator
+        has_eval = self.eval_dataloader is not None  # not bool(): that calls len()
         if accelerator.split_batches:  # the batch size given is that of all processes together
             per_device_batch_size //= accelerator.num_processes
             eval_batch_size //= accelerator.num_processes
@@ -1496,10 +1587,10 @@ class Trainer:
                 per_device_batch_size * accelerator.num_processes * gradient_accumulation_steps
             ),
             train_dataloader_len=self._num_train_batches,
-            eval_per_device_batch_size=eval_batch_size if self.eval_dataloader else None,
+            eval_per_device_batch_size=eval_batch_size if has_eval else None,
             eval_dataloader_len=(
-                _limit(len(self.eval_dataloader), self._max_num_eval_batches)
-                if self.eval_dataloader
+                _limit_or_none(dataloader_length(self.eval_dataloader), self._max_num_eval_batches)
+                if has_eval
                 else None
             ),
             gradient_accumulation_steps=gradient_accumulation_steps,
@@ -1514,7 +1605,7 @@ class Trainer:
             mixed_precision=str(accelerator.mixed_precision),
             device=str(accelerator.device),
             train_dl_kwargs=self._dataloader_settings["train"],
-            eval_dl_kwargs=self._dataloader_settings["eval"] if self.eval_dataloader else None,
+            eval_dl_kwargs=self._dataloader_settings["eval"] if has_eval else None,
         )
 
     def _check_train_arguments(
@@ -1559,12 +1650,15 @@ class Trainer:
 
     def get_default_train_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
         """The training ``DataLoader`` settings before ``train_dataloader_kwargs`` are applied
-        (shuffled; see :func:`trainwright.data.default_dataloader_kwargs`)."""
+        (shuffled, except an ``IterableDataset``, whose order is its own: ``DataLoader``
+        rejects ``shuffle=True`` for one; see
+        :func:`trainwright.data.default_dataloader_kwargs`)."""
+        is_shuffled = not isinstance(self.train_dataset, IterableDataset)
         return {
             "batch_size": batch_size,
             "collate_fn": self.collate_fn,
             **default_dataloader_kwargs(
-                shuffle=True, device=self.device, num_local_processes=_num_local_processes()
+                shuffle=is_shuffled, device=self.device, num_local_processes=_num_local_processes()
             ),
         }
 
@@ -1834,10 +1928,18 @@ def _limit(num_batches: int, max_num_batches: int | None) -> int:
     return num_batches if max_num_batches is None else min(num_batches, max_num_batches)
 
 
+def _limit_or_none(num_batches: int | None, max_num_batches: int | None) -> int | None:
+    return None if num_batches is None else _limit(num_batches, max_num_batches)
+
+
 def _limit_that_cuts(max_num_batches: int | None, dataloader: DataLoader | None) -> int | None:
     # A limit that does not cut the data short is dropped, so that such epochs run the
     # dataloader to its end (Accelerate's dataloaders advance their epoch count only then).
-    if max_num_batches is None or dataloader is None or max_num_batches >= len(dataloader):
+    # Without a length, whether it cuts is unknown: it is kept.
+    if max_num_batches is None or dataloader is None:
+        return None
+    length = dataloader_length(dataloader)
+    if length is not None and max_num_batches >= length:
         return None
     return max_num_batches
 

@@ -118,7 +118,8 @@ class TimingCallback(TrainerCallback):
       samples times the number of processes);
     - ``updates_per_s``: optimizer updates per second in the training part;
     - ``eta_s``: estimated seconds until the run ends: the updates still to do, at the
-      epoch's pace (evaluation included).
+      epoch's pace (evaluation included); for training data without a length and no
+      ``max_num_train_steps``, the epochs still to do at the epoch's pace.
 
     Time is measured with :func:`time.perf_counter` between events. Nothing waits for the
     device on the per-step path: steps only add the batch size (a Python int) to a count.
@@ -163,15 +164,20 @@ class TimingCallback(TrainerCallback):
         train_time = max(self._train_time, 1e-9)
         num_updates = trainer.progress.num_update_steps - self._updates_at_epoch_start
         num_samples = float(self._num_samples) * trainer.accelerator.num_processes
-        remaining_updates = trainer.run_config.num_update_steps - trainer.progress.num_update_steps
         history = trainer.run_history
         history.update_metric("train_epoch_time_s", self._train_time)
         history.update_metric("epoch_time_s", epoch_time)
         history.update_metric("samples_per_s", num_samples / train_time)
         history.update_metric("updates_per_s", num_updates / train_time)
-        history.update_metric(
-            "eta_s", remaining_updates * epoch_time / num_updates if num_updates else 0.0
-        )
+        history.update_metric("eta_s", _eta_s(trainer, epoch_time, num_updates))
+
+
+def _eta_s(trainer: Trainer, epoch_time: float, num_epoch_updates: int) -> float:
+    config = trainer.run_config
+    if config.num_update_steps is None:  # data without a length: count the epochs left
+        return (config.num_epochs - trainer.progress.epoch - 1) * epoch_time
+    remaining_updates = config.num_update_steps - trainer.progress.num_update_steps
+    return remaining_updates * epoch_time / num_epoch_updates if num_epoch_updates else 0.0
 
 
 @dataclass(frozen=True)

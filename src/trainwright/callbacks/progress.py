@@ -8,12 +8,12 @@ the printing callbacks use :meth:`Trainer.print <trainwright.trainer.Trainer.pri
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
+from trainwright.data import dataloader_length
 from trainwright.device_values import DeviceValueReader
 from trainwright.validation import check_positive_int
 
@@ -35,10 +35,14 @@ class PrintProgressCallback(TrainerCallback):
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         config = trainer.run_config
-        trainer.print(
-            f"\nStarting training run: {config.num_epochs} epoch(s), "
-            f"{config.num_update_steps} optimizer update(s)"
-        )
+        # Training data without a length leaves one of the two unknown (see RunConfig).
+        if config.num_epochs is None:
+            plan = f"epochs until {config.num_update_steps} optimizer update(s)"
+        elif config.num_update_steps is None:
+            plan = f"{config.num_epochs} epoch(s), each until the data runs out"
+        else:
+            plan = f"{config.num_epochs} epoch(s), {config.num_update_steps} optimizer update(s)"
+        trainer.print(f"\nStarting training run: {plan}")
 
     def on_train_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
         trainer.print(f"\nStarting epoch {trainer.run_history.current_epoch}")
@@ -89,7 +93,7 @@ class ProgressBarCallback(TrainerCallback):
         """Opens the bar of an epoch over ``dataloader`` (``total=None`` without a length)."""
         self._close()
         self._bar = tqdm(
-            total=_length_or_none(dataloader),
+            total=dataloader_length(dataloader),
             desc=description,
             disable=not self._is_shown,
             **self.tqdm_kwargs,
@@ -195,7 +199,9 @@ class RichProgressBarCallback(ProgressBarCallback):
             **self.progress_kwargs,
         )
         self.progress.start()
-        self._task = self.progress.add_task(description, total=_length_or_none(dataloader), loss="")
+        self._task = self.progress.add_task(
+            description, total=dataloader_length(dataloader), loss=""
+        )
 
     def _advance(self) -> None:
         if self.progress is not None:
@@ -209,16 +215,6 @@ class RichProgressBarCallback(ProgressBarCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = self._task = None
-
-
-def _length_or_none(dataloader: Any) -> int | None:
-    # A DataLoader over an IterableDataset without __len__ is Sized but len() raises.
-    if not isinstance(dataloader, Sized):
-        return None
-    try:
-        return len(dataloader)
-    except TypeError:
-        return None
 
 
 class PrintMetricsCallback(TrainerCallback):

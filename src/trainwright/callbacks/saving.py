@@ -163,7 +163,11 @@ class SaveTrainingStateCallback(TrainerCallback):
             self.save(trainer)
 
     def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        is_last_epoch = trainer.progress.epoch == trainer.run_config.num_epochs - 1
+        config = trainer.run_config
+        if config.num_epochs is None:  # data without a length: epochs until the last update
+            is_last_epoch = trainer.progress.num_update_steps >= config.num_update_steps
+        else:
+            is_last_epoch = trainer.progress.epoch == config.num_epochs - 1
         epoch = trainer.run_history.current_epoch
         if (self.save_at_end and is_last_epoch) or (
             self.save_every_n_epochs is not None and epoch % self.save_every_n_epochs == 0
