@@ -155,6 +155,22 @@ class StatelessLrScheduler(_LrSchedulerBase, ABC):
         super().__init__(optimizer)
         self._write_lrs(self.get_lr(0))
 
+    @classmethod
+    def create_scheduler_fn(cls, **kwargs: Any) -> functools.partial[Any]:
+        """``functools.partial(cls, **kwargs)``, for ``train(create_scheduler_fn=...)``.
+
+        ``total_num_steps`` defaults to the trainer placeholder ``NUM_UPDATE_STEPS`` (every
+        optimizer update of the run, also when ``max_num_train_steps`` cuts it short), which
+        the trainer resolves when training starts.
+
+        Example::
+
+            trainer.train(dataset, num_epochs=10, create_scheduler_fn=(
+                CosineLrScheduler.create_scheduler_fn(num_warmup_steps=0.05)))
+        """
+        kwargs.setdefault("total_num_steps", TrainerPlaceholderValues.NUM_UPDATE_STEPS)
+        return functools.partial(cls, **kwargs)
+
     @abstractmethod
     def get_lr(self, update_step: int) -> list[float]:
         """Return the LR of each param group for optimizer update number ``update_step``."""
@@ -293,20 +309,6 @@ class CosineLrScheduler(StatelessLrScheduler):
         self.lr_min_ratios = _resolve_per_group_ratio(optimizer, lr_min_ratio, "lr_min_ratio")
         super().__init__(optimizer)
 
-    @classmethod
-    def create_scheduler_fn(cls, **kwargs: Any) -> functools.partial[CosineLrScheduler]:
-        """Return ``functools.partial(cls, **kwargs)`` for the trainer to call with the optimizer.
-
-        ``total_num_steps`` defaults to the trainer placeholder
-        ``NUM_UPDATE_STEPS`` (every update of the run), which the trainer resolves at train time.
-
-        Example:
-            >>> create_scheduler = CosineLrScheduler.create_scheduler_fn(  # doctest: +SKIP
-            ...     num_warmup_steps=0.05, lr_min_ratio=0.01
-            ... )
-        """
-        return _create_scheduler_fn(cls, kwargs)
-
     def get_lr(self, update_step: int) -> list[float]:
         """Return the LR of each param group for optimizer update ``update_step``."""
         return [
@@ -436,20 +438,6 @@ class WSDLrScheduler(StatelessLrScheduler):
         self.decay_phase_start_steps = self._compute_decay_phase_starts()
         super().__init__(optimizer)
 
-    @classmethod
-    def create_scheduler_fn(cls, **kwargs: Any) -> functools.partial[WSDLrScheduler]:
-        """Return ``functools.partial(cls, **kwargs)`` for the trainer to call with the optimizer.
-
-        ``total_num_steps`` defaults to the trainer placeholder
-        ``NUM_UPDATE_STEPS`` (every update of the run), which the trainer resolves at train time.
-
-        Example:
-            >>> create_scheduler = WSDLrScheduler.create_scheduler_fn(  # doctest: +SKIP
-            ...     num_warmup_steps=0.05, num_checkpoints=3
-            ... )
-        """
-        return _create_scheduler_fn(cls, kwargs)
-
     def is_decay_phase_start(self, update_step: int) -> bool:
         """Return whether a decay window starts at update ``update_step``.
 
@@ -516,16 +504,6 @@ class WSDLrScheduler(StatelessLrScheduler):
             starts.append(start)
             previous_end, previous_name = checkpoint, "the previous checkpoint"
         return starts
-
-
-def _create_scheduler_fn(
-    scheduler_class: type[StatelessLrScheduler], kwargs: dict[str, Any]
-) -> functools.partial[Any]:
-    if "total_num_steps" not in kwargs:
-        # NUM_UPDATE_STEPS is every optimizer update of the run, so the schedule also ends
-        # exactly on the last update when max_num_train_steps cuts the run short.
-        kwargs = {"total_num_steps": TrainerPlaceholderValues.NUM_UPDATE_STEPS, **kwargs}
-    return functools.partial(scheduler_class, **kwargs)
 
 
 def _warmup_lr(
