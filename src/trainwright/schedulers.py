@@ -233,7 +233,30 @@ class StatefulLrScheduler(_LrSchedulerBase, ABC):
         self._write_lrs(self.get_next_lrs())
 
 
-class CosineLrScheduler(StatelessLrScheduler):
+class _WarmupThenDecayScheduler(StatelessLrScheduler):
+    """Shared by the cosine and WSD schedules: per param group, a warm-up start LR, a base LR
+    and a minimum ratio; subclasses give the LR of one group at one update."""
+
+    warmup_starting_lrs: list[float]
+    lr_min_ratios: list[float]
+
+    def get_lr(self, update_step: int) -> list[float]:
+        """Return the LR of each param group for optimizer update ``update_step``."""
+        return [
+            self._lr_for_group(update_step, base_lr, starting_lr, base_lr * min_ratio)
+            for base_lr, starting_lr, min_ratio in zip(
+                self.base_lrs, self.warmup_starting_lrs, self.lr_min_ratios
+            )
+        ]
+
+    @abstractmethod
+    def _lr_for_group(
+        self, update_step: int, base_lr: float, starting_lr: float, min_lr: float
+    ) -> float:
+        """The LR of one param group for optimizer update ``update_step``."""
+
+
+class CosineLrScheduler(_WarmupThenDecayScheduler):
     """Linear warm-up, cosine decay to a minimum, then an optional flat cooldown.
 
     With ``W = num_warmup_steps``, ``C = num_cooldown_steps``, ``T = total_num_steps`` and the
@@ -309,15 +332,6 @@ class CosineLrScheduler(StatelessLrScheduler):
         self.lr_min_ratios = _resolve_per_group_ratio(optimizer, lr_min_ratio, "lr_min_ratio")
         super().__init__(optimizer)
 
-    def get_lr(self, update_step: int) -> list[float]:
-        """Return the LR of each param group for optimizer update ``update_step``."""
-        return [
-            self._lr_for_group(update_step, base_lr, starting_lr, base_lr * min_ratio)
-            for base_lr, starting_lr, min_ratio in zip(
-                self.base_lrs, self.warmup_starting_lrs, self.lr_min_ratios
-            )
-        ]
-
     def _lr_for_group(
         self, update_step: int, base_lr: float, starting_lr: float, min_lr: float
     ) -> float:
@@ -329,7 +343,7 @@ class CosineLrScheduler(StatelessLrScheduler):
         return base_lr * factor + min_lr * (1.0 - factor)
 
 
-class WSDLrScheduler(StatelessLrScheduler):
+class WSDLrScheduler(_WarmupThenDecayScheduler):
     """Warmup-stable-decay: linear warm-up, a long stable phase at the base LR, a short decay.
 
     The run ends in one or more *checkpoints* ``C_1 < ... < C_m = total_num_steps`` (counted
@@ -449,15 +463,6 @@ class WSDLrScheduler(StatelessLrScheduler):
     def is_checkpoint_step(self, update_step: int) -> bool:
         """Return whether ``update_step`` updates done completes a decay (a checkpoint)."""
         return update_step in self.checkpoint_steps
-
-    def get_lr(self, update_step: int) -> list[float]:
-        """Return the LR of each param group for optimizer update ``update_step``."""
-        return [
-            self._lr_for_group(update_step, base_lr, starting_lr, base_lr * min_ratio)
-            for base_lr, starting_lr, min_ratio in zip(
-                self.base_lrs, self.warmup_starting_lrs, self.lr_min_ratios
-            )
-        ]
 
     def _lr_for_group(
         self, update_step: int, base_lr: float, starting_lr: float, min_lr: float
