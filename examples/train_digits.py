@@ -16,7 +16,6 @@ Run it with::
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from trainwright.callbacks import (
     SaveBestModelCallback,
     SavePlotCallback,
 )
+from trainwright.tracking import format_metric_value
 
 SEED = 42
 CHECKPOINT_NAME = "best_model.pt"
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     trainer.print("\nSummary")
     for name, value in summary.items():
-        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else value
+        shown = format_metric_value(value) if isinstance(value, float) else value
         trainer.print(f"  {name}: {shown}")
     return summary
 

@@ -8,6 +8,10 @@ from examples/ would, so that folder is put on ``sys.path`` for the test.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -63,6 +67,31 @@ def test_train_digits_reaches_high_test_accuracy_and_saves_the_best_model(load_e
     # The run's metrics plot: a real, non-empty PNG.
     plot = Path(summary["plot_path"]).read_bytes()
     assert plot.startswith(b"\x89PNG\r\n\x1a\n") and len(plot) > 10_000
+
+
+def test_train_digits_logged_to_a_file_has_one_readable_line_per_epoch(tmp_path):
+    # As `python examples/train_digits.py > log.txt 2>&1`: no progress-bar frames.
+    log_path = tmp_path / "log.txt"
+    command = [sys.executable, str(EXAMPLES / "train_digits.py"), "--num-epochs", "3"]
+    with log_path.open("w") as log:
+        subprocess.run(
+            [*command, "--output-dir", str(tmp_path / "run")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},  # as the fixture above, for speed
+            check=True,
+            timeout=300,
+        )
+    log_text = log_path.read_text()
+    assert "\r" not in log_text
+    epoch_lines = [line for line in log_text.splitlines() if re.match(r"epoch \d+: [a-z]", line)]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    for line in epoch_lines:  # e.g. epoch 1: accuracy: 0.8942 | eval_loss_epoch: 0.4538 | ...
+        assert re.fullmatch(
+            r"epoch \d: accuracy: [\d.e+-]+ \| eval_loss_epoch: [\d.e+-]+ \| "
+            r"train_loss_epoch: [\d.e+-]+",
+            line,
+        ), line
 
 
 def test_metrics_callback_records_accuracy_and_confusion_matrix(load_example):

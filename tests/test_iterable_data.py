@@ -122,7 +122,7 @@ def test_num_update_steps_placeholder_resolves_with_max_num_train_steps():
 
 
 def test_progress_bar_counts_batches_during_train(capsys):
-    bar = ProgressBarCallback(mininterval=0, leave=True)
+    bar = ProgressBarCallback(draw_bar=True, mininterval=0, leave=True)
     trainer = make_trainer(callbacks=[bar])
     trainer.train(Stream(make_dataset(10)), num_epochs=1, per_device_batch_size=2)
     err = capsys.readouterr().err

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainwright import InMemoryRunHistory, RunHistory
-from trainwright.tracking import MetricNotFoundError
+from trainwright.tracking import MetricNotFoundError, format_metric_value
 
 
 def test_record_and_read():
@@ -72,3 +73,28 @@ def test_state_round_trip():
 def test_run_history_is_abstract():
     with pytest.raises(TypeError):
         RunHistory()
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [
+        (1e-06, "1e-06"),
+        (19469.574, "19470"),
+        (9999.96, "10000"),  # rounds up to 5 digits: still no exponent
+        (-123456.7, "-123500"),
+        (0.0969366, "0.09694"),
+        (0.75, "0.75"),
+        (0.0001, "0.0001"),
+        (0.0, "0"),
+        (12, "12"),
+        (2.5e17, "2.5e+17"),
+        (float("nan"), "nan"),
+        (torch.tensor(0.125), "0.125"),
+    ],
+)
+def test_metric_values_print_to_four_significant_digits(value, printed):
+    assert format_metric_value(value) == printed
+
+
+def test_format_metric_value_takes_a_number_of_digits():
+    assert format_metric_value(3.14159265, significant_digits=2) == "3.1"

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["InMemoryRunHistory", "MetricNotFoundError", "RunHistory"]
+__all__ = ["InMemoryRunHistory", "MetricNotFoundError", "RunHistory", "format_metric_value"]
+
+
+def format_metric_value(value: Any, significant_digits: int = 4) -> str:
+    """A metric value as trainwright prints it: integers as they are, other numbers (a
+    float, a one-element tensor) to ``significant_digits`` significant digits, in plain
+    notation from 1e-4 up to 1e15 and in exponent notation beyond.
+
+    Args:
+        value: an integer, a float or a one-element tensor.
+        significant_digits: how many significant digits to show.
+
+    Example:
+        ```python
+        from trainwright.tracking import format_metric_value
+
+        assert format_metric_value(19469.574) == "19470"
+        assert format_metric_value(0.0969366) == "0.09694"
+        assert format_metric_value(1e-06) == "1e-06"
+        assert format_metric_value(12) == "12"
+        ```
+    """
+    if isinstance(value, numbers.Integral):
+        return str(value)
+    number = float(value)
+    text = f"{number:.{significant_digits}g}"
+    if "e+" in text and abs(number) < 1e15:
+        text = f"{float(text):.0f}"  # 1.947e+04 -> 19470: as many digits, no exponent
+    return text
 
 
 class MetricNotFoundError(KeyError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from conftest import make_dataset, make_trainer
@@ -47,8 +49,26 @@ def test_metrics_recorded_during_the_epoch_are_printed_whatever_the_order(capsys
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2
-    assert lines[0].startswith("epoch 1: accuracy: 0.7500 | eval_loss_epoch: ")
+    assert lines[0].startswith("epoch 1: accuracy: 0.75 | eval_loss_epoch: ")
     assert "train_loss_epoch: " in lines[1]
+
+
+class SpeedAndLearningRate(TrainerCallback):
+    writes_metrics = ("learning_rate", "samples_per_s")
+
+    def on_train_epoch_end(self, trainer, **kwargs):
+        trainer.run_history.update_metric("learning_rate", 1e-06)
+        trainer.run_history.update_metric("samples_per_s", 19469.574)
+
+
+def test_printed_metrics_show_significant_digits(capsys):
+    trainer = make_trainer(callbacks=[PrintMetricsCallback, SpeedAndLearningRate()])
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    loss = trainer.run_history.get_latest_metric("train_loss_epoch")
+    assert line == (
+        f"epoch 1: learning_rate: 1e-06 | samples_per_s: 19470 | train_loss_epoch: {loss:.4g}"
+    )
 
 
 def test_log_metrics_can_be_overridden():
@@ -86,7 +106,10 @@ def test_the_metrics_of_an_early_stopped_epoch_are_printed(capsys):
 
 def test_progress_lines_and_bars(capsys):
     trainer = make_trainer(
-        callbacks=[PrintProgressCallback, ProgressBarCallback(mininterval=0, leave=True)]
+        callbacks=[
+            PrintProgressCallback,
+            ProgressBarCallback(draw_bar=True, mininterval=0, leave=True),
+        ]
     )
     trainer.train(
         make_dataset(6), num_epochs=2, eval_dataset=make_dataset(2), per_device_batch_size=2
@@ -108,10 +131,10 @@ class BatchLosses(TrainerCallback):
 
 
 def test_progress_bar_shows_the_latest_loss_at_its_interval():
-    import io
-
     output, losses = io.StringIO(), BatchLosses()
-    bar = ProgressBarCallback(loss_every_n_steps=2, file=output, mininterval=0, leave=True)
+    bar = ProgressBarCallback(
+        loss_every_n_steps=2, draw_bar=True, file=output, mininterval=0, leave=True
+    )
     trainer = make_trainer(callbacks=[bar, losses])
     trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=2)
     text = output.getvalue()
@@ -136,10 +159,8 @@ def drive_train_epoch(callback, num_steps):
 
 
 def test_progress_bar_counts_batches_of_a_dataloader_without_length():
-    import io
-
     output = io.StringIO()
-    bar = ProgressBarCallback(loss_every_n_steps=1, file=output, mininterval=0)
+    bar = ProgressBarCallback(loss_every_n_steps=1, draw_bar=True, file=output, mininterval=0)
     trainer = drive_train_epoch(bar, num_steps=5)
     text = output.getvalue()
     assert "5it [" in text  # a count: tqdm shows "n/total" only with a total
@@ -148,8 +169,6 @@ def test_progress_bar_counts_batches_of_a_dataloader_without_length():
 
 def test_rich_progress_bar_advances_and_shows_the_loss():
     pytest.importorskip("rich")
-    import io
-
     from rich.console import Console
 
     from trainwright.callbacks import RichProgressBarCallback
@@ -174,3 +193,77 @@ def test_rich_progress_bar_advances_and_shows_the_loss():
     (task,) = rich_bar.progress.tasks
     assert (task.completed, task.total) == (4, None)
     rich_bar.on_train_epoch_end(trainer)
+
+
+class TerminalStream(io.StringIO):
+    """Text written to a terminal, as tqdm sees it."""
+
+    def isatty(self):
+        return True
+
+
+def train_with_bar(bar, num_samples=6):
+    trainer = make_trainer(callbacks=[bar])
+    trainer.train(
+        make_dataset(num_samples),
+        num_epochs=1,
+        eval_dataset=make_dataset(2),
+        per_device_batch_size=2,
+    )
+
+
+def test_a_terminal_gets_a_redrawing_bar():
+    output = TerminalStream()
+    train_with_bar(ProgressBarCallback(file=output, mininterval=0))
+    assert "\r" in output.getvalue() and "3/3" in output.getvalue()
+
+
+def test_output_that_is_not_a_terminal_gets_plain_lines_without_carriage_returns():
+    output = io.StringIO()
+    losses = BatchLosses()
+    bar = ProgressBarCallback(loss_every_n_steps=1, line_every_n_seconds=0, file=output)
+    trainer = make_trainer(callbacks=[bar, losses])
+    trainer.train(
+        make_dataset(6), num_epochs=1, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
+    text = output.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    # one line per batch at this interval: 3 training batches, then 1 evaluation batch
+    assert [line.split(" [")[0] for line in lines] == [
+        "epoch 1:  33% 1/3",
+        "epoch 1:  67% 2/3",
+        "epoch 1: 100% 3/3",
+        "evaluating: 100% 1/1",
+    ]
+    # a line is printed as the step ends, with the latest loss shown before it
+    assert lines[2].endswith(f"loss={losses.losses[1]:.4g}]")
+
+
+def test_plain_lines_keep_to_their_interval_and_can_be_turned_off():
+    for interval in (3600, None):  # far longer than this run; none at all
+        output = io.StringIO()
+        train_with_bar(ProgressBarCallback(line_every_n_seconds=interval, file=output))
+        assert output.getvalue() == ""
+
+
+def test_plain_lines_for_a_dataloader_without_length_count_batches():
+    output = io.StringIO()
+    bar = ProgressBarCallback(loss_every_n_steps=None, line_every_n_seconds=0, file=output)
+    trainer = drive_train_epoch(bar, num_steps=2)
+    bar.on_train_epoch_end(trainer)
+    assert [line.split(" [")[0] for line in output.getvalue().splitlines()] == [
+        "epoch 1: 1it",
+        "epoch 1: 2it",
+    ]
+
+
+def test_draw_bar_false_prints_plain_lines_even_to_a_terminal():
+    output = TerminalStream()
+    train_with_bar(ProgressBarCallback(draw_bar=False, line_every_n_seconds=0, file=output))
+    assert "\r" not in output.getvalue() and "3/3" in output.getvalue()
+
+
+def test_a_negative_line_interval_is_rejected():
+    with pytest.raises(ValueError, match="line_every_n_seconds must be >= 0"):
+        ProgressBarCallback(line_every_n_seconds=-1)

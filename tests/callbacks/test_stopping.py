@@ -10,7 +10,12 @@ from conftest import RecorderCallback, make_dataset, make_model, make_trainer
 from torch.utils.data import TensorDataset
 
 from trainwright import TrainerCallback
-from trainwright.callbacks import EarlyStoppingCallback, TerminateOnNaNCallback
+from trainwright.callbacks import (
+    EarlyStoppingCallback,
+    PrintProgressCallback,
+    SaveBestModelCallback,
+    TerminateOnNaNCallback,
+)
 
 
 def dataset_with_nan_at(index: int, num_samples: int = 12) -> TensorDataset:
@@ -132,6 +137,60 @@ def test_early_stopping_minimum_improvement():
     assert epochs_run(values, early_stopping_patience=2, early_stopping_threshold=0.001) == 5
 
 
+def test_the_stop_message_and_the_saved_best_model_report_the_same_best(tmp_path, capsys):
+    # 0.995 and 0.99 beat 1.0 by less than the threshold: early stopping still counts from
+    # 1.0 (epoch 1), while the saver keeps epoch 3's 0.99; both are reported.
+    trainer = make_trainer(
+        callbacks=[
+            PrintProgressCallback,
+            ScriptedMetric([1.0, 0.995, 0.99]),
+            EarlyStoppingCallback(2, early_stopping_threshold=0.01, watch_metric="score"),
+            SaveBestModelCallback(tmp_path / "best.pt", watch_metric="score"),
+        ]
+    )
+    trainer.train(
+        make_dataset(4), num_epochs=3, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
+    printed = capsys.readouterr().out
+    assert (
+        "Stopping early: score has not improved on 1 (epoch 1) by more than 0.01 for 2 "
+        "epoch(s); the best value is 0.99 (epoch 3)." in printed
+    )
+    assert "Loading the best model (score 0.99 at epoch 3)" in printed
+
+
+def test_the_stop_message_without_a_smaller_best_names_one_value():
+    trainer = make_trainer(
+        callbacks=[ScriptedMetric([0.5, 0.6]), EarlyStoppingCallback(1, watch_metric="score")]
+    )
+    trainer.train(
+        make_dataset(4), num_epochs=2, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
+    assert trainer.callback_handler.callbacks[-1]._stop_message() == (
+        "Stopping early: score has not improved on 0.5 (epoch 1) by more than 0.01 for 1 epoch(s)."
+    )
+
+
+def test_the_stop_message_of_a_metric_that_was_always_nan():
+    captured = []
+
+    class Capture(TrainerCallback):
+        def on_stop_training_error(self, trainer, error, **kwargs):
+            captured.append(str(error))
+
+    trainer = make_trainer(
+        callbacks=[
+            ScriptedMetric([math.nan, math.nan]),
+            EarlyStoppingCallback(2, watch_metric="score"),
+            Capture(),
+        ]
+    )
+    trainer.train(
+        make_dataset(4), num_epochs=3, eval_dataset=make_dataset(2), per_device_batch_size=2
+    )
+    assert captured == ["Stopping early: score has been NaN for 2 epoch(s)."]
+
+
 def test_early_stopping_greater_is_better():
     values = [0.5, 0.6, 0.55, 0.58, 0.9]
     assert (
@@ -175,9 +234,11 @@ def test_an_undeclared_user_metric_is_warned_about_at_the_start():
 def test_early_stopping_state_round_trips():
     callback = EarlyStoppingCallback(early_stopping_patience=3)
     callback.monitor.update(0.4, epoch=2)
+    callback.best_seen.update(0.395, epoch=3)
     callback.epochs_without_improvement = 1
     restored = EarlyStoppingCallback(early_stopping_patience=3)
     restored.load_state_dict(callback.state_dict())
     assert restored.monitor.best_value == 0.4
     assert restored.monitor.best_epoch == 2
+    assert (restored.best_seen.best_value, restored.best_seen.best_epoch) == (0.395, 3)
     assert restored.epochs_without_improvement == 1

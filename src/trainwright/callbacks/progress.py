@@ -8,13 +8,17 @@ the printing callbacks use :meth:`Trainer.print <trainwright.trainer.Trainer.pri
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+import warnings
+from typing import IO, TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from tqdm.std import TqdmWarning, tqdm
 
 from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
 from trainwright.data import dataloader_length
 from trainwright.device_values import DeviceValueReader
+from trainwright.tracking import format_metric_value
 from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -60,31 +64,59 @@ class PrintProgressCallback(TrainerCallback):
 
 
 class ProgressBarCallback(TrainerCallback):
-    """A tqdm progress bar over each training and evaluation epoch (main process of each
-    machine only). tqdm picks notebook widgets when run in a notebook, and redraws at a
-    bounded rate (``mininterval``, 0.1 s by default) however fast the steps are.
+    """A progress bar over each training and evaluation epoch (main process of each machine
+    only), drawn with tqdm where the output is a terminal and as widgets in a Jupyter
+    notebook (with ipywidgets installed: ``pip install "trainwright[notebook]"``). The bar
+    redraws at a bounded rate (tqdm's ``mininterval``, 0.1 s by default) however fast the
+    steps are.
+
+    Where the output is not a terminal (a log file, a CI job, a pipe), redrawing a bar would
+    fill the log with carriage-return frames, so the callback prints a plain line instead,
+    at most once every ``line_every_n_seconds`` seconds, e.g.
+    ``epoch 3:  35% 12/34 [00:45<01:22,  3.77s/it, loss=0.2301]``; an epoch shorter than
+    that prints nothing (the epoch's metrics line of `PrintMetricsCallback` reports it).
 
     The training bar shows the latest loss, refreshed every ``loss_every_n_steps`` batches
     without making the host wait for the device: the loss is copied to the host in the
-    background (:class:`~trainwright.device_values.DeviceValueReader`) and shown once it has
-    arrived (at once on the CPU, a step or so later on a GPU). A dataloader without a length
-    (an ``IterableDataset`` without ``__len__``) gets a bar that counts batches.
+    background (`DeviceValueReader`) and shown once it has arrived (at once on the CPU, a
+    step or so later on a GPU). A dataloader without a length (an ``IterableDataset``
+    without ``__len__``) gets a bar that counts batches.
 
     Args:
         loss_every_n_steps: show the loss of every this-many-th batch; ``None`` hides it.
-        **tqdm_kwargs: passed to :class:`tqdm.auto.tqdm`, e.g. ``mininterval=1.0`` or
-            ``file=sys.stdout``.
+        draw_bar: whether to draw a redrawing bar: by default, where the output is a
+            terminal or a Jupyter notebook. ``True`` draws one anyway (a console that
+            renders carriage returns but is not a terminal, as some IDEs have); ``False``
+            always prints plain lines.
+        line_every_n_seconds: the least time between two plain lines; ``None`` prints none.
+        **tqdm_kwargs: passed to tqdm's bar, e.g. ``mininterval=1.0`` or
+            ``file=sys.stdout`` (plain lines go to the same ``file``, stderr by default).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer,
                           callbacks=[PrintProgressCallback, ProgressBarCallback(mininterval=1.0)])
+        ```
     """
 
-    def __init__(self, loss_every_n_steps: int | None = 10, **tqdm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        loss_every_n_steps: int | None = 10,
+        *,
+        draw_bar: bool | None = None,
+        line_every_n_seconds: float | None = 30.0,
+        **tqdm_kwargs: Any,
+    ) -> None:
         check_positive_int("loss_every_n_steps", loss_every_n_steps, optional=True)
-        self._bar: tqdm | None = None
+        if line_every_n_seconds is not None and not line_every_n_seconds >= 0:
+            raise ValueError(
+                f"line_every_n_seconds must be >= 0 seconds, or None to print no lines; "
+                f"got {line_every_n_seconds!r}."
+            )
+        self._bar: Any = None
         self.loss_every_n_steps = loss_every_n_steps
+        self.draw_bar = draw_bar
+        self.line_every_n_seconds = line_every_n_seconds
         self.tqdm_kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}
         self._losses = DeviceValueReader()
         self._is_shown = False
@@ -92,12 +124,13 @@ class ProgressBarCallback(TrainerCallback):
     def _open(self, trainer: Trainer, dataloader: Any, description: str) -> None:
         """Opens the bar of an epoch over ``dataloader`` (``total=None`` without a length)."""
         self._close()
-        self._bar = tqdm(
-            total=dataloader_length(dataloader),
-            desc=description,
-            disable=not self._is_shown,
-            **self.tqdm_kwargs,
-        )
+        total = dataloader_length(dataloader)
+        bar_class = _bar_class(self.tqdm_kwargs.get("file"), self.draw_bar)
+        if not self._is_shown or bar_class is None:
+            interval = self.line_every_n_seconds if self._is_shown else None
+            self._bar = _ProgressLines(total, description, interval, self.tqdm_kwargs.get("file"))
+        else:
+            self._bar = bar_class(total=total, desc=description, **self.tqdm_kwargs)
 
     def _advance(self) -> None:
         """Moves the bar on by one batch."""
@@ -219,7 +252,9 @@ class RichProgressBarCallback(ProgressBarCallback):
 
 class PrintMetricsCallback(TrainerCallback):
     """Prints the numeric metrics recorded during each epoch (and each evaluation run) once
-    it is over: ``epoch 3: train_loss_epoch: 0.2150 | eval_loss_epoch: 0.2514 | ...``, and
+    it is over: ``epoch 3: train_loss_epoch: 0.215 | eval_loss_epoch: 0.2514 | ...``, each
+    value to 4 significant digits (`format_metric_value`: ``learning_rate: 1e-06``,
+    ``samples_per_s: 19470``), and
     ``evaluation: evaluation_loss: ...`` for :meth:`~trainwright.trainer.Trainer.evaluate`.
 
     It prints at ``on_training_run_epoch_end``, after every ``on_eval_epoch_end``, so
@@ -284,12 +319,76 @@ class PrintMetricsCallback(TrainerCallback):
                     with open("metrics.txt", "a") as file:
                         file.write(f"{label}: {metrics}\\n")
         """
-        formatted = " | ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
+        formatted = " | ".join(
+            f"{name}: {format_metric_value(value)}" for name, value in metrics.items()
+        )
         trainer.print(f"{label}: {formatted}")
 
 
 #: The name pytorch-accelerated uses for :class:`PrintMetricsCallback`.
 LogMetricsCallback = PrintMetricsCallback
+
+
+def _bar_class(file: IO[str] | None, draw_bar: bool | None) -> type[tqdm] | None:
+    """The tqdm class that draws a bar into ``file`` (stderr when ``None``), or ``None``
+    where plain lines should be printed instead. tqdm picks the notebook bar in a Jupyter
+    kernel with ipywidgets, the terminal bar otherwise."""
+    with warnings.catch_warnings():
+        # Without ipywidgets, tqdm warns once and falls back to the terminal bar; the
+        # fallback is right (a notebook renders its frames), the warning is not ours to show.
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.autonotebook import tqdm as auto_tqdm
+    if draw_bar is False:
+        return None
+    if draw_bar or auto_tqdm is not tqdm:  # asked for, or the notebook bar
+        return auto_tqdm
+    is_jupyter = "ipykernel" in sys.modules  # its output renders carriage returns
+    stream = sys.stderr if file is None else file
+    is_terminal = getattr(stream, "isatty", lambda: False)()
+    return auto_tqdm if is_jupyter or is_terminal else None
+
+
+# tqdm's default line without the bar itself (without a total, tqdm's default has none).
+_LINE_FORMAT_WITH_TOTAL = (
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
+
+
+class _ProgressLines:
+    """What stands for a tqdm bar where the output is not a terminal: a plain line, with no
+    carriage return, at most once every ``interval`` seconds (never when ``None``), in
+    tqdm's words (``epoch 3:  35% 12/34 [00:45<01:22,  3.77s/it, loss=0.2301]``)."""
+
+    def __init__(
+        self, total: int | None, description: str, interval: float | None, file: IO[str] | None
+    ) -> None:
+        self.total, self.description, self.interval, self.file = total, description, interval, file
+        self.n = 0
+        self.postfix = ""
+        self._start = self._last_line = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.interval:
+            self._last_line = now
+            line = tqdm.format_meter(
+                self.n,
+                self.total,
+                now - self._start,
+                prefix=self.description,
+                postfix=self.postfix,
+                bar_format=_LINE_FORMAT_WITH_TOTAL if self.total else None,
+            )
+            print(line, file=sys.stderr if self.file is None else self.file, flush=True)
+
+    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
+        self.postfix = ", ".join(f"{name}={value}" for name, value in values.items())
+
+    def close(self) -> None:
+        """Nothing to clear: every line printed is complete."""
 
 
 def _is_number(value: Any) -> bool:

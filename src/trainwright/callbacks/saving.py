@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from trainwright.callbacks.base import StopTrainingError, TrainerCallback
 from trainwright.callbacks.monitor import MonitorCallback
 from trainwright.checkpointing import STAGING_SUFFIX, is_training_state
+from trainwright.tracking import format_metric_value
 from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -77,9 +78,10 @@ class SaveBestModelCallback(MonitorCallback):
 
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.load_saved_checkpoint and self.saved_this_run:
+            best = format_metric_value(self.monitor.best_value)
             trainer.print(
-                f"Loading the best model ({self.watch_metric} {self.monitor.best_value:.6g} "
-                f"at epoch {self.monitor.best_epoch}) from {self.save_path}"
+                f"Loading the best model ({self.watch_metric} {best} at epoch "
+                f"{self.monitor.best_epoch}) from {self.save_path}"
             )
             trainer.load_checkpoint(self.save_path, load_optimizer=False, load_scheduler=False)
 

@@ -6,8 +6,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import StopTrainingError, TrainerCallback
-from trainwright.callbacks.monitor import MonitorCallback
+from trainwright.callbacks.monitor import MetricMonitor, MonitorCallback
 from trainwright.device_values import DeviceValueReader
+from trainwright.tracking import format_metric_value
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -21,7 +22,17 @@ class EarlyStoppingCallback(MonitorCallback):
     After every epoch, the watched metric counts as improved if it beats the best value so
     far by more than ``early_stopping_threshold``; after ``early_stopping_patience`` epochs
     in a row without improvement, a :class:`StopTrainingError` ends the run.
+
+    The stop message names the value the threshold was measured from and, when a later
+    epoch beat it by less than the threshold, that best value too: the one a
+    `SaveBestModelCallback` (which counts any improvement) keeps, e.g. ``Stopping early:
+    eval_loss_epoch has not improved on 0.09712 (epoch 10) by more than 0.001 for 3
+    epoch(s); the best value is 0.09694 (epoch 12).`` It runs after any
+    `SaveBestModelCallback` (``run_after``), so the epoch that stops the run is still saved
+    if it is the best one.
     """
+
+    run_after = ("SaveBestModelCallback",)
 
     def __init__(
         self,
@@ -52,34 +63,58 @@ class EarlyStoppingCallback(MonitorCallback):
         self.early_stopping_patience = early_stopping_patience
         self.early_stopping_threshold = early_stopping_threshold
         self.epochs_without_improvement = 0
+        #: The best value by any margin (``monitor`` keeps the one the threshold counts from).
+        self.best_seen = MetricMonitor(watch_metric, greater_is_better)
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         super().on_training_run_start(trainer, **kwargs)
         if self.reset_on_train:
             self.epochs_without_improvement = 0
+            self.best_seen.reset()
 
     def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         value = self.read_metric(trainer)
-        if self.monitor.update(value, trainer.run_history.current_epoch):
+        epoch = trainer.run_history.current_epoch
+        self.best_seen.update(value, epoch)
+        if self.monitor.update(value, epoch):
             self.epochs_without_improvement = 0
             return
         self.epochs_without_improvement += 1
         if self.epochs_without_improvement >= self.early_stopping_patience:
-            raise StopTrainingError(
-                f"Stopping early: {self.watch_metric} has not improved by more than "
-                f"{self.early_stopping_threshold} for {self.epochs_without_improvement} "
-                f"epoch(s); best {self.monitor.best_value:.6g} at epoch {self.monitor.best_epoch}."
+            raise StopTrainingError(self._stop_message())
+
+    def _stop_message(self) -> str:
+        if self.monitor.best_epoch is None:  # every value so far was NaN
+            return (
+                f"Stopping early: {self.watch_metric} has been NaN for "
+                f"{self.epochs_without_improvement} epoch(s)."
             )
+        reference = (
+            f"{format_metric_value(self.monitor.best_value)} (epoch {self.monitor.best_epoch})"
+        )
+        message = (
+            f"Stopping early: {self.watch_metric} has not improved on {reference} by more than "
+            f"{format_metric_value(self.early_stopping_threshold)} for "
+            f"{self.epochs_without_improvement} epoch(s)"
+        )
+        if self.best_seen.best_epoch == self.monitor.best_epoch:
+            return f"{message}."
+        best = (
+            f"{format_metric_value(self.best_seen.best_value)} (epoch {self.best_seen.best_epoch})"
+        )
+        return f"{message}; the best value is {best}."
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
             "epochs_without_improvement": self.epochs_without_improvement,
+            "best_seen": self.best_seen.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.epochs_without_improvement = state["epochs_without_improvement"]
+        self.best_seen.load_state_dict(state["best_seen"])
 
 
 class TerminateOnNaNCallback(TrainerCallback):
