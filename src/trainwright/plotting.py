@@ -1,5 +1,5 @@
 """Plots of a run history, drawn with matplotlib (an optional dependency, imported only when
-a plot is asked for: ``pip install matplotlib`` or ``pip install "trainwright[loggers]"``).
+a plot is asked for: ``pip install matplotlib`` or ``pip install "trainwright[plot]"``).
 
 The figures are built with :class:`matplotlib.figure.Figure` directly, not ``pyplot``: no
 global figure state, no GUI backend needed, and nothing to close afterwards.
@@ -28,7 +28,7 @@ def require_matplotlib() -> type:
     except ImportError:
         raise ImportError(
             "Plotting a run history needs matplotlib, which is not installed: "
-            'pip install matplotlib (or pip install "trainwright[loggers]").'
+            'pip install matplotlib (or pip install "trainwright[plot]").'
         ) from None
     return Figure
 

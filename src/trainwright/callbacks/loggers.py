@@ -11,7 +11,8 @@ Which library does what:
   an :class:`accelerate.tracking.GeneralTracker` instance of your own.
 - :class:`CSVLoggerCallback` needs nothing beyond the standard library's :mod:`csv`.
 
-``pip install "trainwright[loggers]"`` installs TensorBoard, MLflow, matplotlib and rich.
+``pip install "trainwright[tensorboard]"`` or ``"trainwright[mlflow]"`` installs one tracker,
+``"trainwright[loggers]"`` both, with matplotlib and rich.
 
 Both build on :class:`LoggerCallback`, which collects each epoch's newly recorded numeric
 metrics (as :class:`~trainwright.callbacks.PrintMetricsCallback` does) and keeps a failing
@@ -422,8 +423,8 @@ def _check_tracker_spec(spec: Any) -> None:
     if spec not in {str(tracker) for tracker in get_available_trackers()}:
         raise ImportError(
             f"The {spec!r} tracker needs its package, which is not installed: "
-            f'pip install {spec.replace("_", "-")} (or pip install "trainwright[loggers]" '
-            "for TensorBoard and MLflow)."
+            f'pip install {spec.replace("_", "-")} (pip install "trainwright[tensorboard]" or '
+            '"trainwright[mlflow]" for those two).'
         )
 
 

@@ -208,7 +208,7 @@ class RichProgressBarCallback(ProgressBarCallback):
         except ImportError:
             raise ImportError(
                 "RichProgressBarCallback needs rich, which is not installed: pip install rich "
-                '(or pip install "trainwright[loggers]"), or use ProgressBarCallback.'
+                '(or pip install "trainwright[rich]"), or use ProgressBarCallback.'
             ) from None
         super().__init__(loss_every_n_steps)
         self._rich_progress = rich.progress
