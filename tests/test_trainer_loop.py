@@ -475,3 +475,34 @@ def test_zero_host_syncs_per_step_with_a_tracker_lr_monitor_and_timing(tmp_path)
     assert counter.count == 0
     assert list((tmp_path / "syncs").glob("events.out.tfevents.*"))  # the tracker did log
     assert trainer.run_history.get_latest_metric("samples_per_s") > 0
+
+
+def test_zero_host_syncs_per_step_with_the_gradient_norm_monitor(tmp_path):
+    from trainwright.callbacks import ExperimentTrackerCallback, GradientNormMonitorCallback
+
+    pytest.importorskip("tensorboard")
+    counter = HostSyncCounter()
+    tracker = ExperimentTrackerCallback(
+        ["tensorboard"], project_name="norms", logging_dir=tmp_path, log_every_n_updates=1
+    )
+    callbacks = [
+        *DEFAULT_CALLBACKS,
+        GradientNormMonitorCallback(),
+        tracker,
+        counter,
+        UninstallLast(counter),
+    ]
+    trainer = make_trainer(callbacks=callbacks)
+    for max_grad_norm in (None, 1.0):  # computed by the monitor, then reused from clipping
+        try:
+            trainer.train(
+                make_dataset(40),
+                num_epochs=2,
+                per_device_batch_size=4,
+                gradient_accumulation_steps=2,
+                max_grad_norm=max_grad_norm,
+            )
+        finally:
+            counter._uninstall()
+        assert counter.count == 0
+        assert len(trainer.run_history.get_metric_values("gradient_norm_max")) == 2

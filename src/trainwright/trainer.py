@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,15 @@ from trainwright.distributed import (
     check_all_processes_joined,
     padded_tail,
 )
+from trainwright.lr_finder import (
+    LearningRateFinderResult,
+    TrainerSnapshot,
+    learning_rate_schedule,
+    steepest,
+    suggest,
+)
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
+from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
 from trainwright.tracking import InMemoryRunHistory, RunHistory
 from trainwright.validation import check_positive_int
@@ -286,6 +294,14 @@ class Trainer:
         self._stop_vote = StopVote(self.accelerator, self.callback_handler)
         #: The signal (``"SIGTERM"``, ``"SIGINT"``) that interrupted the last ``train()``.
         self.interrupt_signal: str | None = None
+        #: With ``max_grad_norm``: the total gradient norm of the latest update before
+        #: clipping, as computed by the clipping (a device tensor; ``None`` otherwise).
+        self.gradient_norm: torch.Tensor | None = None
+        #: Values of the latest training step that callbacks publish for per-step logging
+        #: (e.g. ``{"gradient_norm": tensor}``): experiment trackers log them with the
+        #: step's loss and progress bars show them, reading tensors without host syncs.
+        #: The loop itself never reads it.
+        self.step_metrics: dict[str, Any] = {}
         # Torch's RNG and the sampler's generator at the start of the epoch: saved with a
         # training state so that a resumed epoch replays the same batch order.
         self._epoch_start_state: dict[str, Any] | None = None
@@ -1268,7 +1284,10 @@ class Trainer:
                 self.model.parameters(), self.run_config.gradient_clip_value
             )
         if self.run_config.max_grad_norm is not None:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.run_config.max_grad_norm)
+            # The total norm before clipping, kept for GradientNormMonitorCallback.
+            self.gradient_norm = self.accelerator.clip_grad_norm_(
+                self.model.parameters(), self.run_config.max_grad_norm
+            )
 
     # ----------------------------------------------------------------------------------------
     # One evaluation epoch, and evaluate()
@@ -1429,6 +1448,222 @@ class Trainer:
         value = epoch_loss.compute()
         self.run_history.update_metric(metric_name, value)
         return value
+
+    def predict(
+        self,
+        dataset: Dataset,
+        per_device_batch_size: int = 8,
+        dataloader_kwargs: dict[str, Any] | None = None,
+        collate_fn: Callable | None = None,
+    ) -> Any:
+        """Runs the model over ``dataset`` and returns its outputs, in dataset order.
+
+        The model runs in eval mode, under ``torch.no_grad()`` and the trainer's
+        mixed-precision autocast, one batch at a time through `predict_batch` (by default the
+        model applied to the batch's inputs). With several processes, each process predicts
+        its share and the outputs are gathered on every process with Accelerate's
+        `gather_for_metrics`, which drops the samples it repeats to even out the shards, so
+        the result holds each sample once, in order. Tensors are concatenated along their
+        first dimension; dicts, Hugging Face `ModelOutput`s and tuples are joined entry by
+        entry (see `trainwright.prediction.concatenate_outputs`). It works before any
+        ``train()``, and the model's train/eval mode is restored afterwards.
+
+        Args:
+            dataset: the data to predict on; each item is the model's inputs, ``(inputs,)``
+                (a one-tensor ``TensorDataset``) or ``(inputs, targets)`` for the default
+                `predict_batch`. It is never shuffled.
+            per_device_batch_size: batch size of each process.
+            dataloader_kwargs: overrides for the ``DataLoader`` (evaluation defaults).
+            collate_fn: the dataloader's ``collate_fn``.
+
+        Returns:
+            The outputs over the whole dataset, on this process's device.
+
+        Example:
+            ```python
+            import torch
+            from torch import nn
+            from torch.utils.data import TensorDataset
+            from trainwright import Trainer
+
+            model = nn.Linear(4, 2)
+            trainer = Trainer(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+            inputs = torch.randn(10, 4)
+            predictions = trainer.predict(TensorDataset(inputs), per_device_batch_size=4)
+            assert torch.allclose(predictions, model(inputs))
+            ```
+        """
+        check_positive_int("per_device_batch_size", per_device_batch_size)
+        _check_not_empty("dataset", dataset)
+        self._prepare_model_and_optimizer()
+        dataloader_kwargs = {**(dataloader_kwargs or {}), "shuffle": False}
+        if collate_fn is not None:
+            dataloader_kwargs["collate_fn"] = collate_fn
+        dataloader = self._prepare_dataloader(
+            DataLoader(
+                dataset,
+                **{**self.get_default_eval_dl_kwargs(per_device_batch_size), **dataloader_kwargs},
+            ),
+            "predict",
+        )
+        was_training = self.model.training
+        self.model.eval()
+        outputs = []
+        try:
+            self.callback_handler.call_event("on_predict_run_start", self)
+            with torch.no_grad(), self.accelerator.autocast():
+                for step, batch in enumerate(dataloader):
+                    self.callback_handler.call_event(
+                        "on_predict_step_start", self, batch=batch, step=step
+                    )
+                    batch_outputs = self.predict_batch(batch)
+                    outputs.append(self.accelerator.gather_for_metrics(batch_outputs))
+                    self.callback_handler.call_event(
+                        "on_predict_step_end", self, batch=batch, outputs=batch_outputs, step=step
+                    )
+            predictions = concatenate_outputs(outputs)
+            self.callback_handler.call_event("on_predict_run_end", self, predictions=predictions)
+        except BaseException as exception:  # KeyboardInterrupt included: cleanup, then raise
+            self._report_exception(exception)
+            raise
+        finally:
+            self.model.train(was_training)
+        return predictions
+
+    def find_learning_rate(
+        self,
+        train_dataset: Dataset,
+        per_device_batch_size: int = 8,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_steps: int = 100,
+        smoothing: float = 0.05,
+        divergence_factor: float = 4.0,
+        dataloader_kwargs: dict[str, Any] | None = None,
+        collate_fn: Callable | None = None,
+    ) -> LearningRateFinderResult:
+        """The learning-rate range test: trains for up to ``num_steps`` updates while the
+        learning rate grows exponentially from ``start_lr`` to ``end_lr``, and suggests a
+        learning rate: a tenth of the one with the lowest smoothed loss (see
+        `trainwright.lr_finder`).
+
+        Each update uses the trainer's own hooks (`calculate_train_batch_loss`,
+        `backward_step`, `optimizer_step`), every parameter group gets the same learning
+        rate, and no callback events fire. The loss is the mean over all processes (read on
+        the host once per update: the test is short and not the training run). The test
+        stops when the smoothed loss is more than ``divergence_factor`` times its lowest value
+        or is not finite. Afterwards the model's weights and buffers, the gradients, the
+        optimizer state (learning rates included), the scheduler, the gradient scaler and
+        every random number generator are put back exactly as they were, so a ``train()``
+        after it runs exactly as it would have without it.
+
+        Args:
+            train_dataset: the training data (iterated again if it has fewer batches than
+                ``num_steps``).
+            per_device_batch_size: batch size of each process, as for ``train()``.
+            start_lr: the first learning rate tried.
+            end_lr: the last learning rate tried.
+            num_steps: how many updates (learning rates) to try.
+            smoothing: weight of each new loss in the exponential moving average (0 < s <= 1;
+                1 means no smoothing).
+            divergence_factor: stop once the smoothed loss exceeds this multiple of its lowest
+                value.
+            dataloader_kwargs: overrides for the ``DataLoader`` (training defaults).
+            collate_fn: the dataloader's ``collate_fn``.
+
+        Returns:
+            A `LearningRateFinderResult` with ``learning_rates``, ``losses``, ``suggestion``
+            and ``plot()``.
+
+        Example:
+            ```python
+            import torch
+            from torch import nn
+            from torch.utils.data import TensorDataset
+            from trainwright import Trainer
+
+            torch.manual_seed(0)
+            dataset = TensorDataset(torch.randn(256, 8), torch.randint(0, 2, (256,)))
+            model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=())
+            result = trainer.find_learning_rate(dataset, per_device_batch_size=16, num_steps=50)
+            for group in optimizer.param_groups:  # use the suggestion for the real run
+                group["lr"] = result.suggestion
+            trainer.train(dataset, num_epochs=1, per_device_batch_size=16)
+            ```
+        """
+        check_positive_int("per_device_batch_size", per_device_batch_size)
+        check_positive_int("num_steps", num_steps)
+        _check_not_empty("train_dataset", train_dataset)
+        if not (0 < start_lr < end_lr):
+            raise ValueError(
+                f"find_learning_rate() needs 0 < start_lr < end_lr; got start_lr={start_lr!r}, "
+                f"end_lr={end_lr!r}."
+            )
+        if not (0 < smoothing <= 1):
+            raise ValueError(f"smoothing must be in (0, 1]; got {smoothing!r}.")
+        if not divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be above 1; got {divergence_factor!r}.")
+        self._prepare_model_and_optimizer()
+        snapshot = TrainerSnapshot(self)
+        previous = (self.train_dataset, self.collate_fn, self.model.training)
+        try:
+            self.train_dataset, self.collate_fn = train_dataset, collate_fn
+            dataloader = self._prepare_dataloader(
+                self.create_train_dataloader(per_device_batch_size, dataloader_kwargs), "lr_finder"
+            )
+            result = self._run_learning_rate_range_test(
+                _batches_forever(dataloader),
+                learning_rate_schedule(start_lr, end_lr, num_steps),
+                smoothing,
+                divergence_factor,
+            )
+        finally:
+            self.train_dataset, self.collate_fn = previous[:2]
+            self.model.train(previous[2])
+            snapshot.restore()
+        if result.suggestion is None:
+            warnings.warn(
+                f"find_learning_rate() stopped after {len(result.losses)} updates, too few to "
+                "suggest a learning rate: lower start_lr, or raise num_steps.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return result
+
+    def _run_learning_rate_range_test(
+        self,
+        batches: Iterator[Any],
+        learning_rates: list[float],
+        smoothing: float,
+        divergence_factor: float,
+    ) -> LearningRateFinderResult:
+        self.model.train()
+        self.optimizer_zero_grad()
+        result = LearningRateFinderResult(learning_rates=[], losses=[])
+        average, best = 0.0, math.inf
+        for index, learning_rate in enumerate(learning_rates):
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+            batch_output = self.calculate_train_batch_loss(next(batches))
+            loss, _ = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
+            self.backward_step(loss)
+            self.optimizer_step()
+            self.optimizer_zero_grad()
+            raw = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            average = (1 - smoothing) * average + smoothing * raw
+            smoothed = average / (1 - (1 - smoothing) ** (index + 1))  # bias-corrected
+            result.learning_rates.append(learning_rate)
+            result.raw_losses.append(raw)
+            result.losses.append(smoothed)
+            best = min(best, smoothed)
+            if not math.isfinite(smoothed) or smoothed > divergence_factor * best:
+                result.stopped_early = index + 1 < len(learning_rates)
+                break
+        result.suggestion = suggest(result.learning_rates, result.losses)
+        result.steepest_lr = steepest(result.learning_rates, result.losses)
+        return result
 
     # ----------------------------------------------------------------------------------------
     # Setting up a run
@@ -1751,6 +1986,30 @@ class Trainer:
         loss = self.loss_func(model_outputs, targets)
         return {"loss": loss, "model_outputs": model_outputs, "batch_size": targets.size(0)}
 
+    def predict_batch(self, batch: Any) -> Any:
+        """Computes the model outputs of one batch for `predict` (runs under
+        ``torch.no_grad()``, in eval mode).
+
+        The default applies the model to the batch's inputs: the batch itself for a tensor,
+        ``model(**batch)`` for a mapping (e.g. a tokenizer's output), the first item of
+        ``(inputs,)`` or ``(inputs, targets)``.
+
+        Returns:
+            The outputs: a tensor, or a dict / ``ModelOutput`` / tuple of tensors whose first
+            dimension is the batch's.
+
+        Example:
+            ```py title="not run"
+            class ProbabilitiesTrainer(Trainer):
+                def predict_batch(self, batch):
+                    return self.model(batch[0]).softmax(dim=-1)
+            ```
+        """
+        inputs = predict_inputs(batch)
+        if isinstance(inputs, Mapping):
+            return self.model(**inputs)
+        return self.model(inputs)
+
     def backward_step(self, loss: torch.Tensor) -> None:
         """Computes gradients of ``loss`` (scaled for mixed precision by Accelerate)."""
         if self._plain_optimizer is not None:
@@ -1845,6 +2104,18 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
 
 
 _NO_BATCH = object()
+
+
+def _batches_forever(dataloader: DataLoader) -> Iterator[Any]:
+    """The dataloader's batches, starting over each time it is exhausted."""
+    while True:
+        yielded = False
+        for batch in dataloader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("The dataloader yielded no batches.")
+
 
 #: Former ``Accelerator`` arguments that Accelerate 1.x accepts but ignores.
 _DATALOADER_CONFIG_NAMES = (

@@ -103,3 +103,28 @@ def test_cuda_memory_callback_records_nothing_off_cuda():
         assert trainer.run_history.get_latest_metric("cuda_max_memory_allocated_mib") > 0
     else:
         assert trainer.run_history.get_metric_names() == {"train_loss_epoch"}
+
+
+def test_the_model_summary_goes_down_to_max_depth():
+    from trainwright.callbacks.monitoring import format_model_summary, summarize_model
+
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 2)))
+    )
+    model[0].weight.requires_grad_(False)
+    depth_one = [(row.name, row.num_parameters) for row in summarize_model(model)]
+    assert depth_one == [("0", 40), ("1", 90)]
+    rows = summarize_model(model, max_depth=3)
+    assert [(row.name, row.depth, row.num_parameters) for row in rows] == [
+        ("0", 1, 40),
+        ("1", 1, 90),
+        ("1.0", 2, 72),
+        ("1.1", 2, 18),
+        ("1.1.0", 3, 18),
+    ]
+    assert rows[0].num_trainable_parameters == 8
+    table = format_model_summary(rows)
+    assert "    1.1.0" in table  # indented by depth
+    assert table.splitlines()[-1].split()[-2:] == ["98", "130"]  # totals count each once
+    with pytest.raises(ValueError, match="max_depth"):
+        summarize_model(model, max_depth=0)

@@ -486,6 +486,72 @@ def indivisible_split_batch() -> dict[str, Any]:
     }
 
 
+class DictOutputs(nn.Module):
+    """A linear layer returning a dict of two per-sample outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.linear(inputs)
+        return {"logits": logits, "argmax": logits.argmax(-1)}
+
+
+class ModelOutputs(DictOutputs):
+    """The same layer returning a Hugging Face ``ModelOutput``."""
+
+    def forward(self, inputs: torch.Tensor) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=self.linear(inputs))
+
+
+def predictions(num_samples: int) -> dict[str, Any]:
+    """``Trainer.predict`` over ``num_samples`` samples (batches of 2 per process: uneven
+    shards for odd counts), with tensor and dict outputs, and the model applied to the whole
+    dataset at once as the expected result."""
+    torch.manual_seed(0)
+    model = DictOutputs()
+    trainer = Trainer(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+    dataset = make_dataset(num_samples)
+    outputs = trainer.predict(dataset, per_device_batch_size=2, dataloader_kwargs=NO_WORKERS)
+    inputs_only = trainer.predict(
+        TensorDataset(dataset.tensors[0]), per_device_batch_size=2, dataloader_kwargs=NO_WORKERS
+    )
+    hf_model = ModelOutputs()
+    hf_model.load_state_dict(model.state_dict())
+    hf_trainer = Trainer(hf_model, nn.MSELoss(), torch.optim.SGD(hf_model.parameters(), lr=0.1))
+    hf_outputs = hf_trainer.predict(dataset, per_device_batch_size=2, dataloader_kwargs=NO_WORKERS)
+    with torch.no_grad():
+        expected = model(dataset.tensors[0])
+    return {
+        "model_output_type": type(hf_outputs).__name__,
+        "model_output_logits": hf_outputs.logits.tolist(),
+        "logits": outputs["logits"].tolist(),
+        "argmax": outputs["argmax"].tolist(),
+        "inputs_only_logits": inputs_only["logits"].tolist(),
+        "expected_logits": expected["logits"].tolist(),
+        "expected_argmax": expected["argmax"].tolist(),
+    }
+
+
+def learning_rate_finder() -> dict[str, Any]:
+    """``find_learning_rate`` on every process: one suggestion, and weights as before."""
+    trainer = make_trainer(lr=0.1)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.find_learning_rate(
+        make_dataset(64), per_device_batch_size=4, num_steps=40, dataloader_kwargs=NO_WORKERS
+    )
+    return {
+        "suggestion": result.suggestion,
+        "losses": result.losses,
+        "unchanged": all(
+            torch.equal(a, b) for a, b in zip(before, trainer.get_model().parameters())
+        ),
+    }
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "equivalence": equivalence,
@@ -499,4 +565,6 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "sync_batchnorm_on_cpu": sync_batchnorm_on_cpu,
     "tiny_datasets": tiny_datasets,
     "indivisible_split_batch": indivisible_split_batch,
+    "predictions": predictions,
+    "learning_rate_finder": learning_rate_finder,
 }

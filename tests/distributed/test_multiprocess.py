@@ -28,6 +28,7 @@ pytestmark = pytest.mark.multiprocess
 ACCUMULATION_STEPS = (1, 3)
 COUNTING_ACCUMULATION_STEPS = (1, 2)
 CONTROL_ACCUMULATION_STEPS = (1, 2)
+PREDICT_SIZES = (5, 11)
 # (event, step, epoch) at which the last process alone raises StopTrainingError.
 STOP_MOMENTS = (
     ("on_train_step_end", 1, 0),
@@ -76,6 +77,8 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
         ("sync_batchnorm_on_cpu", "sync_batchnorm_on_cpu", {}),
         ("tiny_datasets", "tiny_datasets", {}),
         ("indivisible_split_batch", "indivisible_split_batch", {}),
+        *((f"predictions:{n}", "predictions", {"num_samples": n}) for n in PREDICT_SIZES),
+        ("learning_rate_finder", "learning_rate_finder", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -288,3 +291,26 @@ def test_split_batches_needs_a_batch_divisible_by_the_process_count(
         assert result["train_per_device_batch_size"] == 2
         assert result["train_total_batch_size"] == 4
         assert result["train_dataloader_len"] == 3
+
+
+@pytest.mark.parametrize("num_samples", PREDICT_SIZES)
+def test_predict_returns_every_sample_once_in_dataset_order(
+    two_process_results: list[dict[str, Any]], num_samples: int
+) -> None:
+    for rank_results in two_process_results:
+        result = rank_results[f"predictions:{num_samples}"]
+        assert len(result["logits"]) == num_samples
+        _assert_close(result["logits"], result["expected_logits"])
+        _assert_close(result["inputs_only_logits"], result["expected_logits"])
+        assert result["model_output_type"] == "SequenceClassifierOutput"
+        _assert_close(result["model_output_logits"], result["expected_logits"])
+        assert result["argmax"] == result["expected_argmax"]
+
+
+def test_the_learning_rate_finder_agrees_across_processes_and_restores_the_weights(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    first, second = (rank["learning_rate_finder"] for rank in two_process_results)
+    assert first["unchanged"] and second["unchanged"]
+    assert first["suggestion"] == second["suggestion"]
+    assert first["losses"] == second["losses"]  # the mean over both processes

@@ -12,6 +12,7 @@ from trainwright.callbacks.base import (
 from trainwright.callbacks.ema import ModelEmaCallback
 from trainwright.callbacks.evaluation import StepBasedEvaluationCallback
 from trainwright.callbacks.filters import EventFilter, every, filtered, once
+from trainwright.callbacks.gradients import GradientNormMonitorCallback
 from trainwright.callbacks.loggers import (
     CSVLoggerCallback,
     ExperimentTrackerCallback,
@@ -46,6 +47,7 @@ from trainwright.callbacks.saving import (
     WSDCheckpointCallback,
 )
 from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
+from trainwright.callbacks.torch_profiler import TorchProfilerCallback
 
 #: The callbacks a :class:`~trainwright.trainer.Trainer` uses unless told otherwise.
 DEFAULT_CALLBACKS = (
@@ -70,6 +72,7 @@ __all__ = [
     "EarlyStoppingCallback",
     "EventFilter",
     "ExperimentTrackerCallback",
+    "GradientNormMonitorCallback",
     "LearningRateMonitorCallback",
     "LimitBatchesCallback",
     "LimitEvalStepsCallback",
@@ -91,6 +94,7 @@ __all__ = [
     "StopTrainingError",
     "TerminateOnNaNCallback",
     "TimingCallback",
+    "TorchProfilerCallback",
     "TrainerCallback",
     "TrainingInterrupted",
     "WSDCheckpointCallback",

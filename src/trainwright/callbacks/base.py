@@ -55,6 +55,10 @@ EVENTS: tuple[str, ...] = (
     "on_training_run_end",
     "on_evaluation_run_start",
     "on_evaluation_run_end",
+    "on_predict_run_start",
+    "on_predict_step_start",
+    "on_predict_step_end",
+    "on_predict_run_end",
 )
 
 
@@ -156,6 +160,13 @@ class TrainerCallback:
           evaluation_run_start()                           -> on_evaluation_run_start
           one eval epoch as above, metric evaluation_loss
           evaluation_run_end()                             -> on_evaluation_run_end
+          any exception                                    -> on_exception(exception), re-raised
+        predict():
+                                                           -> on_predict_run_start
+          for step, batch in predict dataloader:           -> on_predict_step_start(batch, step)
+            outputs = predict_batch(batch); gather them
+                                                   -> on_predict_step_end(batch, outputs, step)
+          join every batch's outputs              -> on_predict_run_end(predictions)
           any exception                                    -> on_exception(exception), re-raised
 
     ``step`` is the index of the batch within the current epoch. ``on_train_step_end`` fires
@@ -331,6 +342,27 @@ class TrainerCallback:
     @_no_op
     def on_evaluation_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         """Called at the end of :meth:`Trainer.evaluate`; ``evaluation_loss`` is recorded."""
+
+    @_no_op
+    def on_predict_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
+        """Called at the start of `Trainer.predict`, once its dataloader exists and the model
+        is in eval mode."""
+
+    @_no_op
+    def on_predict_step_start(self, trainer: Trainer, batch: Any, step: int, **kwargs: Any) -> None:
+        """Called before `Trainer.predict_batch` runs on ``batch``, the ``step``-th batch."""
+
+    @_no_op
+    def on_predict_step_end(
+        self, trainer: Trainer, batch: Any, outputs: Any, step: int, **kwargs: Any
+    ) -> None:
+        """Called after `Trainer.predict_batch`; ``outputs`` are this process's outputs of
+        the batch (before they are gathered across processes)."""
+
+    @_no_op
+    def on_predict_run_end(self, trainer: Trainer, predictions: Any, **kwargs: Any) -> None:
+        """Called at the end of `Trainer.predict` with the outputs over the whole dataset
+        (gathered across processes, in dataset order)."""
 
 
 CallbackLike = TrainerCallback | type[TrainerCallback]

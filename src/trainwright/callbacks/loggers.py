@@ -377,6 +377,7 @@ class ExperimentTrackerCallback(LoggerCallback):
             self._last_logged_update = num_updates
             values: dict[str, Any] = {"train_loss": batch_output["loss"]}
             values.update(learning_rates(trainer.optimizer))
+            values.update(trainer.step_metrics)  # e.g. GradientNormMonitorCallback's
             self._pending.submit(num_updates, {f"{name}_step": v for name, v in values.items()})
         self._log_steps(self._pending.ready())
 

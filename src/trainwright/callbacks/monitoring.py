@@ -182,81 +182,122 @@ def _eta_s(trainer: Trainer, epoch_time: float, num_epoch_updates: int) -> float
 
 @dataclass(frozen=True)
 class ModuleSummary:
-    """One row of :func:`summarize_model`: a top-level submodule and its parameter counts."""
+    """One row of `summarize_model`: a submodule and its parameter counts.
+
+    Attributes:
+        name: the submodule's qualified name (`"encoder.layer.0"`), or `"(own)"` for the
+            parameters registered on the model itself.
+        type_name: the submodule's class name.
+        num_trainable_parameters: parameters with `requires_grad`, its submodules' included.
+        num_parameters: all its parameters, its submodules' included.
+        depth: 1 for the model's direct children, 2 for theirs, and so on.
+    """
 
     name: str
     type_name: str
     num_trainable_parameters: int
     num_parameters: int
+    depth: int = 1
 
 
-def summarize_model(model: nn.Module) -> list[ModuleSummary]:
-    """Trainable and total parameter counts per top-level submodule of ``model`` (its direct
-    children), plus a ``"(own)"`` row for parameters registered on ``model`` itself. Shared
-    parameters are counted once, under the first module that holds them.
+def _count(parameters: Any, seen: set[int]) -> tuple[int, int]:
+    trainable = total = 0
+    for parameter in parameters:
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable, total
 
-    Example::
 
-        summarize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU()))
-        # [ModuleSummary("0", "Linear", 40, 40), ModuleSummary("1", "ReLU", 0, 0)]
+def summarize_model(model: nn.Module, max_depth: int = 1) -> list[ModuleSummary]:
+    """Trainable and total parameter counts per submodule of ``model``, down to
+    ``max_depth`` levels (1: its direct children, as Lightning's `ModelSummary(max_depth=1)`),
+    each row followed by the rows of its own children; plus a ``"(own)"`` row for parameters
+    registered on ``model`` itself. Shared parameters are counted once among the rows of one
+    depth, under the first module that holds them, so the depth-1 rows add up to the
+    model's total.
+
+    Example:
+        ```python
+        from torch import nn
+        from trainwright.callbacks.monitoring import summarize_model
+
+        rows = summarize_model(nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 2))), 2)
+        assert [(row.name, row.num_parameters) for row in rows] == [
+            ("0", 40), ("1", 18), ("1.0", 18)
+        ]
+        ```
     """
-    seen: set[int] = set()
+    check_positive_int("max_depth", max_depth)
+    seen_by_depth: dict[int, set[int]] = {}
+    rows: list[ModuleSummary] = []
 
-    def count(parameters: Any) -> tuple[int, int]:
-        trainable = total = 0
-        for parameter in parameters:
-            if id(parameter) in seen:
-                continue
-            seen.add(id(parameter))
-            total += parameter.numel()
-            trainable += parameter.numel() if parameter.requires_grad else 0
-        return trainable, total
+    def visit(module: nn.Module, prefix: str, depth: int) -> None:
+        for name, child in module.named_children():
+            qualified = f"{prefix}{name}"
+            trainable, total = _count(child.parameters(), seen_by_depth.setdefault(depth, set()))
+            rows.append(ModuleSummary(qualified, type(child).__name__, trainable, total, depth))
+            if depth < max_depth:
+                visit(child, f"{qualified}.", depth + 1)
 
-    rows = []
-    for name, child in model.named_children():
-        trainable, total = count(child.parameters())
-        rows.append(ModuleSummary(name, type(child).__name__, trainable, total))
-    trainable, total = count(model.parameters(recurse=False))
+    visit(model, "", 1)
+    trainable, total = _count(model.parameters(recurse=False), seen_by_depth.setdefault(1, set()))
     if total or not rows:
         rows.append(ModuleSummary("(own)", type(model).__name__, trainable, total))
     return rows
 
 
 class ModelSummaryCallback(TrainerCallback):
-    """Prints, when training starts, the trainable and total parameters of each top-level
-    submodule of the (unwrapped) model, with totals; the rows are kept in :attr:`summary`.
+    """Prints, when training starts, the trainable and total parameters of each submodule of
+    the (unwrapped) model down to ``max_depth`` levels, with totals; the rows are kept in
+    `summary`.
 
-    Example::
+    Args:
+        max_depth: how many levels of submodules to list (1: the model's direct children).
 
-        trainer = Trainer(model, loss_func, optimizer, callbacks=[ModelSummaryCallback()])
+    Example:
+        ```py title="not run"
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[ModelSummaryCallback(2)])
         trainer.train(dataset, num_epochs=1)
         # module  type    trainable  total
         # 0       Linear         40     40
         # ...
+        ```
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = 1) -> None:
+        check_positive_int("max_depth", max_depth)
+        self.max_depth = max_depth
         #: The rows printed at the last training start.
         self.summary: list[ModuleSummary] = []
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        self.summary = summarize_model(trainer.get_model())
+        self.summary = summarize_model(trainer.get_model(), self.max_depth)
         trainer.print(format_model_summary(self.summary))
 
 
 def format_model_summary(rows: list[ModuleSummary]) -> str:
-    """The rows of :func:`summarize_model` as an aligned text table with a total line."""
+    """The rows of `summarize_model` as an aligned text table (deeper rows indented) with a
+    total line (the sum of the depth-1 rows, which count every parameter once)."""
+    top = [row for row in rows if row.depth == 1]
     table = [("module", "type", "trainable", "total")]
     table += [
-        (row.name, row.type_name, f"{row.num_trainable_parameters:,}", f"{row.num_parameters:,}")
+        (
+            "  " * (row.depth - 1) + row.name,
+            row.type_name,
+            f"{row.num_trainable_parameters:,}",
+            f"{row.num_parameters:,}",
+        )
         for row in rows
     ]
     table.append(
         (
             "total",
             "",
-            f"{sum(row.num_trainable_parameters for row in rows):,}",
-            f"{sum(row.num_parameters for row in rows):,}",
+            f"{sum(row.num_trainable_parameters for row in top):,}",
+            f"{sum(row.num_parameters for row in top):,}",
         )
     )
     widths = [max(len(line[column]) for line in table) for column in range(4)]

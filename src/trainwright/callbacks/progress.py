@@ -13,6 +13,7 @@ import time
 import warnings
 from typing import IO, TYPE_CHECKING, Any
 
+import torch
 from tqdm.std import TqdmWarning, tqdm
 
 from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
@@ -136,9 +137,12 @@ class ProgressBarCallback(TrainerCallback):
         """Moves the bar on by one batch."""
         self._bar.update(1)
 
-    def _show_loss(self, loss: float) -> None:
-        """Shows ``loss`` beside the bar; drawn at the bar's next refresh."""
-        self._bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+    def _show_values(self, values: dict[str, float]) -> None:
+        """Shows ``values`` (the loss and any ``trainer.step_metrics``) beside the bar; drawn
+        at the bar's next refresh."""
+        self._bar.set_postfix(
+            refresh=False, **{name: f"{value:.4g}" for name, value in values.items()}
+        )
 
     def _close(self) -> None:
         """Closes the open bar, if any."""
@@ -158,11 +162,14 @@ class ProgressBarCallback(TrainerCallback):
         if self.loss_every_n_steps is None or not self._is_shown:
             return
         if (step + 1) % self.loss_every_n_steps == 0:
-            self._losses.submit(batch_output["loss"], tag=step)
+            self._losses.submit(batch_output["loss"], tag="loss")
+            for name, value in trainer.step_metrics.items():  # e.g. gradient_norm
+                if torch.is_tensor(value):
+                    self._losses.submit(value, tag=name)
         if self._losses:  # something submitted and not shown yet
-            arrived = list(self._losses.ready())
+            arrived = dict(self._losses.ready())  # the newest value of each
             if arrived:
-                self._show_loss(arrived[-1][1])  # the newest
+                self._show_values(arrived)
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._losses.clear()
@@ -240,9 +247,10 @@ class RichProgressBarCallback(ProgressBarCallback):
         if self.progress is not None:
             self.progress.advance(self._task)
 
-    def _show_loss(self, loss: float) -> None:
+    def _show_values(self, values: dict[str, float]) -> None:
         if self.progress is not None:
-            self.progress.update(self._task, loss=f"loss {loss:.4g}")
+            text = " ".join(f"{name} {value:.4g}" for name, value in values.items())
+            self.progress.update(self._task, loss=text)
 
     def _close(self) -> None:
         if self.progress is not None:
