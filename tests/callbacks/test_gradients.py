@@ -87,3 +87,38 @@ def test_gradient_norms_match_a_hand_computation(
         )
     if max_grad_norm is not None:  # the clipping's own norm, before it clipped
         assert max(expected) > max_grad_norm
+
+
+def test_norms_reach_trackers_and_the_progress_bar_per_update() -> None:
+    import io
+    import sys
+    from pathlib import Path
+
+    from trainwright.callbacks import ExperimentTrackerCallback, ProgressBarCallback
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_loggers import RecordingTracker
+
+    tracker = RecordingTracker()
+    output = io.StringIO()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=(
+            ExperimentTrackerCallback([tracker], log_every_n_updates=1),
+            ProgressBarCallback(loss_every_n_steps=1, line_every_n_seconds=0, file=output),
+            GradientNormMonitorCallback(),
+        ),
+    )
+    dataset = TensorDataset(torch.randn(12, 4), torch.randint(0, 3, (12,)))
+    trainer.train(
+        dataset, num_epochs=1, per_device_batch_size=4, train_dataloader_kwargs=NO_WORKERS
+    )
+    norms = tracker.values_of("gradient_norm_step")
+    assert len(norms) == 3 and all(norm > 0 for norm in norms)
+    assert tracker.steps_of("gradient_norm_step") == [1, 2, 3]
+    # a line is printed as the step ends, showing the values that had arrived before it
+    assert f"gradient_norm={norms[1]:.4g}" in output.getvalue().splitlines()[2]
