@@ -117,18 +117,29 @@ class BlockInSave(TrainerCallback):
         return {}
 
 
-def build(save_dir: Path | None = None, extra_callbacks=()) -> tuple[Trainer, CountingDataset]:
+def build(
+    save_dir: Path | None = None,
+    extra_callbacks=(),
+    best_model_path: Path | None = None,
+    save_every_n_steps: int = 2,
+    max_checkpoints: int | None = None,
+) -> tuple[Trainer, CountingDataset]:
     torch.manual_seed(1234)
     model = CountingModel()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    best_model_path = best_model_path or Path(tempfile.mkdtemp()) / "best.pt"
     callbacks = [
         UserCounter(),
         EarlyStoppingCallback(early_stopping_patience=5, early_stopping_threshold=0.0),
-        SaveBestModelCallback(Path(tempfile.mkdtemp()) / "best.pt", load_saved_checkpoint=False),
+        SaveBestModelCallback(best_model_path, load_saved_checkpoint=False),
         *extra_callbacks,
     ]
     if save_dir is not None:
-        callbacks.append(SaveTrainingStateCallback(save_dir, save_every_n_steps=2))
+        callbacks.append(
+            SaveTrainingStateCallback(
+                save_dir, save_every_n_steps=save_every_n_steps, max_checkpoints=max_checkpoints
+            )
+        )
     trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
     return trainer, CountingDataset()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, slice_tensors
+from accelerate.utils import DistributedType, gather_object, slice_tensors
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -45,11 +45,14 @@ from trainwright.checkpointing import (
     SCHEDULER_STATE_KEY,
     STAGING_SUFFIX,
     TRAINING_STATE_FORMAT,
+    InvalidTrainingStateError,
     atomic_save,
-    find_latest_training_state,
+    clean_up_training_states,
     is_training_state,
     load_checkpoint_file,
     read_trainer_state,
+    training_states,
+    verify_training_state,
 )
 from trainwright.checkpointing import save_training_state as _save_training_state_directory
 from trainwright.data import dataloader_length, default_dataloader_kwargs
@@ -734,9 +737,13 @@ class Trainer:
     def _find_resume_state(
         self, resume_from: str | os.PathLike | None
     ) -> tuple[Path | None, dict[str, Any] | None]:
+        """The state to resume from and this process's trainer state read from it. Every
+        state is verified against its manifest first; from a directory of states (or
+        "latest"), a state that fails is skipped with a warning for the newest valid one."""
         if resume_from is None:
             return None, None
-        if str(resume_from) == "latest":
+        is_latest = str(resume_from) == "latest"
+        if is_latest:
             savers = [
                 callback
                 for callback in self.callback_handler.callbacks
@@ -747,18 +754,72 @@ class Trainer:
                     "resume_from='latest' needs a SaveTrainingStateCallback: the newest state "
                     "is looked for in its save_dir. Add one, or pass a state directory."
                 )
-            try:
-                directory = find_latest_training_state(savers[0].save_dir)
-            except FileNotFoundError:
-                self.print(f"No training state in {savers[0].save_dir} yet: starting afresh.")
-                return None, None
+            states_dir, explicit = savers[0].save_dir, None
         else:
-            directory = Path(resume_from)
-            if not directory.exists():
-                raise FileNotFoundError(f"No training state directory at {str(directory)!r}.")
-            if not directory.name.endswith(STAGING_SUFFIX) and not is_training_state(directory):
-                directory = find_latest_training_state(directory)
-        return directory, self._read_training_state(directory)
+            path = Path(resume_from)
+            if path.name.endswith(STAGING_SUFFIX) or is_training_state(path):
+                states_dir, explicit = path.parent, path
+            else:
+                states_dir, explicit = path, None
+        # Leftovers of killed saves go first: a state moved aside by a re-save comes back.
+        if self.accelerator.is_main_process:
+            clean_up_training_states(
+                states_dir, name=explicit.name if explicit is not None else None
+            )
+        self.accelerator.wait_for_everyone()
+        if explicit is not None:
+            if not explicit.exists():
+                raise FileNotFoundError(f"No training state directory at {str(explicit)!r}.")
+            problem = self._training_state_problem(explicit)
+            if problem is not None:
+                raise InvalidTrainingStateError(
+                    f"Cannot resume from {str(explicit)!r}: {problem} Nothing was loaded."
+                )
+            return explicit, self._read_training_state(explicit)
+        if not states_dir.exists():
+            if is_latest:
+                self.print(f"No training state in {states_dir} yet: starting afresh.")
+                return None, None
+            raise FileNotFoundError(f"No training state directory at {str(states_dir)!r}.")
+        candidates = training_states(states_dir)
+        if not candidates and is_latest:
+            self.print(f"No training state in {states_dir} yet: starting afresh.")
+            return None, None
+        if not candidates:
+            raise FileNotFoundError(
+                f"No complete training state in {str(states_dir)!r} to resume from (states "
+                "are directories named state-<updates>, as SaveTrainingStateCallback writes)."
+            )
+        problems = []
+        for directory in candidates:
+            problem = self._training_state_problem(directory)
+            if problem is None:
+                return directory, self._read_training_state(directory)
+            problems.append(problem)
+            warnings.warn(
+                f"Skipping the training state {str(directory)!r}: {problem} Falling back to "
+                "the next older state.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        raise InvalidTrainingStateError(
+            f"None of the {len(candidates)} training states in {str(states_dir)!r} can be "
+            "used, so nothing was loaded rather than silently starting afresh: "
+            + " ".join(problems)
+            + " Delete them to start afresh, or restore a good copy."
+        )
+
+    def _training_state_problem(self, directory: Path) -> str | None:
+        """What is wrong with a state (None when it is valid), as every process agrees: each
+        node's first process verifies the files it sees."""
+        problem = None
+        if self.accelerator.is_local_main_process:
+            try:
+                verify_training_state(directory)
+            except InvalidTrainingStateError as error:
+                problem = str(error)
+        problems = [p for p in gather_object([problem]) if p is not None]
+        return problems[0] if problems else None
 
     def _read_training_state(self, directory: Path) -> dict[str, Any]:
         state = read_trainer_state(directory, self.accelerator.process_index)
@@ -939,12 +1000,16 @@ class Trainer:
                 timm-style scheduler) at each epoch end, e.g. ``"eval_loss_epoch"``;
                 required for ``ReduceLROnPlateau``.
             resume_from: continue exactly from a training state (see
-                :meth:`save_training_state`): a state directory, a directory of states (the
-                newest complete one is used), or ``"latest"`` for the newest state in the
-                ``save_dir`` of the trainer's
+                `save_training_state`): a state directory, a directory of states (the
+                newest valid ``state-<updates>`` in it is used), or ``"latest"`` for the newest
+                valid state in the ``save_dir`` of the trainer's
                 :class:`~trainwright.callbacks.SaveTrainingStateCallback` (starting afresh
                 when it holds none yet, so the same command serves the first run and every
-                rerun). Pass the same datasets and settings as the saved run; a different
+                rerun). Every state is verified against its manifest (file sizes and SHA-256)
+                first: from a directory of states, a damaged one is skipped with a warning
+                naming the file, for the next older one; when none is valid, or a state
+                named directly is damaged, an ``InvalidTrainingStateError`` names the file.
+                Pass the same datasets and settings as the saved run; a different
                 model, batch size, accumulation, number of processes or dataset length is an
                 error, raised before anything is loaded. The run continues at the saved
                 step, mid-epoch and mid accumulation window included, without loading the

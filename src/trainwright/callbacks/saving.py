@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import StopTrainingError, TrainerCallback
 from trainwright.callbacks.monitor import MonitorCallback
-from trainwright.checkpointing import STAGING_SUFFIX, is_training_state
+from trainwright.checkpointing import (
+    check_writable_directory,
+    clean_up_training_states,
+    remove_stale_temporary_files,
+    remove_state,
+    training_states,
+)
 from trainwright.tracking import format_metric_value
 from trainwright.validation import check_positive_int
 
@@ -64,6 +69,9 @@ class SaveBestModelCallback(MonitorCallback):
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         super().on_training_run_start(trainer, **kwargs)
         self.saved_this_run = False
+        check_writable_directory(self.save_path.parent, "SaveBestModelCallback save_path folder")
+        if trainer.accelerator.is_main_process:
+            remove_stale_temporary_files(self.save_path)
 
     def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         value = self.read_metric(trainer)
@@ -108,7 +116,11 @@ class SaveTrainingStateCallback(TrainerCallback):
       ``StopTrainingError`` ended the run), before any callback reloads other weights;
     - when the run is interrupted by SIGTERM or SIGINT (Ctrl-C), after the current step.
 
-    Only the newest ``max_checkpoints`` states are kept, when it is set. The callback runs
+    Only the newest ``max_checkpoints`` states are kept, when it is set: an older one is
+    renamed to ``<name>.removing`` and then deleted, and one that cannot be deleted is a
+    warning, not an error. Each save also removes what killed saves and prunes left in
+    ``save_dir`` (see `trainwright.checkpointing.clean_up_training_states`). ``save_dir`` is
+    created and checked for writing when training starts, before the first step. The callback runs
     after callbacks of the default order (``order = 50``) and always after the stopping and
     best-model callbacks (``run_after``), so a state holds the early stopping and best-model
     decisions of its step or epoch.
@@ -155,6 +167,7 @@ class SaveTrainingStateCallback(TrainerCallback):
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._updates_at_last_check = trainer.progress.num_update_steps
+        check_writable_directory(self.save_dir, "SaveTrainingStateCallback save_dir")
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
         updates = trainer.progress.num_update_steps
@@ -187,16 +200,14 @@ class SaveTrainingStateCallback(TrainerCallback):
         trainer.print(f"Interrupted by {signal_name}: training state saved to {path}")
 
     def _prune(self) -> None:
+        # Leftovers of killed saves and prunes go first; a state that cannot be deleted
+        # (e.g. read-only) is a warning, and the run goes on.
+        clean_up_training_states(self.save_dir)
         if self.max_checkpoints is None:
             return
-        states = sorted(
-            (path for path in self.save_dir.iterdir() if is_training_state(path)),
-            key=lambda path: path.name,
-        )
-        for stale in states[: -self.max_checkpoints]:
-            shutil.rmtree(stale)
-        for leftover in self.save_dir.glob(f"*{STAGING_SUFFIX}"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        states = [path for path in training_states(self.save_dir) if path.name.startswith("state-")]
+        for stale in states[self.max_checkpoints :]:
+            remove_state(stale)
 
 
 class WSDCheckpointCallback(TrainerCallback):
@@ -252,6 +263,7 @@ class WSDCheckpointCallback(TrainerCallback):
                 "WSDLrScheduler.create_scheduler_fn(...) to train(); got "
                 f"{type(trainer.scheduler).__name__}."
             )
+        check_writable_directory(self.save_dir, "WSDCheckpointCallback save_dir")
         self._updates_at_last_check = trainer.progress.num_update_steps
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
