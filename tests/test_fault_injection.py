@@ -171,6 +171,16 @@ def test_when_no_state_is_valid_resume_fails_clearly_instead_of_starting_afresh(
         resume(states)
 
 
+def test_load_training_state_verifies_the_state_too(states):
+    flip_a_bit(states / "state-000000004" / "optimizer.bin")
+    trainer, _ = resume_job.build()
+    before = [p.detach().clone() for p in trainer.get_model().parameters()]
+    with pytest.raises(InvalidTrainingStateError, match=r"optimizer\.bin.*checksum"):
+        trainer.load_training_state(states / "state-000000004")
+    for parameter, original in zip(trainer.get_model().parameters(), before):
+        assert torch.equal(parameter, original)
+
+
 def test_a_state_without_a_manifest_is_not_used(states):
     (states / "state-000000004" / "manifest.json").unlink()
     with pytest.raises(InvalidTrainingStateError, match=r"manifest\.json is missing"):
@@ -192,14 +202,15 @@ def test_the_manifest_lists_every_file_of_a_state_with_its_size_and_sha256(saved
 # ------------------------------------------------------------------------------------------------
 
 
-def test_a_re_save_killed_between_its_renames_resumes_from_the_moved_state(states):
+@pytest.mark.parametrize("named", [False, True], ids=["latest", "the state by name"])
+def test_a_re_save_killed_between_its_renames_resumes_from_the_moved_state(states, named):
     # What a SIGKILL between the renames leaves: the old state moved aside, the new one
     # complete but still staged.
     newest = states / "state-000000004"
     shutil.copytree(newest, states / "state-000000004.incomplete")
     newest.rename(states / "state-000000004.previous")
     shutil.rmtree(states / "state-000000002")  # max_checkpoints=1: the only state
-    resumed_at, _ = resume(states, max_checkpoints=1)
+    resumed_at, _ = resume(states, newest if named else "latest", max_checkpoints=1)
     assert resumed_at == 4  # not a fresh start
     assert sorted(p.name for p in states.iterdir()) == ["state-000000004"]
     verify_training_state(newest)

@@ -334,13 +334,13 @@ def find_latest_training_state(checkpoint_dir: str | os.PathLike) -> Path:
 
 def is_training_state(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` is itself a training state (complete or not), rather than a
-    directory of states: it holds a manifest or any file a state is made of."""
+    directory of states: it holds a manifest, a trainer state or an RNG file."""
     directory = Path(directory)
     if not directory.is_dir():
         return False
     return any(
         any(directory.glob(pattern))
-        for pattern in (MANIFEST_FILE, "trainer_state_*.pt", "random_states_*.pkl", "model*")
+        for pattern in (MANIFEST_FILE, "trainer_state_*.pt", "random_states_*.pkl")
     )
 
 

@@ -695,10 +695,15 @@ class Trainer:
 
         Raises:
             FileNotFoundError: if ``load_dir`` does not exist.
-            ValueError: if it is incomplete or corrupted, or was saved from a different model
-                (nothing is loaded then).
+            ValueError: if it is incomplete or damaged (an ``InvalidTrainingStateError``
+                naming the file, found by checking every file against the state's
+                manifest), or was saved from a different model (nothing is loaded then).
         """
-        state = self._read_training_state(Path(load_dir))
+        directory = Path(load_dir)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"No training state directory at {str(directory)!r}.")
+        self._check_training_state(directory)
+        state = self._read_training_state(directory)
         self._prepare_model_and_optimizer()
         self._restore_training_state(Path(load_dir), state)
         self.callback_handler.load_state_dict(state["callbacks"])
@@ -754,37 +759,30 @@ class Trainer:
                     "resume_from='latest' needs a SaveTrainingStateCallback: the newest state "
                     "is looked for in its save_dir. Add one, or pass a state directory."
                 )
-            states_dir, explicit = savers[0].save_dir, None
+            target = savers[0].save_dir
         else:
-            path = Path(resume_from)
-            if path.name.endswith(STAGING_SUFFIX) or is_training_state(path):
-                states_dir, explicit = path.parent, path
-            else:
-                states_dir, explicit = path, None
+            target = Path(resume_from)
         # Leftovers of killed saves go first: a state moved aside by a re-save comes back.
         if self.accelerator.is_main_process:
-            clean_up_training_states(
-                states_dir, name=explicit.name if explicit is not None else None
-            )
+            if not is_latest:
+                clean_up_training_states(target.parent, name=target.name)
+            if not is_training_state(target):  # a directory of states
+                clean_up_training_states(target)
         self.accelerator.wait_for_everyone()
+        explicit, states_dir = None, target
+        if not is_latest and (target.name.endswith(STAGING_SUFFIX) or is_training_state(target)):
+            explicit = target
         if explicit is not None:
             if not explicit.exists():
                 raise FileNotFoundError(f"No training state directory at {str(explicit)!r}.")
-            problem = self._training_state_problem(explicit)
-            if problem is not None:
-                raise InvalidTrainingStateError(
-                    f"Cannot resume from {str(explicit)!r}: {problem} Nothing was loaded."
-                )
+            self._check_training_state(explicit)
             return explicit, self._read_training_state(explicit)
-        if not states_dir.exists():
-            if is_latest:
-                self.print(f"No training state in {states_dir} yet: starting afresh.")
-                return None, None
-            raise FileNotFoundError(f"No training state directory at {str(states_dir)!r}.")
         candidates = training_states(states_dir)
         if not candidates and is_latest:
             self.print(f"No training state in {states_dir} yet: starting afresh.")
             return None, None
+        if not states_dir.exists():
+            raise FileNotFoundError(f"No training state directory at {str(states_dir)!r}.")
         if not candidates:
             raise FileNotFoundError(
                 f"No complete training state in {str(states_dir)!r} to resume from (states "
@@ -808,6 +806,13 @@ class Trainer:
             + " ".join(problems)
             + " Delete them to start afresh, or restore a good copy."
         )
+
+    def _check_training_state(self, directory: Path) -> None:
+        problem = self._training_state_problem(directory)
+        if problem is not None:
+            raise InvalidTrainingStateError(
+                f"Cannot use the training state {str(directory)!r}: {problem} Nothing was loaded."
+            )
 
     def _training_state_problem(self, directory: Path) -> str | None:
         """What is wrong with a state (None when it is valid), as every process agrees: each

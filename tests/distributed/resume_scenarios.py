@@ -17,6 +17,7 @@ import hashlib
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,16 @@ def resume(resume_from: str) -> dict[str, Any]:
     return _summary(trainer, dataset)
 
 
+def resume_with_fallback(resume_from: str) -> dict[str, Any]:
+    """The job continued from the directory of states ``resume_from``, with the warnings of
+    the states skipped as invalid."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = resume(resume_from)
+    skipped = [str(w.message) for w in caught if "Skipping the training state" in str(w.message)]
+    return {**result, "skipped": skipped}
+
+
 class SigtermOnLastProcess(TrainerCallback):
     """At the end of ``(epoch, step)`` (epochs counted from 1), the last process sends SIGTERM
     to itself only, and waits until the trainer has seen it."""
@@ -175,6 +186,7 @@ RESUME_SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "uninterrupted": uninterrupted,
     "save_along_the_way": save_along_the_way,
     "resume": resume,
+    "resume_with_fallback": resume_with_fallback,
     "preempted": preempted,
     "rerun_after_preemption": rerun_after_preemption,
 }

@@ -8,6 +8,7 @@ the uninterrupted run (bit for bit: the same process count runs on both sides).
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
@@ -72,8 +73,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for case, (epoch, step) in SAVE_POINTS.items()
     }
     resume_dirs["resume:epoch end"] = states / "epochs" / "state-000000002"
+    # The newest state with the second process's RNG file damaged: both fall back together.
+    damaged = states / "damaged"
+    shutil.copytree(states / "epochs", damaged)
+    rng_file = damaged / "state-000000006" / "random_states_1.pkl"
+    data = bytearray(rng_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    rng_file.write_bytes(bytes(data))
     second = run_scenarios(
         [
+            ("fallback", "resume_with_fallback", {"resume_from": str(damaged)}),
             *(
                 (key, "resume", {"resume_from": str(directory)})
                 for key, directory in resume_dirs.items()
@@ -111,6 +120,17 @@ def test_the_processes_differ_in_dropout_and_saving_changes_nothing(runs: dict[s
 def test_resume_in_a_fresh_launch_is_bit_identical(runs: dict[str, Any], case: str) -> None:
     for rank_results in runs["results"]:
         assert_same_run(rank_results[f"resume:{case}"], rank_results["uninterrupted"])
+
+
+def test_a_damaged_newest_state_makes_every_process_fall_back_to_the_same_one(
+    runs: dict[str, Any],
+) -> None:
+    for rank_results in runs["results"]:
+        result = rank_results["fallback"]
+        assert len(result["skipped"]) == 1
+        assert "state-000000006" in result["skipped"][0]
+        assert "random_states_1.pkl" in result["skipped"][0]
+        assert_same_run(result, rank_results["uninterrupted"])
 
 
 @pytest.mark.parametrize("case", PREEMPTIONS)
