@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -62,7 +62,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         os.replace(temporary, path)
     except Exception as error:
         Path(temporary).unlink(missing_ok=True)
-        raise _explain_storage_error(error, path.parent, repr(path.name)) from error
+        _raise_explained(error, path.parent, repr(path.name))
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -122,7 +122,7 @@ TRAINING_STATE_FORMAT = 1
 TRAINING_STATE_NAME = re.compile(r"(?:state|pre-decay)-(\d+)")
 _LEFTOVER_SUFFIXES = (STAGING_SUFFIX, PREVIOUS_SUFFIX, REMOVING_SUFFIX)
 # Free space below which a failed write is put down to a full disk: torch reports one as
-# "unexpected pos", without the error number.
+# "unexpected pos" or "iostream error", without the error number.
 _FULL_DISK_BYTES = 1 << 20
 
 
@@ -170,7 +170,7 @@ def save_training_state(
     except Exception as error:
         if accelerator.is_main_process:
             _remove_quietly(staging)
-        raise _explain_storage_error(error, directory.parent, "the training state") from error
+        _raise_explained(error, directory.parent, "the training state")
     if accelerator.is_main_process:
         _publish(staging, directory)
     accelerator.wait_for_everyone()
@@ -190,10 +190,12 @@ def _publish(staging: Path, directory: Path) -> None:
 
 
 def _write_manifest(directory: Path) -> None:
+    # Every file is flushed to disk as it is hashed, so that a power cut after the rename
+    # cannot leave a state whose files are not all there (Accelerate does not fsync them).
     files = {
         path.relative_to(directory).as_posix(): {
             "size": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": _sha256(path, flush_to_disk=True),
         }
         for path in sorted(directory.rglob("*"))
         if path.is_file()
@@ -205,9 +207,12 @@ def _write_manifest(directory: Path) -> None:
         os.fsync(file.fileno())
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, flush_to_disk: bool = False) -> str:
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        if flush_to_disk:
+            os.fsync(file.fileno())
+        return digest
 
 
 def verify_training_state(directory: str | os.PathLike) -> None:
@@ -435,15 +440,16 @@ def check_writable_directory(directory: str | os.PathLike, owner: str) -> None:
         ) from error
 
 
-def _explain_storage_error(error: Exception, directory: Path, what: str) -> Exception:
-    """Names a full disk, which torch reports only as "unexpected pos"; other errors pass."""
+def _raise_explained(error: Exception, directory: Path, what: str) -> NoReturn:
+    """Re-raises ``error`` from a failed save, naming a full disk, which torch reports only
+    as "unexpected pos" or "iostream error"."""
     if not _is_out_of_space(error, directory):
-        return error
-    return OSError(
+        raise error
+    raise OSError(
         errno.ENOSPC,
         f"No space left on device while saving {what} in {str(directory)!r} ({error}). The "
         "previous state is kept; free some space or save elsewhere.",
-    )
+    ) from error
 
 
 def _is_out_of_space(error: BaseException, directory: Path) -> bool:
