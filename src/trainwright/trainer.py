@@ -687,7 +687,7 @@ class Trainer:
         return _save_training_state_directory(self.accelerator, save_dir, self._trainer_state)
 
     def load_training_state(self, load_dir: str | os.PathLike) -> None:
-        """Loads a state written by :meth:`save_training_state` into this trainer: model,
+        """Loads a state written by `save_training_state` into this trainer: model,
         optimizer, scaler, RNGs, scheduler (when the trainer has one), run history, progress
         and callback states. To continue training from it, use
         ``train(..., resume_from=load_dir)`` instead, which also restores the position in

@@ -103,10 +103,11 @@ class SaveBestModelCallback(MonitorCallback):
 
 class SaveTrainingStateCallback(TrainerCallback):
     """Saves full training states, from which ``train(..., resume_from=...)`` continues a run
-    exactly (see :meth:`~trainwright.trainer.Trainer.save_training_state`).
+    exactly (see [save_training_state][trainwright.trainer.Trainer.save_training_state]).
 
     States are directories named ``state-<optimizer updates>`` inside ``save_dir``, each
-    written atomically (complete or absent). They are saved:
+    written atomically (complete or absent) with a manifest of checksums that a resume
+    verifies. They are saved:
 
     - every ``save_every_n_steps`` optimizer updates, at the end of the step that performed
       the update (``on_train_step_end``);
@@ -120,16 +121,18 @@ class SaveTrainingStateCallback(TrainerCallback):
     renamed to ``<name>.removing`` and then deleted, and one that cannot be deleted is a
     warning, not an error. Each save also removes what killed saves and prunes left in
     ``save_dir`` (see `trainwright.checkpointing.clean_up_training_states`). ``save_dir`` is
-    created and checked for writing when training starts, before the first step. The callback runs
-    after callbacks of the default order (``order = 50``) and always after the stopping and
-    best-model callbacks (``run_after``), so a state holds the early stopping and best-model
-    decisions of its step or epoch.
+    created and checked for writing when training starts, before the first step.
 
-    Example::
+    The callback runs after callbacks of the default order (``order = 50``) and always after
+    the stopping and best-model callbacks (``run_after``), so a state holds the early
+    stopping and best-model decisions of its step or epoch.
 
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS, SaveTrainingStateCallback("checkpoints", save_every_n_steps=500)])
         trainer.train(dataset, num_epochs=10, resume_from="latest")  # continues if possible
+        ```
     """
 
     order = 50
