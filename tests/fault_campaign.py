@@ -147,6 +147,8 @@ def run_job(work: Path, resume: bool, switch: KillSwitch | None = None) -> dict:
 def in_child(function, result_file: Path | None = None, kill_after: float | None = None) -> int:
     """Runs ``function()`` in a forked child; its result (JSON) goes to ``result_file``.
     Returns the child's wait status as a negative signal number or an exit code."""
+    sys.stdout.flush()  # else the child inherits, and prints again, what is buffered
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -158,6 +160,8 @@ def in_child(function, result_file: Path | None = None, kill_after: float | None
             if result_file is not None:
                 result_file.write_text(json.dumps({"error": repr(error)}))
             code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
     waited = (0, 0)
     if kill_after is not None:

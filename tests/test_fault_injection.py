@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -280,6 +281,27 @@ def test_a_full_disk_is_named_and_the_previous_state_kept(states, monkeypatch):
         resume_job.train(trainer, dataset, resume_from="latest")
     assert sorted(p.name for p in states.iterdir()) == ["state-000000002", "state-000000004"]
     verify_training_state(states / "state-000000004")
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_file(tmp_path, monkeypatch):
+    trainer, dataset = resume_job.build()
+    resume_job.train(trainer, dataset)
+    path = tmp_path / "model.pt"
+    trainer.save_checkpoint(path)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    full = types.SimpleNamespace(total=1 << 30, used=1 << 30, free=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)  # torch's error has no errno
+    with pytest.raises(OSError, match=r"No space left on device.*'model\.pt'"):
+        trainer.save_checkpoint(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
 
 
 def _mount_tiny_tmpfs(directory: Path, size: str) -> bool:
