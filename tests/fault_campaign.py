@@ -102,10 +102,11 @@ class KillSwitch:
             index = len(self.trace)
             if index == self.kill_at and self.when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
-            result = function(*args, **kwargs)
-            if index == self.kill_at and self.when == "after":
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
+            try:
+                return function(*args, **kwargs)
+            finally:  # also after a call that raised (os.mkdir of a directory that exists)
+                if index == self.kill_at and self.when == "after":
+                    os.kill(os.getpid(), signal.SIGKILL)
 
         return counted
 
@@ -245,6 +246,7 @@ def main(argv: list[str]) -> None:
         return {**summary, "seconds": time.monotonic() - started}
 
     run_job(scratch / "warm-up", resume=False)  # lazy imports and set-up, before forking
+    (scratch / "reference").mkdir()  # as each trial's directory, so the calls are the same
     in_child(traced_run, reference_file)
     reference = json.loads(reference_file.read_text())
     if "error" in reference:
