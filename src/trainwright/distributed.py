@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset
 
 from trainwright.callbacks.base import CallbackHandler, StopTrainingError
 from trainwright.data import dataloader_length
+from trainwright.sharding import check_sharding_set_up, prepare_sharding, sharding_request
 
 __all__ = [
     "END_EPOCH",
@@ -33,6 +34,7 @@ __all__ = [
     "StopVote",
     "can_forward_alone",
     "check_all_processes_joined",
+    "create_accelerator",
     "padded_tail",
 ]
 
@@ -331,3 +333,44 @@ def check_all_processes_joined(accelerator: Accelerator) -> None:
             'pass accelerator_kwargs={"cpu": True} to the Trainer (or leave "cpu" out of '
             "them), or set ACCELERATE_USE_CPU=1 for the launch."
         )
+
+
+def create_accelerator(
+    mixed_precision: str | None, accelerator_kwargs: dict[str, Any]
+) -> Accelerator:
+    """The trainer's `Accelerator`, set up for what the launch and the arguments ask.
+
+    Processes started by a launcher (``torchrun``, ``accelerate launch``) on a machine without
+    a GPU or other accelerator are joined on the CPU (gloo): Accelerate does so only when told
+    to use the CPU, so the Trainer tells it, unless ``accelerator_kwargs`` says ``cpu=False``.
+    FSDP and DeepSpeed, asked for by ``accelerator_kwargs`` or the launch, run as asked or are
+    refused (see `trainwright.sharding`): never silently replaced by plain DDP.
+
+    Args:
+        mixed_precision: the Trainer's ``mixed_precision``.
+        accelerator_kwargs: further keyword arguments for `accelerate.Accelerator`.
+
+    Raises:
+        RuntimeError: if the launched processes were not joined, or the sharding asked for
+            cannot run here.
+    """
+    accelerator_kwargs = dict(accelerator_kwargs)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not _has_accelerator_device():
+        accelerator_kwargs.setdefault("cpu", True)
+    request = sharding_request(accelerator_kwargs)
+    if request is not None:
+        prepare_sharding(request, accelerator_kwargs, world_size)
+    accelerator = Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs)
+    check_all_processes_joined(accelerator)
+    if request is not None:
+        check_sharding_set_up(request, accelerator)
+    return accelerator
+
+
+def _has_accelerator_device() -> bool:
+    """Whether this machine has a GPU or other accelerator that torch can use."""
+    accelerator_api = getattr(torch, "accelerator", None)
+    if accelerator_api is not None and hasattr(accelerator_api, "is_available"):
+        return accelerator_api.is_available()
+    return torch.cuda.is_available()

@@ -63,7 +63,7 @@ from trainwright.distributed import (
     PaddedTail,
     StopVote,
     can_forward_alone,
-    check_all_processes_joined,
+    create_accelerator,
     padded_tail,
 )
 from trainwright.lr_finder import (
@@ -76,6 +76,14 @@ from trainwright.lr_finder import (
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
+from trainwright.sharding import (
+    full_optimizer_state_dict,
+    is_sharded,
+    load_full_model_state_dict,
+    load_full_optimizer_state_dict,
+    local_gradients,
+    restore_local_gradients,
+)
 from trainwright.tracking import InMemoryRunHistory, RunHistory
 from trainwright.validation import check_positive_int
 
@@ -261,12 +269,11 @@ class Trainer:
         self.run_history = run_history if run_history is not None else InMemoryRunHistory()
         accelerator_kwargs = dict(accelerator_kwargs or {})
         _check_accelerator_kwargs(accelerator_kwargs)
-        if _is_cpu_multiprocess_launch():
-            # torchrun on a machine without an accelerator: Accelerate joins the processes
-            # (gloo) only when told to use the CPU, so tell it.
-            accelerator_kwargs.setdefault("cpu", True)
-        self.accelerator = Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs)
-        check_all_processes_joined(self.accelerator)
+        self.accelerator = create_accelerator(mixed_precision, accelerator_kwargs)
+        # Under FSDP, gradients accumulated without synchronising stay inside FSDP, unsharded,
+        # out of a training state's reach: they are reduce-scattered at every micro-step
+        # instead (the same update), so that a state saved mid-window holds them.
+        self._defers_gradient_sync = self.accelerator.distributed_type != DistributedType.FSDP
         self.scheduler: Any = None
         self.run_config: RunConfig | None = None
         self.progress = TrainingProgress()
@@ -610,9 +617,14 @@ class Trainer:
 
             trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
         """
+        is_sharded = self._is_sharded()
         checkpoint = {MODEL_STATE_KEY: self.accelerator.get_state_dict(self.model)}
         if save_optimizer:
-            checkpoint[OPTIMIZER_STATE_KEY] = self.optimizer.state_dict()
+            checkpoint[OPTIMIZER_STATE_KEY] = (
+                full_optimizer_state_dict(self.model, self.optimizer)
+                if is_sharded
+                else self.optimizer.state_dict()
+            )
         if save_scheduler and hasattr(self.scheduler, "state_dict"):
             checkpoint[SCHEDULER_STATE_KEY] = self.scheduler.state_dict()
         for key, value in (checkpoint_kwargs or {}).items():
@@ -644,10 +656,17 @@ class Trainer:
                 and unexpected keys.
         """
         checkpoint = load_checkpoint_file(checkpoint_path)
-        self.get_model().load_state_dict(checkpoint.pop(MODEL_STATE_KEY))
+        is_sharded = self._is_sharded()
+        if is_sharded:  # every process loads the full weights, keeping its shard
+            load_full_model_state_dict(self.model, checkpoint.pop(MODEL_STATE_KEY))
+        else:
+            self.get_model().load_state_dict(checkpoint.pop(MODEL_STATE_KEY))
         optimizer_state = checkpoint.pop(OPTIMIZER_STATE_KEY, None)
         if load_optimizer and optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
+            if is_sharded:
+                load_full_optimizer_state_dict(self.model, self.optimizer, optimizer_state)
+            else:
+                self.optimizer.load_state_dict(optimizer_state)
         scheduler_state = checkpoint.pop(SCHEDULER_STATE_KEY, None)
         if load_scheduler and scheduler_state is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(scheduler_state)
@@ -710,7 +729,6 @@ class Trainer:
         self._resumed_epoch = None
 
     def _trainer_state(self) -> dict[str, Any]:
-        parameters = self.model.parameters()
         return {
             "format": TRAINING_STATE_FORMAT,
             "progress": dataclasses.asdict(self.progress),
@@ -722,7 +740,7 @@ class Trainer:
             "epoch_start": self._epoch_start_state,
             "sampler": _generator_state(self.train_dataloader),
             "train_loss": self._train_loss.state_dict(),
-            "gradients": [None if p.grad is None else p.grad.detach().cpu() for p in parameters],
+            "gradients": local_gradients(self.model),
         }
 
     def _run_facts(self) -> dict[str, Any]:
@@ -858,8 +876,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.run_history.load_state_dict(state["run_history"])
         self.progress = TrainingProgress(**state["progress"])
-        for parameter, gradient in zip(self.model.parameters(), state["gradients"]):
-            parameter.grad = None if gradient is None else gradient.to(parameter.device)
+        restore_local_gradients(self.model, state["gradients"])
         if self.progress.is_epoch_finished:  # saved during the epoch's last events
             # The next epoch's order comes from the sampler's generator as it is now (with
             # several processes, a generator of Accelerate's that save_state does not keep).
@@ -1233,7 +1250,7 @@ class Trainer:
         window_size = self._accumulation_window_size(step)
         scaled_loss = loss / window_size if window_size > 1 else loss
         is_update_step = self._is_update_step(step)
-        if is_update_step:
+        if is_update_step or not self._defers_gradient_sync:
             self.backward_step(scaled_loss)
         else:  # no gradient all-reduce between processes until the window is complete
             with self.accelerator.no_sync(self.model):
@@ -1804,6 +1821,9 @@ class Trainer:
             stacklevel=3,
         )
 
+    def _is_sharded(self) -> bool:
+        return self._is_prepared and is_sharded(self.accelerator, self.model)
+
     def _prepare_model_and_optimizer(self) -> None:
         if not self._is_prepared:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
@@ -2205,17 +2225,6 @@ def _check_accelerator_kwargs(accelerator_kwargs: dict[str, Any]) -> None:
             "settings of its DataLoaderConfiguration now. Pass accelerator_kwargs="
             f'{{"dataloader_config": accelerate.DataLoaderConfiguration({settings})}} instead.'
         )
-
-
-def _is_cpu_multiprocess_launch() -> bool:
-    """Whether a launcher (torchrun, accelerate launch) started several processes on a
-    machine with no GPU or other accelerator."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    accelerator_api = getattr(torch, "accelerator", None)
-    if accelerator_api is not None and hasattr(accelerator_api, "is_available"):
-        return not accelerator_api.is_available()
-    return not torch.cuda.is_available()
 
 
 def _plain_optimizer(accelerator: Accelerator, optimizer: Any) -> torch.optim.Optimizer | None:

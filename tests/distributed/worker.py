@@ -1,5 +1,5 @@
-"""Runs scenarios of ``distributed_scenarios`` and ``resume_scenarios`` in every process of a
-``torchrun`` launch.
+"""Runs scenarios of ``distributed_scenarios``, ``resume_scenarios`` and
+``sharding_scenarios`` in every process of a ``torchrun`` launch.
 
 Usage: ``torchrun --nproc_per_node 2 worker.py OUT_DIR SPECS_JSON``, where ``SPECS_JSON`` is a
 list of ``[key, scenario_name, kwargs]``. Each process writes ``OUT_DIR/rank<r>.json``, a
@@ -35,8 +35,9 @@ def _all_scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
     # The resume scenarios run the job of the single-process resume tests, in tests/.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from resume_scenarios import RESUME_SCENARIOS
+    from sharding_scenarios import SHARDING_SCENARIOS
 
-    return {**SCENARIOS, **RESUME_SCENARIOS}
+    return {**SCENARIOS, **RESUME_SCENARIOS, **SHARDING_SCENARIOS}
 
 
 if __name__ == "__main__":
