@@ -1,7 +1,7 @@
 """FSDP and DeepSpeed requests that cannot run here are refused before training, whichever
 way they were made (``accelerator_kwargs`` or the launch's environment), instead of
 silently training with plain DDP. (FSDP2 on CPU processes runs: tests/distributed/
-test_sharding.py.)
+test_multiprocess_sharding.py.)
 
 A launch of 2 CPU processes is simulated with ``WORLD_SIZE=2``: the errors come before
 Accelerate would join the processes.
