@@ -30,18 +30,15 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.tensor import DTensor
+
+# torch.distributed.tensor and torch.distributed.checkpoint are imported where they are used:
+# importing them takes time that runs without FSDP have no use for.
 
 __all__ = [
     "ShardingRequest",
     "check_sharding_set_up",
     "full_optimizer_state_dict",
+    "is_sharded",
     "load_full_model_state_dict",
     "load_full_optimizer_state_dict",
     "local_gradients",
@@ -169,9 +166,11 @@ def check_sharding_set_up(request: ShardingRequest, accelerator: Accelerator) ->
 
 def is_sharded(accelerator: Accelerator, model: nn.Module) -> bool:
     """Whether ``model`` (prepared by ``accelerator``) holds sharded parameters (FSDP)."""
-    return accelerator.distributed_type == DistributedType.FSDP and any(
-        isinstance(parameter, DTensor) for parameter in model.parameters()
-    )
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
 
 
 def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -181,6 +180,8 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
 
     Call it on every process; the state is complete on the main process (empty elsewhere).
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_optimizer_state_dict(model, optimizer, options=options)
     if not state:
@@ -203,6 +204,8 @@ def load_full_optimizer_state_dict(
     """Loads a full optimizer state (as `full_optimizer_state_dict` writes it, or a plain
     ``optimizer.state_dict()``) into the shards of a sharded model's optimizer. Call it on
     every process, each with the full state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     names_by_parameter = {id(parameter): name for name, parameter in model.named_parameters()}
     names = [
         names_by_parameter[id(parameter)]
@@ -226,11 +229,15 @@ def load_full_model_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
     Raises:
         RuntimeError: if the weights do not fit the model (missing or unexpected keys).
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def local_gradients(model: nn.Module) -> list[torch.Tensor | None]:
     """Each parameter's gradient, on the CPU; for a sharded parameter, this process's shard."""
+    from torch.distributed.tensor import DTensor
+
     gradients: list[torch.Tensor | None] = []
     for parameter in model.parameters():
         gradient = parameter.grad
@@ -242,6 +249,8 @@ def local_gradients(model: nn.Module) -> list[torch.Tensor | None]:
 
 def restore_local_gradients(model: nn.Module, gradients: list[torch.Tensor | None]) -> None:
     """Sets the gradients saved by `local_gradients` (by the same process) back."""
+    from torch.distributed.tensor import DTensor
+
     with torch.no_grad():
         for parameter, gradient in zip(model.parameters(), gradients):
             if gradient is None:
