@@ -251,6 +251,24 @@ def test_bad_resume_inputs_fail_clearly_and_overwrite_nothing(tmp_path):
         assert torch.equal(parameter, original)
 
 
+def test_resume_refuses_another_optimizer_type_or_run_length(tmp_path):
+    state = saved_state(tmp_path)  # AdamW, 3 epochs of 3 updates
+    settings = dict(num_epochs=3, per_device_batch_size=4, gradient_accumulation_steps=2)
+    trainer, dataset = resume_job.build()
+    sgd = torch.optim.SGD(trainer.get_model().parameters(), lr=0.1)
+    other = type(trainer)(trainer.get_model(), torch.nn.CrossEntropyLoss(), sgd, callbacks=())
+    with pytest.raises(ValueError, match=r"optimizer=AdamW, now SGD.*Nothing was loaded"):
+        other.train(dataset, **settings, resume_from=state)
+    trainer, dataset = resume_job.build()
+    before = [p.detach().clone() for p in trainer.get_model().parameters()]
+    with pytest.raises(ValueError, match=r"num_epochs=3, now 2"):
+        trainer.train(dataset, **{**settings, "num_epochs": 2}, resume_from=state)
+    with pytest.raises(ValueError, match=r"num_update_steps=9, now 8"):
+        trainer.train(dataset, **settings, max_num_train_steps=8, resume_from=state)
+    for parameter, original in zip(trainer.get_model().parameters(), before):
+        assert torch.equal(parameter, original)
+
+
 class SendSignal(TrainerCallback):
     def __init__(self, signal_number, at_step, times=1):
         self.signal_number, self.at_step, self.times = signal_number, at_step, times

@@ -749,12 +749,18 @@ class Trainer:
         if config is None:
             return {}
         dataset = self.train_dataset
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate's wrapper
         return {
             "train dataset length": len(dataset) if isinstance(dataset, Sized) else None,
             "per_device_batch_size": config.train_per_device_batch_size,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
             "num_processes": config.num_processes,
             "train_dataloader_len": config.train_dataloader_len,
+            # A state's optimizer entries only fit an optimizer of the same type, and a run of
+            # another length has other schedules and another end: both refused, not guessed.
+            "optimizer": type(optimizer).__name__,
+            "num_epochs": config.num_epochs,
+            "num_update_steps": config.num_update_steps,
         }
 
     def _find_resume_state(
@@ -1031,12 +1037,12 @@ class Trainer:
                 first: from a directory of states, a damaged one is skipped with a warning
                 naming the file, for the next older one; when none is valid, or a state
                 named directly is damaged, an ``InvalidTrainingStateError`` names the file.
-                Pass the same datasets and settings as the saved run; a different
-                model, batch size, accumulation, number of processes or dataset length is an
-                error, raised before anything is loaded. The run continues at the saved
-                step, mid-epoch and mid accumulation window included, without loading the
-                batches already done; the weights, metrics and callback states then match an
-                uninterrupted run bit for bit.
+                Pass the same datasets and settings as the saved run; a different model,
+                optimizer type, batch size, accumulation, number of processes, dataset length
+                or run length (epochs, updates) is an error, raised before anything is
+                loaded. The run continues at the saved step, mid-epoch and mid accumulation
+                window included, without loading the batches already done; the weights,
+                metrics and callback states then match an uninterrupted run bit for bit.
 
         Returns:
             The run history.
