@@ -2,6 +2,7 @@
 
     python tests/resume_job.py OUTPUT_JSON [--resume-from DIR] [--save-dir DIR]
         [--stop-after EPOCH:STEP] [--wait-for-signal EPOCH:STEP] [--block-in-save]
+        [--num-workers N]
 
 It trains 3 epochs of a dropout MLP with gradient accumulation 2 and a scheduler on shuffled
 data, and writes the final weights, losses and run history to OUTPUT_JSON.
@@ -144,7 +145,12 @@ def build(
     return trainer, CountingDataset()
 
 
-def train(trainer: Trainer, dataset: CountingDataset, resume_from=None) -> None:
+def train(trainer: Trainer, dataset: CountingDataset, resume_from=None, num_workers=None) -> None:
+    # N persistent DataLoader workers for both loaders (the default on a machine with
+    # enough CPUs); None: the defaults of this machine.
+    loader_kwargs = (
+        None if num_workers is None else {"num_workers": num_workers, "persistent_workers": True}
+    )
     trainer.train(
         dataset,
         num_epochs=3,
@@ -155,6 +161,8 @@ def train(trainer: Trainer, dataset: CountingDataset, resume_from=None) -> None:
             torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.7
         ),
         resume_from=resume_from,
+        train_dataloader_kwargs=loader_kwargs,
+        eval_dataloader_kwargs=loader_kwargs,
     )
 
 
@@ -188,6 +196,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--save-dir")
     parser.add_argument("--wait-for-signal")
     parser.add_argument("--block-in-save", action="store_true")
+    parser.add_argument("--num-workers", type=int)
     args = parser.parse_args(argv)
     extra = []
     if args.wait_for_signal:
@@ -196,7 +205,7 @@ def main(argv: list[str]) -> None:
     if args.block_in_save:
         extra.append(BlockInSave(Path(args.output + ".ready")))
     trainer, dataset = build(Path(args.save_dir) if args.save_dir else None, extra)
-    train(trainer, dataset, resume_from=args.resume_from)
+    train(trainer, dataset, resume_from=args.resume_from, num_workers=args.num_workers)
     Path(args.output).write_text(json.dumps(summary(trainer, dataset)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,6 +169,40 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_continues_exactly(tmp_path, unint
     resumed = run_job(
         str(tmp_path / "resumed.json"), "--save-dir", str(save_dir), "--resume-from", "latest"
     )
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_the_rerun_continues_exactly(
+    tmp_path, uninterrupted
+):
+    # What SLURM, systemd and `kill -TERM -PGID` do: every process of the job gets the
+    # signal, the DataLoader workers (2 for training, 2 for evaluation, persistent) included.
+    save_dir = tmp_path / "states"
+    output = tmp_path / "out.json"
+    ready = Path(str(output) + ".ready")
+    command = [sys.executable, str(JOB), str(output), "--save-dir", str(save_dir)]
+    process = subprocess.Popen(
+        [*command, "--wait-for-signal", "2:2", "--num-workers", "2"],
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert ready.exists(), "the job never reached step 2 of epoch 2"
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=120) == 0  # a clean exit, no "worker exited unexpectedly"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert json.loads(output.read_text())["interrupt_signal"] == "SIGTERM"
+    assert "state-000000004" in {p.name for p in save_dir.iterdir()}
+    resumed = run_job(
+        str(tmp_path / "resumed.json"), "--save-dir", str(save_dir), "--resume-from", "latest",
+        "--num-workers", "2",
+    )  # fmt: skip
+    # The reference loads in the main process: with seeded batches, workers change nothing.
     assert_same_run(resumed, uninterrupted)
 
 

@@ -1,19 +1,54 @@
-"""Default DataLoader settings.
+"""Default DataLoader settings, and the seeding that makes data randomness resumable.
 
-Worker seeding is PyTorch's own: every DataLoader iterator draws a base seed from torch's
-global RNG (or the loader's ``generator``), and each worker seeds Python's ``random``, NumPy
-and torch from it. So ``torch.manual_seed`` (or ``accelerate.utils.set_seed``) before
-``train()`` fixes the data order and every worker's randomness, with any ``num_workers``.
+Where the randomness of the data comes from, in the loaders the trainer prepares
+(`seeded_dataloader`, `seeded_epoch`):
+
+- every epoch has a *data seed*, one number drawn from torch's global RNG as the epoch starts
+  (saved with a training state). It seeds the order of a shuffled map-style dataset (the same
+  draw ``RandomSampler`` makes itself, so with no augmentation the order is torch's own) and
+  every random number drawn while the epoch's iterator starts (worker seeds, a custom
+  sampler's own draws), inside a fork of the RNGs: the global RNG is not consumed there;
+- every batch of a map-style dataset is fetched and collated with torch's CPU RNG, Python's
+  ``random`` and NumPy's global RNG seeded from the data seed and the batch's indices, in the
+  main process (the RNGs are put back afterwards) or in a worker alike. A random augmentation
+  (a torchvision transform, a masking collator) then draws the same numbers for the same batch
+  whatever happened before it: with any number of workers, persistent or not, and in an epoch
+  resumed in its middle;
+- DataLoader workers ignore SIGTERM and SIGINT, so that a signal to the whole process group
+  (SLURM, ``systemd stop``, ``kill -TERM -PGID``) reaches the trainer, which saves and stops,
+  while the workers keep serving it; they exit with it.
+
+So ``torch.manual_seed`` (or ``accelerate.utils.set_seed``) before ``train()`` fixes the data
+order and every augmentation, runs with the same seed are identical, and a resumed run
+continues bit for bit. An ``IterableDataset`` is not wrapped: its own iteration decides its
+randomness (see docs/checkpoints.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
+import operator
 import os
+import random
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
-__all__ = ["dataloader_length", "default_dataloader_kwargs"]
+__all__ = [
+    "dataloader_length",
+    "default_dataloader_kwargs",
+    "draw_data_seed",
+    "inexact_resume_reason",
+    "seeded_dataloader",
+    "seeded_epoch",
+    "with_overrides",
+]
 
 
 def _cpus_available() -> int:
@@ -54,6 +89,16 @@ def default_dataloader_kwargs(
     }
 
 
+def with_overrides(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The default DataLoader keyword arguments with the user's ``overrides`` applied. The
+    default ``persistent_workers`` follows an overridden ``num_workers`` (DataLoader refuses
+    persistent workers without workers)."""
+    kwargs = {**defaults, **(overrides or {})}
+    if overrides and "num_workers" in overrides and "persistent_workers" not in overrides:
+        kwargs["persistent_workers"] = kwargs["num_workers"] > 0
+    return kwargs
+
+
 def dataloader_length(dataloader: Any) -> int | None:
     """``len(dataloader)``, or ``None`` when it has no length.
 
@@ -64,3 +109,225 @@ def dataloader_length(dataloader: Any) -> int | None:
         return len(dataloader)
     except TypeError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# Data randomness from one seed per epoch
+# --------------------------------------------------------------------------------------------
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def draw_data_seed() -> int:
+    """An epoch's data seed: one draw from torch's global RNG, as ``RandomSampler`` makes
+    (a CPU tensor: reading it waits for no device)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+@contextlib.contextmanager
+def _rngs_seeded(seed: int) -> Iterator[None]:
+    """Runs the block with torch's CPU RNG, Python's ``random`` and NumPy's global RNG (when
+    NumPy is imported) seeded from ``seed``, and puts their states back afterwards.
+
+    Only the CPU generator: ``torch.manual_seed`` would also reseed (and not restore) CUDA's.
+    """
+    numpy = sys.modules.get("numpy")
+    torch_state, python_state = torch.default_generator.get_state(), random.getstate()
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(torch_state)
+        random.setstate(python_state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _batch_seed(epoch_seed: int, indices: Any) -> int:
+    """A seed from the epoch's data seed and a batch's indices, the same in every process."""
+    try:  # ints (and NumPy / tensor integers) hash the same in every process
+        return hash((epoch_seed, *map(operator.index, indices))) & _SEED_MASK
+    except TypeError:  # other indices: a digest of their text (str hashes vary per process)
+        digest = hashlib.blake2b(repr((epoch_seed, list(indices))).encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "little") & _SEED_MASK
+
+
+class _SeededDataset(Dataset):
+    """A map-style dataset whose batches are fetched and collated with seeded RNGs.
+
+    It stands in for the user's dataset inside the trainer's DataLoaders, with the loader's
+    ``collate_fn``: ``__getitems__`` returns the collated batch (the loader's own collate
+    function is then `_already_collated`), so that a random collator is seeded as well. The
+    epoch's data seed is in shared memory, so persistent workers see each new epoch's seed.
+    Other attributes are those of the wrapped dataset.
+    """
+
+    def __init__(self, dataset: Dataset, collate_fn: Callable[[list], Any]) -> None:
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.epoch_seed = torch.zeros((), dtype=torch.int64).share_memory_()
+        #: The generator given to the loader's ``RandomSampler``, reseeded every epoch.
+        self.sampler_generator: torch.Generator | None = None
+        self._seed_view: Any = None
+
+    def _current_seed(self) -> int:
+        # Read through a NumPy view of the shared memory: no tensor op on the per-step path.
+        if self._seed_view is None:
+            self._seed_view = self.epoch_seed.numpy()
+        return int(self._seed_view)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:  # not used by the loader, which fetches batches
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list) -> Any:
+        with _rngs_seeded(_batch_seed(self._current_seed(), indices)):
+            getitems = getattr(self.dataset, "__getitems__", None)
+            samples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
+            return self.collate_fn(samples)
+
+    def __getstate__(self) -> dict[str, Any]:  # to a worker: the sampler stays behind
+        return {**self.__dict__, "sampler_generator": None, "_seed_view": None}
+
+    def __getattr__(self, name: str) -> Any:
+        dataset = self.__dict__.get("dataset")  # absent while unpickling
+        if dataset is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(dataset, name)
+
+
+def _already_collated(batch: Any) -> Any:
+    return batch
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Holds SIGTERM and SIGINT back while the block runs (they are delivered after it), so
+    that a worker started in it cannot be killed by one before `_WorkerInit` ignores them:
+    a new process inherits the held signals."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _WorkerInit:
+    """The ``worker_init_fn`` of the trainer's DataLoaders: ignore SIGTERM and SIGINT, then
+    run the user's ``worker_init_fn``. A worker exits when its loader shuts it down, or on its
+    own once the trainer's process is gone (PyTorch's workers watch their parent)."""
+
+    def __init__(self, user_worker_init_fn: Callable[[int], Any] | None) -> None:
+        self.user_worker_init_fn = user_worker_init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        for number in _STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):  # held back while the worker started
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        if self.user_worker_init_fn is not None:
+            self.user_worker_init_fn(worker_id)
+
+
+def seeded_dataloader(dataloader: DataLoader) -> DataLoader:
+    """The same DataLoader, built anew so that its randomness comes from `seeded_epoch`'s
+    seed and its workers outlive a SIGTERM to the process group (see the module docstring).
+
+    A map-style dataset with a length is wrapped to fetch every batch with seeded RNGs, and a
+    ``RandomSampler`` without a generator of its own gets one, seeded every epoch. A subclass
+    of ``DataLoader`` is returned as it is.
+    """
+    if type(dataloader) is not DataLoader:
+        return dataloader
+    kwargs = {
+        name: getattr(dataloader, name)
+        for name in inspect.signature(DataLoader).parameters
+        if name not in ("shuffle", "sampler", "batch_sampler", "batch_size", "drop_last")
+        and hasattr(dataloader, name)
+    }
+    if not isinstance(dataloader.worker_init_fn, _WorkerInit):
+        kwargs["worker_init_fn"] = _WorkerInit(dataloader.worker_init_fn)
+    dataset = dataloader.dataset
+    is_batched = dataloader.batch_sampler is not None  # automatic batching: a fetch per batch
+    is_wrapped = (
+        is_batched
+        and not isinstance(dataset, (IterableDataset, _SeededDataset))
+        and isinstance(dataset, Sized)
+    )
+    if is_wrapped:
+        kwargs["dataset"] = _SeededDataset(dataset, dataloader.collate_fn)
+        kwargs["collate_fn"] = _already_collated
+        sampler = dataloader.sampler
+        if isinstance(sampler, RandomSampler) and sampler.generator is None:
+            sampler.generator = kwargs["dataset"].sampler_generator = torch.Generator()
+    if isinstance(dataset, IterableDataset):
+        sampling = {"batch_size": dataloader.batch_size, "drop_last": dataloader.drop_last}
+    elif dataloader.batch_size is not None:  # the loader's own BatchSampler
+        sampling = {
+            "sampler": dataloader.sampler,
+            "batch_size": dataloader.batch_size,
+            "drop_last": dataloader.drop_last,
+        }
+    elif is_batched:  # a batch_sampler of the user's
+        sampling = {"batch_sampler": dataloader.batch_sampler}
+    else:
+        sampling = {"sampler": dataloader.sampler, "batch_size": None}
+    return DataLoader(**kwargs, **sampling)
+
+
+def inexact_resume_reason(dataloader: Any) -> str | None:
+    """Why a resume of a run on this (prepared) training loader may not continue exactly when
+    its data draws random numbers from the global RNGs; ``None`` when it does."""
+    dataset = getattr(dataloader, "dataset", None)
+    if dataloader is None or isinstance(dataset, _SeededDataset):
+        return None
+    if isinstance(dataset, IterableDataset):
+        if dataloader.num_workers > 0 and not dataloader.persistent_workers:
+            return None  # fresh workers, seeded from the epoch's data seed, every epoch
+        return (
+            "the training data is an IterableDataset loaded in the main process or by "
+            "persistent workers, whose random draws (e.g. augmentation from torch's, Python's "
+            "or NumPy's global RNG) a resume cannot replay"
+        )
+    return (
+        "the training DataLoader is not one trainwright seeds batch by batch (a DataLoader "
+        "subclass, a dataset without a length, or a loader without automatic batching), so "
+        "random draws of the dataset or collate_fn from the global RNGs are not replayed"
+    )
+
+
+def seeded_epoch(dataloader: DataLoader, seed: int) -> Iterator[Any]:
+    """Iterates over one epoch of ``dataloader`` with its randomness drawn from ``seed``.
+
+    The seed goes to the batches of a loader built by `seeded_dataloader` (or one Accelerate
+    prepared from it, or ``skip_first_batches`` made of that), and to the sampler's generator
+    when the loader gave it one. The iterator starts (workers' seeds, the sampler's first draw,
+    the first batches) with the RNGs forked and seeded: the global RNG is left as it was.
+    """
+    dataset = getattr(dataloader, "dataset", None)
+    if isinstance(dataset, _SeededDataset):
+        dataset.epoch_seed.fill_(seed)
+        if dataset.sampler_generator is not None:
+            dataset.sampler_generator.manual_seed(seed)
+    with _rngs_seeded(seed), _stop_signals_held():
+        iterator = iter(dataloader)
+        first_batch = next(iterator, _NO_BATCH)
+    if first_batch is _NO_BATCH:
+        return
+    yield first_batch
+    yield from iterator
+
+
+_NO_BATCH = object()

@@ -55,7 +55,15 @@ from trainwright.checkpointing import (
     verify_training_state,
 )
 from trainwright.checkpointing import save_training_state as _save_training_state_directory
-from trainwright.data import dataloader_length, default_dataloader_kwargs
+from trainwright.data import (
+    dataloader_length,
+    default_dataloader_kwargs,
+    draw_data_seed,
+    inexact_resume_reason,
+    seeded_dataloader,
+    seeded_epoch,
+    with_overrides,
+)
 from trainwright.distributed import (
     END_EPOCH,
     EVALUATE,
@@ -312,8 +320,8 @@ class Trainer:
         #: step's loss and progress bars show them, reading tensors without host syncs.
         #: The loop itself never reads it.
         self.step_metrics: dict[str, Any] = {}
-        # Torch's RNG and the sampler's generator at the start of the epoch: saved with a
-        # training state so that a resumed epoch replays the same batch order.
+        # The epoch's data seed and the sampler's generator at its start: saved with a
+        # training state so that a resumed epoch replays the same batches.
         self._epoch_start_state: dict[str, Any] | None = None
         # Set on resume: the saved position inside the epoch the run continues with.
         self._resumed_epoch: dict[str, Any] | None = None
@@ -684,9 +692,10 @@ class Trainer:
         the scheduler, the loop position (:attr:`progress`: epoch, batch within the epoch,
         optimizer updates), the gradients accumulated so far in the current accumulation
         window, the epoch's partial loss sums, the sampler's generator (now and at the epoch's
-        start) and torch's RNG at the epoch's start (for the batch order and worker seeds), the
-        run history, and every callback's
-        :meth:`~trainwright.callbacks.TrainerCallback.state_dict`.
+        start) and the epoch's data seed (for the batch order and every random augmentation,
+        see `trainwright.data`), the run history, and every callback's
+        `state_dict()`. It warns (`RuntimeWarning`) when the training data is of a kind whose
+        random draws a resume cannot replay (see docs/checkpoints.md).
 
         The directory is written atomically: complete, or absent (a save interrupted even by
         SIGKILL leaves the previous state intact). Call it on every process, between steps
@@ -703,6 +712,15 @@ class Trainer:
                     if trainer.progress.num_update_steps == 100:
                         trainer.save_training_state("checkpoints/state-100")
         """
+        reason = inexact_resume_reason(self.train_dataloader)
+        if reason is not None:
+            warnings.warn(
+                f"A run resumed from this training state continues exactly only if its data "
+                f"draws no random numbers from the global RNGs: {reason}. See "
+                "docs/checkpoints.md for the set-ups that resume exactly.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return _save_training_state_directory(self.accelerator, save_dir, self._trainer_state)
 
     def load_training_state(self, load_dir: str | os.PathLike) -> None:
@@ -866,6 +884,13 @@ class Trainer:
         return state
 
     def _check_resume_matches_run(self, directory: Path, state: dict[str, Any]) -> None:
+        epoch_start = state["epoch_start"]
+        if epoch_start is not None and "data_seed" not in epoch_start:
+            raise ValueError(
+                f"Cannot resume from {str(directory)!r}: it was saved by an earlier trainwright, "
+                "whose data randomness a resume cannot replay exactly. Start the run afresh "
+                "(or load_training_state() it to use its weights). Nothing was loaded."
+            )
         current = self._run_facts()
         for name, saved_value in state["run"].items():
             if current.get(name) != saved_value:
@@ -1299,32 +1324,29 @@ class Trainer:
         if resumed is None:
             self.progress.num_batches_done = 0
             self._epoch_start_state = {
-                "torch_rng": torch.get_rng_state(),
+                "data_seed": draw_data_seed(),
                 "sampler": _generator_state(self.train_dataloader),
             }
             self._epoch_dataloader = self.train_dataloader
-            return enumerate(self.train_dataloader)
+            return enumerate(seeded_epoch(self.train_dataloader, self._data_seed()))
         self._train_loss.load_state_dict(resumed["train_loss"])
         self._epoch_start_state = resumed["epoch_start"]
-        # Replay the epoch's start as the saved run saw it: the sampler's generator gives the
-        # same batch order, and torch's RNG the same worker seeds, drawn when the iterator
-        # starts. Then the RNG continues from where the saved step left it.
-        rng_after_saved_step = torch.get_rng_state()
-        torch.set_rng_state(self._epoch_start_state["torch_rng"])
-        generator = getattr(self.train_dataloader, "synchronized_generator", None)
-        if generator is not None:
-            generator.set_state(self._epoch_start_state["sampler"])
+        # Replay the epoch as the saved run saw it: its data seed gives the same batch order
+        # and the same random augmentations (see trainwright.data), and the sampler's
+        # generator (Accelerate's, with several processes) starts where it did. The global
+        # RNG is not touched: it continues from where the saved step left it.
+        _set_generator_state(self.train_dataloader, self._epoch_start_state["sampler"])
         first_step = self.progress.num_batches_done
         # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
         self._epoch_dataloader = self.accelerator.skip_first_batches(
             self.train_dataloader, first_step
         )
-        batches = iter(self._epoch_dataloader)
-        first_batch = next(batches, _NO_BATCH)
-        torch.set_rng_state(rng_after_saved_step)
-        if first_batch is _NO_BATCH:
-            return ()
-        return enumerate(itertools.chain([first_batch], batches), start=first_step)
+        return enumerate(seeded_epoch(self._epoch_dataloader, self._data_seed()), first_step)
+
+    def _data_seed(self) -> int:
+        """The data seed of the training epoch in progress (or last run): it also seeds the
+        evaluation data, so evaluating draws nothing from the global RNG."""
+        return self._epoch_start_state["data_seed"] if self._epoch_start_state else 0
 
     def _marking_last_batch(self, batches: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
         """The epoch's batches of data without a length, setting the epoch's length as its
@@ -1394,7 +1416,7 @@ class Trainer:
         self._eval_loss.reset()
         tail = padded_tail(dataloader, self.accelerator)
         with torch.no_grad():
-            for step, batch in enumerate(dataloader):
+            for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
                 self.callback_handler.call_event("on_eval_step_start", self, batch=batch, step=step)
                 batch_output = self.calculate_eval_batch_loss(batch)
                 loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
@@ -1525,7 +1547,7 @@ class Trainer:
         tail = padded_tail(dataloader, self.accelerator)
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                for step, batch in enumerate(dataloader):
+                for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
                     batch_output = self.calculate_eval_batch_loss(batch)
                     loss, batch_size = _loss_and_batch_size(
                         batch_output, "calculate_eval_batch_loss"
@@ -1605,7 +1627,7 @@ class Trainer:
         try:
             self.callback_handler.call_event("on_predict_run_start", self)
             with torch.no_grad(), self.accelerator.autocast():
-                for step, batch in enumerate(dataloader):
+                for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
                     self.callback_handler.call_event(
                         "on_predict_step_start", self, batch=batch, step=step
                     )
@@ -1838,6 +1860,7 @@ class Trainer:
 
     def _prepare_dataloader(self, dataloader: DataLoader, role: str) -> DataLoader:
         self._dataloader_settings[role] = _dataloader_settings(dataloader)
+        dataloader = seeded_dataloader(dataloader)  # resumable randomness (trainwright.data)
         num_processes = self.accelerator.num_processes
         batch_size = dataloader.batch_size
         if self.accelerator.split_batches and batch_size and batch_size % num_processes:
@@ -2003,14 +2026,14 @@ class Trainer:
     ) -> DataLoader:
         """Builds the training ``DataLoader`` over :attr:`train_dataset` (before Accelerate
         prepares it for the device and processes)."""
-        kwargs = {**self.get_default_train_dl_kwargs(batch_size), **(train_dl_kwargs or {})}
+        kwargs = with_overrides(self.get_default_train_dl_kwargs(batch_size), train_dl_kwargs)
         return DataLoader(self.train_dataset, **kwargs)
 
     def create_eval_dataloader(
         self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
     ) -> DataLoader:
         """Builds the evaluation ``DataLoader`` over :attr:`eval_dataset`."""
-        kwargs = {**self.get_default_eval_dl_kwargs(batch_size), **(eval_dl_kwargs or {})}
+        kwargs = with_overrides(self.get_default_eval_dl_kwargs(batch_size), eval_dl_kwargs)
         return DataLoader(self.eval_dataset, **kwargs)
 
     def create_scheduler(self, create_scheduler_fn: Callable[[torch.optim.Optimizer], Any]) -> Any:
@@ -2199,14 +2222,11 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
     return loss, batch_size
 
 
-_NO_BATCH = object()
-
-
 def _batches_forever(dataloader: DataLoader) -> Iterator[Any]:
     """The dataloader's batches, starting over each time it is exhausted."""
     while True:
         yielded = False
-        for batch in dataloader:
+        for batch in seeded_epoch(dataloader, draw_data_seed()):  # a new order every pass
             yielded = True
             yield batch
         if not yielded:
