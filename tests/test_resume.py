@@ -73,7 +73,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted, epo
     train_samples = sum(4 * left - (2 if left else 0) for left in batches_left)
     eval_epochs = 3 - epoch + 1
     assert resumed["samples_loaded"] == train_samples
-    assert resumed["forwards"] == sum(batches_left) + 2 * eval_epochs
+    # (+ 1: train()'s check of the first evaluation batch)
+    assert resumed["forwards"] == sum(batches_left) + 2 * eval_epochs + 1
 
 
 def test_resume_at_an_epoch_boundary_after_the_epoch_end(tmp_path, uninterrupted):
@@ -95,7 +96,7 @@ def test_resume_at_an_epoch_boundary_after_the_epoch_end(tmp_path, uninterrupted
     assert sorted(p.name for p in save_dir.iterdir()) == ["state-000000003", "state-000000006"]
     resumed = run_job(str(tmp_path / "out.json"), "--resume-from", str(save_dir))
     assert_same_run(resumed, uninterrupted)
-    assert resumed["forwards"] == 6 + 2
+    assert resumed["forwards"] == 6 + 2 + 1  # + 1: the check of the first eval batch
 
 
 def test_latest_with_max_checkpoints(tmp_path, uninterrupted):

@@ -45,6 +45,7 @@ __all__ = [
     "default_dataloader_kwargs",
     "draw_data_seed",
     "inexact_resume_reason",
+    "rngs_seeded",
     "seeded_dataloader",
     "seeded_epoch",
     "with_overrides",
@@ -125,7 +126,7 @@ def draw_data_seed() -> int:
 
 
 @contextlib.contextmanager
-def _rngs_seeded(seed: int) -> Iterator[None]:
+def rngs_seeded(seed: int) -> Iterator[None]:
     """Runs the block with torch's CPU RNG, Python's ``random`` and NumPy's global RNG (when
     NumPy is imported) seeded from ``seed``, and puts their states back afterwards.
 
@@ -187,7 +188,7 @@ class _SeededDataset(Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list) -> Any:
-        with _rngs_seeded(_batch_seed(self._current_seed(), indices)):
+        with rngs_seeded(_batch_seed(self._current_seed(), indices)):
             getitems = getattr(self.dataset, "__getitems__", None)
             samples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
             return self.collate_fn(samples)
@@ -321,7 +322,7 @@ def seeded_epoch(dataloader: DataLoader, seed: int) -> Iterator[Any]:
         dataset.epoch_seed.fill_(seed)
         if dataset.sampler_generator is not None:
             dataset.sampler_generator.manual_seed(seed)
-    with _rngs_seeded(seed), _stop_signals_held():
+    with rngs_seeded(seed), _stop_signals_held():
         iterator = iter(dataloader)
         first_batch = next(iterator, _NO_BATCH)
     if first_batch is _NO_BATCH:

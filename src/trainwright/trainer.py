@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, slice_tensors
+from accelerate.utils import DistributedType, gather_object, send_to_device, slice_tensors
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -36,7 +36,7 @@ from trainwright.callbacks import (
     StopTrainingError,
     TrainingInterrupted,
 )
-from trainwright.callbacks.base import CallbackLike
+from trainwright.callbacks.base import CallbackLike, TrainerCallback
 from trainwright.callbacks.monitor import expected_metric_names
 from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.checkpointing import (
@@ -60,6 +60,7 @@ from trainwright.data import (
     default_dataloader_kwargs,
     draw_data_seed,
     inexact_resume_reason,
+    rngs_seeded,
     seeded_dataloader,
     seeded_epoch,
     with_overrides,
@@ -93,7 +94,17 @@ from trainwright.sharding import (
     restore_local_gradients,
 )
 from trainwright.tracking import InMemoryRunHistory, RunHistory
-from trainwright.validation import check_positive_int
+from trainwright.validation import (
+    check_bool,
+    check_callable,
+    check_dataloader_kwargs,
+    check_dataset,
+    check_mapping,
+    check_number,
+    check_path,
+    check_positive_int,
+    check_type,
+)
 
 __all__ = ["Trainer", "TrainerPlaceholderValues", "TrainingProgress"]
 
@@ -265,6 +276,19 @@ class Trainer:
         reorder_metric_readers: bool = False,
         profile_callbacks: bool = False,
     ) -> None:
+        if isinstance(callbacks, Iterator):  # checked, then used
+            callbacks = list(callbacks)
+        _check_trainer_arguments(
+            model,
+            loss_func,
+            optimizer,
+            callbacks,
+            run_history,
+            mixed_precision,
+            accelerator_kwargs,
+            reorder_metric_readers,
+            profile_callbacks,
+        )
         self.model = model
         self.loss_func = loss_func
         self.optimizer = optimizer
@@ -1089,6 +1113,13 @@ class Trainer:
             scheduler_metric,
             create_scheduler_fn,
         )
+        check_dataloader_kwargs("train_dataloader_kwargs", train_dataloader_kwargs)
+        check_dataloader_kwargs("eval_dataloader_kwargs", eval_dataloader_kwargs)
+        check_bool("reset_run_history", reset_run_history)
+        check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
+        check_positive_int("eval_per_device_batch_size", eval_per_device_batch_size, optional=True)
+        if not (isinstance(resume_from, str) and resume_from == "latest"):
+            check_path("resume_from", resume_from, optional=True)
         max_num_train_batches_per_epoch, max_num_eval_batches = self._batch_limits(
             max_num_train_batches_per_epoch, max_num_eval_batches
         )
@@ -1137,7 +1168,9 @@ class Trainer:
             self.scheduler = self.create_scheduler(
                 resolve_placeholders(create_scheduler_fn, self.run_config)
             )
+            _check_scheduler(self.scheduler)
         self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
+        self._check_first_eval_batch()
         self.progress = TrainingProgress()
         if resume_state is not None:
             self._check_resume_matches_run(resume_dir, resume_state)
@@ -1433,6 +1466,40 @@ class Trainer:
         self.callback_handler.call_event("on_eval_epoch_end", self)
         self._stop_vote.agree()
 
+    def _check_first_eval_batch(self) -> None:
+        """Runs ``calculate_eval_batch_loss`` once, before training, on the first samples of
+        a map-style evaluation dataset, so that data or a model that do not fit fail now and
+        not after a whole training epoch (like Lightning's sanity check).
+
+        It runs in eval mode, without gradients and with the RNGs forked (a batch-norm's
+        statistics, dropout and the run's random streams stay as they were), and fires no
+        event; the hook itself does run once more than the batches (see ``train()``). An
+        ``IterableDataset`` is not read ahead: iterating it could consume its stream.
+        """
+        loader = self.eval_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if loader is None or isinstance(dataset, IterableDataset) or not isinstance(dataset, Sized):
+            return
+        indices = list(range(min(self.run_config.eval_per_device_batch_size or 1, len(dataset))))
+        was_training = self.model.training
+        try:
+            with rngs_seeded(0), torch.no_grad():
+                getitems = getattr(dataset, "__getitems__", None)
+                samples = getitems(indices) if getitems else [dataset[i] for i in indices]
+                batch = send_to_device(loader.collate_fn(samples), self.device)
+                self.model.eval()
+                batch_output = self.calculate_eval_batch_loss(batch)
+                _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
+        except Exception as error:
+            raise ValueError(
+                f"The first batch of eval_dataset does not fit: calculate_eval_batch_loss() on "
+                f"its first {len(indices)} samples raised {type(error).__name__}: {error} "
+                "(train() checks one evaluation batch before training, so that this does not "
+                "fail after a whole epoch)."
+            ) from error
+        finally:
+            self.model.train(was_training)
+
     def _loss_without_repeats(
         self, batch: Any, loss: torch.Tensor, tail: PaddedTail
     ) -> tuple[torch.Tensor, int]:
@@ -1475,7 +1542,10 @@ class Trainer:
             raise ValueError(
                 "evaluate() needs a dataset to evaluate on: trainer.evaluate(dataset)."
             )
+        check_dataset("dataset", dataset)
         check_positive_int("per_device_batch_size", per_device_batch_size)
+        check_dataloader_kwargs("dataloader_kwargs", dataloader_kwargs)
+        check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
         _check_not_empty("dataset", dataset)
         previous = (self.eval_dataset, self.eval_dataloader, self.collate_fn)
         self.eval_dataset, self.collate_fn = dataset, collate_fn
@@ -1974,8 +2044,10 @@ class Trainer:
         max_grad_norm: float | None,
         create_scheduler_fn: Any,
     ) -> None:
+        check_dataset("train_dataset", train_dataset)
         _check_not_empty("train_dataset", train_dataset)
         if eval_dataset is not None:
+            check_dataset("eval_dataset", eval_dataset)
             _check_not_empty("eval_dataset", eval_dataset)
         check_positive_int("num_epochs", num_epochs)
         check_positive_int("per_device_batch_size", per_device_batch_size)
@@ -1986,8 +2058,7 @@ class Trainer:
             ("gradient_clip_value", gradient_clip_value),
             ("max_grad_norm", max_grad_norm),
         ):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be a positive number or None; got {value!r}.")
+            check_number(name, value, minimum=0, is_minimum_allowed=False, optional=True)
         if isinstance(create_scheduler_fn, (LRScheduler, ReduceLROnPlateau)) or (
             create_scheduler_fn is not None and not callable(create_scheduler_fn)
         ):
@@ -2242,6 +2313,73 @@ _DATALOADER_CONFIG_NAMES = (
 )
 
 
+_MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "fp8")
+
+
+def _check_trainer_arguments(
+    model: Any,
+    loss_func: Any,
+    optimizer: Any,
+    callbacks: Any,
+    run_history: Any,
+    mixed_precision: Any,
+    accelerator_kwargs: Any,
+    reorder_metric_readers: Any,
+    profile_callbacks: Any,
+) -> None:
+    check_type("model", model, nn.Module, "a torch.nn.Module")
+    check_callable("loss_func", loss_func, "a loss: a function of (model_outputs, targets)")
+    check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    model_parameters = {id(parameter) for parameter in model.parameters()}
+    if isinstance(loss_func, nn.Module):  # a loss with learnable parameters of its own
+        model_parameters |= {id(parameter) for parameter in loss_func.parameters()}
+    optimized = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(id(parameter) in model_parameters for parameter in optimized):
+        raise ValueError(
+            "optimizer holds none of the model's parameters, so training would never change "
+            "the model (was it built for another model, or for a copy?). Build it from this "
+            "model: torch.optim.AdamW(model.parameters(), ...)."
+        )
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise TypeError(
+            "callbacks must be a list of TrainerCallback instances or classes; got "
+            f"{type(callbacks).__name__}."
+        )
+    callbacks = list(callbacks) if not isinstance(callbacks, (list, tuple)) else callbacks
+    for position, callback in enumerate(callbacks):
+        is_class = isinstance(callback, type) and issubclass(callback, TrainerCallback)
+        if not (is_class or isinstance(callback, TrainerCallback)):
+            raise TypeError(
+                f"callbacks[{position}] must be a TrainerCallback instance or class; got "
+                f"{type(callback).__name__} {callback!r:.60}."
+            )
+    check_type("run_history", run_history, RunHistory, "a RunHistory", optional=True)
+    if mixed_precision is not None and mixed_precision not in _MIXED_PRECISION_MODES:
+        raise ValueError(
+            f"mixed_precision must be one of {', '.join(map(repr, _MIXED_PRECISION_MODES))} "
+            f"or None; got {mixed_precision!r}."
+        )
+    check_mapping("accelerator_kwargs", accelerator_kwargs)
+    check_bool("reorder_metric_readers", reorder_metric_readers)
+    check_bool("profile_callbacks", profile_callbacks)
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if isinstance(scheduler, torch.optim.Optimizer) or not callable(
+        getattr(scheduler, "step", None)
+    ):
+        raise TypeError(
+            "create_scheduler_fn must return a learning-rate scheduler (an object with step()), "
+            f"but it returned {type(scheduler).__name__}"
+            + (
+                ": an optimizer, which would then be stepped twice per update"
+                if isinstance(scheduler, torch.optim.Optimizer)
+                else ""
+            )
+            + ". Return e.g. torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)."
+        )
+
+
 def _check_accelerator_kwargs(accelerator_kwargs: dict[str, Any]) -> None:
     ignored = [name for name in _DATALOADER_CONFIG_NAMES if name in accelerator_kwargs]
     if ignored:
@@ -2338,6 +2476,7 @@ def _check_train_options(
     ):
         if value is not None:
             check_positive_int(name, value)
+    check_type("scheduler_metric", scheduler_metric, str, "a metric name (str)", optional=True)
     if scheduler_step_interval not in (None, "update", "epoch"):
         raise ValueError(
             'scheduler_step_interval must be "update", "epoch" or None; '
@@ -2357,7 +2496,5 @@ def _length_or_unknown(dataset: Any) -> Any:
 
 
 def _check_not_empty(name: str, dataset: Any) -> None:
-    if dataset is None:
-        raise ValueError(f"{name} is None; pass a dataset.")
     if isinstance(dataset, Sized) and len(dataset) == 0:
         raise ValueError(f"{name} is empty (0 samples); pass a dataset with samples.")

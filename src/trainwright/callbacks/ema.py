@@ -12,6 +12,7 @@ from trainwright.callbacks.base import TrainerCallback
 from trainwright.callbacks.monitor import MetricMonitor
 from trainwright.checkpointing import MODEL_STATE_KEY, atomic_save
 from trainwright.ema import ModelEma
+from trainwright.validation import check_bool, check_number, check_path
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -77,6 +78,10 @@ class ModelEmaCallback(TrainerCallback):
         save_path: str | os.PathLike | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        check_number("decay", decay, minimum=0)
+        check_bool("use_warmup", use_warmup)
+        check_bool("evaluate", evaluate)
+        check_path("save_path", save_path, optional=True)
         if not 0 <= decay <= 1:
             raise ValueError(
                 f"decay must be between 0 and 1 (0.999 to 0.9999 is usual), got {decay!r}."

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks.base import TrainerCallback
-from trainwright.validation import check_positive_int
+from trainwright.validation import check_dataset, check_positive_int, check_type
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -56,6 +56,9 @@ class StepBasedEvaluationCallback(TrainerCallback):
         metric_name: str = "step_eval_loss",
     ) -> None:
         check_positive_int("eval_every_n_updates", eval_every_n_updates)
+        if eval_dataset is not None:
+            check_dataset("eval_dataset", eval_dataset)
+        check_type("metric_name", metric_name, str, "a metric name (str)")
         self.eval_every_n_updates = eval_every_n_updates
         self.eval_dataset = eval_dataset
         self.metric_name = metric_name

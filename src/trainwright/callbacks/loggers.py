@@ -33,7 +33,7 @@ import torch
 from trainwright.callbacks.monitoring import learning_rates
 from trainwright.callbacks.progress import PrintMetricsCallback
 from trainwright.device_values import DeviceValueReader
-from trainwright.validation import check_positive_int
+from trainwright.validation import check_bool, check_path, check_positive_int, check_type
 
 if TYPE_CHECKING:
     from accelerate.tracking import GeneralTracker
@@ -81,6 +81,7 @@ class LoggerCallback(PrintMetricsCallback):
     error_policy = "warn"
 
     def __init__(self, *, strict: bool = False) -> None:
+        check_bool("strict", strict)
         super().__init__()
         self.strict = strict
         if strict:
@@ -265,6 +266,10 @@ class ExperimentTrackerCallback(LoggerCallback):
         check_positive_int("log_every_n_updates", log_every_n_updates, optional=True)
         if epoch_step not in ("epoch", "update"):
             raise ValueError(f'epoch_step must be "epoch" or "update"; got {epoch_step!r}.')
+        check_type("project_name", project_name, str, "a name (str)")
+        check_path("logging_dir", logging_dir)
+        check_type("tracker_init_kwargs", tracker_init_kwargs, Mapping, "a dict", optional=True)
+        check_type("extra_config", extra_config, Mapping, "a dict", optional=True)
         self.project_name = project_name
         self.logging_dir = Path(logging_dir)
         self.log_every_n_updates = log_every_n_updates
@@ -455,6 +460,7 @@ class CSVLoggerCallback(LoggerCallback):
     """
 
     def __init__(self, path: str | os.PathLike, *, strict: bool = False) -> None:
+        check_path("path", path)
         super().__init__(strict=strict)
         self.path = Path(path)
         self.columns: list[str] = ["epoch"]

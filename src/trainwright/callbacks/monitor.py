@@ -7,6 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.validation import check_bool, check_number, check_type
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -31,8 +32,7 @@ class MetricMonitor:
     """
 
     def __init__(self, watch_metric: str, greater_is_better: bool, min_delta: float = 0.0) -> None:
-        if min_delta < 0:
-            raise ValueError(f"The minimum improvement must be >= 0; got {min_delta}.")
+        check_number("min_delta", min_delta, minimum=0)
         self.watch_metric = watch_metric
         self.greater_is_better = greater_is_better
         self.min_delta = min_delta
@@ -106,6 +106,9 @@ class MonitorCallback(TrainerCallback):
         min_delta: float = 0.0,
         reset_on_train: bool = True,
     ) -> None:
+        check_type("watch_metric", watch_metric, str, "a metric name (str)")
+        check_bool("greater_is_better", greater_is_better)
+        check_bool("reset_on_train", reset_on_train)
         self.monitor = MetricMonitor(watch_metric, greater_is_better, min_delta)
         self.reset_on_train = reset_on_train
 

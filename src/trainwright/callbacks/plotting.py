@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import ALL_METRICS, TrainerCallback
 from trainwright.plotting import require_matplotlib, save_run_history_plot
+from trainwright.validation import check_bool, check_path
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -44,6 +45,8 @@ class SavePlotCallback(TrainerCallback):
         metric_names: Iterable[str] | None = None,
         every_epoch: bool = False,
     ) -> None:
+        check_path("path", path)
+        check_bool("every_epoch", every_epoch)
         self.path = Path(path)
         self.metric_names = None if metric_names is None else list(metric_names)
         self.every_epoch = every_epoch

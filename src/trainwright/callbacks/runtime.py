@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.validation import check_bool, check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -84,6 +85,7 @@ class ConvertSyncBatchNormCallback(TrainerCallback):
         process_group: torch.distributed.ProcessGroup | None = None,
         convert_on_one_process: bool = False,
     ) -> None:
+        check_bool("convert_on_one_process", convert_on_one_process)
         self.process_group = process_group
         self.convert_on_one_process = convert_on_one_process
 
@@ -132,10 +134,7 @@ class BatchLimitsCallback(TrainerCallback):
             ("max_num_train_batches_per_epoch", max_num_train_batches_per_epoch),
             ("max_num_eval_batches", max_num_eval_batches),
         ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+            check_positive_int(name, value, optional=True)
         self.max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
         self.max_num_eval_batches = max_num_eval_batches
 
@@ -150,6 +149,7 @@ class LimitBatchesCallback(BatchLimitsCallback):
     """
 
     def __init__(self, num_batches: int) -> None:
+        check_positive_int("num_batches", num_batches)
         super().__init__(num_batches, num_batches)
 
 
@@ -163,4 +163,5 @@ class LimitEvalStepsCallback(BatchLimitsCallback):
     """
 
     def __init__(self, num_eval_steps: int) -> None:
+        check_positive_int("num_eval_steps", num_eval_steps)
         super().__init__(max_num_eval_batches=num_eval_steps)

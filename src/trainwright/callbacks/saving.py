@@ -16,7 +16,7 @@ from trainwright.checkpointing import (
     training_states,
 )
 from trainwright.tracking import format_metric_value
-from trainwright.validation import check_positive_int
+from trainwright.validation import check_bool, check_path, check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -60,6 +60,9 @@ class SaveBestModelCallback(MonitorCallback):
                 SaveBestModelCallback("best_accuracy.pt", "accuracy", greater_is_better=True),
             ])
         """
+        check_path("save_path", save_path)
+        check_bool("save_optimizer", save_optimizer)
+        check_bool("load_saved_checkpoint", load_saved_checkpoint)
         super().__init__(watch_metric, greater_is_better, 0.0, reset_on_train)
         self.save_path = Path(save_path)
         self.save_optimizer = save_optimizer
@@ -152,6 +155,8 @@ class SaveTrainingStateCallback(TrainerCallback):
             ("max_checkpoints", max_checkpoints),
         ):
             check_positive_int(name, value, optional=True)
+        check_path("save_dir", save_dir)
+        check_bool("save_at_end", save_at_end)
         self.save_dir = Path(save_dir)
         self.save_every_n_epochs = save_every_n_epochs
         self.save_every_n_steps = save_every_n_steps
@@ -252,6 +257,9 @@ class WSDCheckpointCallback(TrainerCallback):
         save_pre_decay_states: bool = True,
         save_post_decay_models: bool = True,
     ) -> None:
+        check_path("save_dir", save_dir)
+        check_bool("save_pre_decay_states", save_pre_decay_states)
+        check_bool("save_post_decay_models", save_post_decay_models)
         self.save_dir = Path(save_dir)
         self.save_pre_decay_states = save_pre_decay_states
         self.save_post_decay_models = save_post_decay_models

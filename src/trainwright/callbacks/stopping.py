@@ -9,6 +9,7 @@ from trainwright.callbacks.base import StopTrainingError, TrainerCallback
 from trainwright.callbacks.monitor import MetricMonitor, MonitorCallback
 from trainwright.device_values import DeviceValueReader
 from trainwright.tracking import format_metric_value
+from trainwright.validation import check_number, check_positive_int
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -55,10 +56,8 @@ class EarlyStoppingCallback(MonitorCallback):
             trainer = Trainer(model, loss_func, optimizer, callbacks=[
                 *DEFAULT_CALLBACKS, EarlyStoppingCallback(early_stopping_patience=3)])
         """
-        if early_stopping_patience < 1:
-            raise ValueError(
-                f"early_stopping_patience must be at least 1; got {early_stopping_patience}."
-            )
+        check_positive_int("early_stopping_patience", early_stopping_patience)
+        check_number("early_stopping_threshold", early_stopping_threshold, minimum=0)
         super().__init__(watch_metric, greater_is_better, early_stopping_threshold, reset_on_train)
         self.early_stopping_patience = early_stopping_patience
         self.early_stopping_threshold = early_stopping_threshold
