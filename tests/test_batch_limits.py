@@ -150,5 +150,5 @@ def test_the_smallest_limit_applies_and_eval_steps_limit_only_evaluation():
         make_dataset(20), num_epochs=1, per_device_batch_size=2, max_num_train_batches_per_epoch=5
     )
     assert trainer.run_config.train_dataloader_len == 4
-    with pytest.raises(ValueError, match="max_num_eval_batches must be a positive integer"):
+    with pytest.raises(ValueError, match="num_eval_steps must be a positive integer"):
         LimitEvalStepsCallback(0)

@@ -36,7 +36,7 @@ from trainwright.callbacks import (
     StopTrainingError,
     TrainingInterrupted,
 )
-from trainwright.callbacks.base import CallbackLike, TrainerCallback
+from trainwright.callbacks.base import CallbackLike
 from trainwright.callbacks.monitor import expected_metric_names
 from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.checkpointing import (
@@ -2345,14 +2345,6 @@ def _check_trainer_arguments(
             "callbacks must be a list of TrainerCallback instances or classes; got "
             f"{type(callbacks).__name__}."
         )
-    callbacks = list(callbacks) if not isinstance(callbacks, (list, tuple)) else callbacks
-    for position, callback in enumerate(callbacks):
-        is_class = isinstance(callback, type) and issubclass(callback, TrainerCallback)
-        if not (is_class or isinstance(callback, TrainerCallback)):
-            raise TypeError(
-                f"callbacks[{position}] must be a TrainerCallback instance or class; got "
-                f"{type(callback).__name__} {callback!r:.60}."
-            )
     check_type("run_history", run_history, RunHistory, "a RunHistory", optional=True)
     if mixed_precision is not None and mixed_precision not in _MIXED_PRECISION_MODES:
         raise ValueError(

@@ -611,7 +611,7 @@ class CallbackHandler:
             instance = callback
         else:
             raise TypeError(
-                f"Callbacks must be TrainerCallback subclasses or instances; got {callback!r} "
+                f"callbacks must be TrainerCallback subclasses or instances; got {callback!r} "
                 f"of type {type(callback).__name__}. Subclass trainwright.TrainerCallback and "
                 "override the events you need."
             )
