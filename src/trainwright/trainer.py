@@ -34,6 +34,7 @@ from trainwright.callbacks import (
     CallbackHandler,
     SaveTrainingStateCallback,
     StopTrainingError,
+    TrainerCallback,
     TrainingInterrupted,
 )
 from trainwright.callbacks.base import CallbackLike
@@ -449,6 +450,34 @@ class Trainer:
     def get_model(self) -> nn.Module:
         """The model without any wrapper added for distributed or compiled training."""
         return self.accelerator.unwrap_model(self.model)
+
+    def add_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Adds a callback (a class is instantiated with no arguments) and returns the
+        instance; see `CallbackHandler.add_callback`. The callbacks in execution order are
+        ``trainer.callback_handler.callbacks`` (a tuple).
+
+        Example:
+            ```python
+            trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=3))
+            ```
+        """
+        return self.callback_handler.add_callback(callback)
+
+    def remove_callback(self, callback: CallbackLike) -> None:
+        """Removes a callback instance, or the first callback of the given class; see
+        `CallbackHandler.remove_callback`.
+
+        Example:
+            ```python
+            trainer.remove_callback(ProgressBarCallback)
+            ```
+        """
+        self.callback_handler.remove_callback(callback)
+
+    def pop_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Removes a callback instance, or the first callback of the given class, and
+        returns it; see `CallbackHandler.pop_callback`."""
+        return self.callback_handler.pop_callback(callback)
 
     # ----------------------------------------------------------------------------------------
     # Control from callbacks and hooks: the same decision on every process
@@ -1214,6 +1243,10 @@ class Trainer:
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
         finally:
             self._stop_vote.finish()
+        if self.progress.is_epoch_finished:
+            # Stopped during the epoch's last events (early stopping): the epoch was completed,
+            # so it counts, as a state saved at the stop counts it when resumed.
+            self._finish_epoch()
         self.training_run_end()
         self.callback_handler.call_event("on_training_run_end", self)
 

@@ -72,9 +72,29 @@ def test_add_and_remove_callbacks_rebuild_the_table():
     handler.call_event("on_train_epoch_end", None)
     assert log == ["a"]
     handler.add_callback(PrintProgressCallback)
-    assert isinstance(handler.remove_callback(PrintProgressCallback), PrintProgressCallback)
+    assert isinstance(handler.pop_callback(PrintProgressCallback), PrintProgressCallback)
     with pytest.raises(ValueError, match="not one of the trainer's callbacks"):
         handler.remove_callback(PrintProgressCallback)
+
+
+def test_the_callbacks_cannot_be_changed_in_place_only_through_the_trainer():
+    class Late(Log):
+        order = 5
+
+    log = []
+    trainer = make_trainer(callbacks=[PrintProgressCallback])
+    with pytest.raises(AttributeError):
+        trainer.callback_handler.callbacks.append(Log(log, "ignored"))
+    late = trainer.add_callback(Late(log, "late"))
+    added = trainer.add_callback(Log(log, "added"))
+    assert trainer.callback_handler.callbacks[-1] is late  # ordering rules still apply
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=4)
+    assert log == ["added", "late"]  # both received on_train_epoch_end, in order
+    assert trainer.pop_callback(Late) is late
+    trainer.remove_callback(added)
+    assert [type(c) for c in trainer.callback_handler.callbacks] == [PrintProgressCallback]
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=4)
+    assert log == ["added", "late"]
 
 
 def test_callbacks_given_as_classes_are_instantiated():

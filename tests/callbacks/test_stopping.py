@@ -14,8 +14,10 @@ from trainwright.callbacks import (
     EarlyStoppingCallback,
     PrintProgressCallback,
     SaveBestModelCallback,
+    SaveTrainingStateCallback,
     TerminateOnNaNCallback,
 )
+from trainwright.checkpointing import find_latest_training_state
 
 
 def dataset_with_nan_at(index: int, num_samples: int = 12) -> TensorDataset:
@@ -242,3 +244,33 @@ def test_early_stopping_state_round_trips():
     assert restored.monitor.best_epoch == 2
     assert (restored.best_seen.best_value, restored.best_seen.best_epoch) == (0.395, 3)
     assert restored.epochs_without_improvement == 1
+
+
+class EpochNumbers(TrainerCallback):
+    order = -5  # before early stopping, which raises in the same event
+
+    def __init__(self):
+        self.epochs: list[int] = []
+
+    def on_training_run_epoch_end(self, trainer, **kwargs):
+        self.epochs.append(trainer.run_history.current_epoch)
+
+
+def test_an_epoch_ended_by_early_stopping_counts(tmp_path):
+    numbers = EpochNumbers()
+    best = SaveBestModelCallback(tmp_path / "best.pt")
+    callbacks = [numbers, EarlyStoppingCallback(early_stopping_patience=1), best]
+    states = SaveTrainingStateCallback(tmp_path / "states")
+    trainer = make_trainer(callbacks=[*callbacks, states], lr=0.0)  # lr 0: no improvement
+    data = {"eval_dataset": make_dataset(4, seed=1), "per_device_batch_size": 2}
+    trainer.train(make_dataset(4), num_epochs=5, **data)  # stops at the end of epoch 2
+    assert numbers.epochs == [1, 2]
+    assert (trainer.run_history.current_epoch, trainer.progress.epoch) == (3, 2)
+    # the state saved at the stop resumes with the same counters as the run in memory
+    resumed = make_trainer(callbacks=[EpochNumbers(), SaveTrainingStateCallback(tmp_path / "x")])
+    resumed.load_training_state(find_latest_training_state(tmp_path / "states"))
+    assert (resumed.run_history.current_epoch, resumed.progress.epoch) == (3, 2)
+    # continuing the history numbers the next epochs on: best-model epochs are distinct
+    trainer.train(make_dataset(4), num_epochs=5, reset_run_history=False, **data)
+    assert numbers.epochs == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 3

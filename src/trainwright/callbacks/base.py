@@ -446,9 +446,12 @@ class CallbackHandler:
         self._rebuild()
 
     @property
-    def callbacks(self) -> list[TrainerCallback]:
-        """The callbacks in execution order (a copy)."""
-        return list(self._ordered)
+    def callbacks(self) -> tuple[TrainerCallback, ...]:
+        """The callbacks in execution order, as a tuple: iterate over it or index it, and
+        change the callbacks with :meth:`add_callback`, :meth:`remove_callback` and
+        :meth:`pop_callback` (a tuple cannot be changed in place, so a mistaken
+        ``callbacks.append(...)`` fails instead of being ignored)."""
+        return tuple(self._ordered)
 
     def describe(self, print_plan: bool = True) -> str:
         """The execution plan: the callback order, then for each event the callbacks it
@@ -497,9 +500,22 @@ class CallbackHandler:
     def add_callback(self, callback: CallbackLike) -> TrainerCallback:
         """Adds a callback (a class is instantiated with no arguments) and returns the instance.
 
+        The execution order is resolved again with the new callback (its ``order``,
+        ``run_after`` / ``run_before`` and metric declarations), and the dispatch table
+        rebuilt; if the new order is invalid, nothing changes. Added during a run, the
+        callback receives the events from the next one on (not ``on_init_end``, nor a
+        ``on_training_run_start`` already past).
+
         Raises:
             TypeError: if ``callback`` is neither a ``TrainerCallback`` subclass nor instance.
             ValueError: if this instance, or this class given as a class, is already present.
+            CallbackOrderError: if the callback cannot be placed (see
+                `resolve_callback_order`).
+
+        Example:
+            ```python
+            handler.add_callback(EarlyStoppingCallback(early_stopping_patience=3))
+            ```
         """
         instance = self._add(callback)
         try:
@@ -511,11 +527,31 @@ class CallbackHandler:
             raise
         return instance
 
-    def remove_callback(self, callback: CallbackLike) -> TrainerCallback:
-        """Removes a callback instance, or the first callback of the given class, and returns it.
+    def remove_callback(self, callback: CallbackLike) -> None:
+        """Removes a callback instance, or the first callback of the given class (in the
+        order the callbacks were given); :meth:`pop_callback` also returns it.
 
         Raises:
             ValueError: if no such callback is present.
+
+        Example:
+            ```python
+            handler.remove_callback(ProgressBarCallback)
+            ```
+        """
+        self.pop_callback(callback)
+
+    def pop_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Removes a callback instance, or the first callback of the given class (in the
+        order the callbacks were given), and returns it.
+
+        Raises:
+            ValueError: if no such callback is present.
+
+        Example:
+            ```python
+            progress_bar = handler.pop_callback(ProgressBarCallback)
+            ```
         """
         for existing in self._callbacks:
             if existing is callback or (isinstance(callback, type) and type(existing) is callback):
