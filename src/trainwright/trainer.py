@@ -38,7 +38,7 @@ from trainwright.callbacks import (
     TrainingInterrupted,
 )
 from trainwright.callbacks.base import CallbackLike
-from trainwright.callbacks.monitor import expected_metric_names
+from trainwright.callbacks.monitor import check_metric_will_be_recorded, read_watched_metric
 from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.checkpointing import (
     MODEL_STATE_KEY,
@@ -256,6 +256,8 @@ class Trainer:
     Attributes:
         may_skip_updates: set it on a subclass whose hooks call :meth:`request_skip_update`
             on some processes only (as callbacks declare ``may_skip_updates``).
+        writes_metrics: set it on a subclass whose hooks record metrics, e.g.
+            ``writes_metrics = ("accuracy",)`` (as callbacks declare ``writes_metrics``).
 
     Example::
 
@@ -486,6 +488,13 @@ class Trainer:
     #: Whether hooks of this Trainer (subclass) may call :meth:`request_skip_update` on some
     #: processes only; see ``TrainerCallback.may_skip_updates``.
     may_skip_updates: bool = False
+
+    #: Names of the metrics the hooks of this Trainer subclass record in the run history
+    #: (e.g. ``("accuracy",)`` for an ``eval_epoch_end`` that computes it), as callbacks
+    #: declare theirs: early stopping, best-model saving and ``scheduler_metric`` then know
+    #: the metric will be recorded. Undeclared, such a metric draws a warning when the run
+    #: starts and is checked when first read, at the end of the first epoch.
+    writes_metrics: tuple[str, ...] = ()
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Asks to end the run, like raising :class:`StopTrainingError` but without leaving
@@ -1930,27 +1939,7 @@ class Trainer:
         self._is_scheduler_stepped_per_update = per_update
         self._is_scheduler_stepped_per_epoch = per_epoch
         if metric_name is not None:
-            self._check_scheduler_metric_will_be_recorded(metric_name)
-
-    def _check_scheduler_metric_will_be_recorded(self, metric_name: str) -> None:
-        expected = expected_metric_names(self)
-        if metric_name in expected:
-            return
-        message = (
-            f"scheduler_metric={metric_name!r} is not known to be recorded in this run. "
-            f"Metrics that will be recorded: {', '.join(sorted(expected))}."
-        )
-        callbacks = self.callback_handler.callbacks
-        if all(type(callback).__module__.startswith("trainwright.") for callback in callbacks):
-            raise ValueError(
-                f"{message} Pass an eval_dataset to record eval_loss_epoch, or a callback "
-                "that records the metric."
-            )
-        warnings.warn(
-            f"{message} If one of your callbacks records it, declare "
-            f"writes_metrics = ({metric_name!r},) on that callback.",
-            stacklevel=3,
-        )
+            check_metric_will_be_recorded(self, metric_name, "scheduler_metric")
 
     def _is_sharded(self) -> bool:
         return self._is_prepared and is_sharded(self.accelerator, self.model)
@@ -2273,7 +2262,7 @@ class Trainer:
         """
         metric = None
         if self._scheduler_metric is not None:
-            metric = self.run_history.get_latest_metric(self._scheduler_metric)
+            metric = read_watched_metric(self, self._scheduler_metric, "scheduler_metric")
         if self._is_timm_scheduler:
             self.scheduler.step(epoch=self.progress.epoch + 1, metric=metric)
         elif metric is not None:

@@ -7,12 +7,19 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.tracking import MetricNotFoundError
 from trainwright.validation import check_bool, check_number, check_type
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
-__all__ = ["MetricMonitor", "MonitorCallback", "expected_metric_names"]
+__all__ = [
+    "MetricMonitor",
+    "MonitorCallback",
+    "check_metric_will_be_recorded",
+    "expected_metric_names",
+    "read_watched_metric",
+]
 
 
 class MetricMonitor:
@@ -71,26 +78,93 @@ class MetricMonitor:
 
 def expected_metric_names(trainer: Trainer) -> set[str]:
     """Metrics known to be recorded in the current run: the trainer's losses, those already
-    in the run history, and those the callbacks declare in ``writes_metrics``."""
+    in the run history, and those declared in ``writes_metrics`` by the callbacks and by the
+    trainer (a `Trainer` subclass whose hooks record metrics)."""
     names = {"train_loss_epoch"} | trainer.run_history.get_metric_names()
     if trainer.eval_dataloader is not None:
         names.add("eval_loss_epoch")
+    names.update(trainer.writes_metrics)
     for callback in trainer.callback_handler.callbacks:
         names.update(callback.writes_metrics)
     return names
 
 
-def _is_builtin(callback: TrainerCallback) -> bool:
-    return type(callback).__module__.startswith("trainwright.")
+def check_metric_will_be_recorded(trainer: Trainer, metric_name: str, reader: str) -> None:
+    """Checks, when a run starts, that ``metric_name`` will be recorded for ``reader``
+    (e.g. ``"EarlyStoppingCallback"``, ``"scheduler_metric"``) to read at epoch end.
+
+    A metric in `expected_metric_names` passes. Otherwise, if nothing but trainwright's own
+    code runs (built-in callbacks and the `Trainer` class itself), nothing can record it:
+    ``ValueError``. If a callback of yours or the hooks of your `Trainer` subclass might
+    record it, a warning says where to declare it, and `read_watched_metric` checks it when
+    first read, at the end of the first epoch.
+
+    Raises:
+        ValueError: if nothing can record the metric.
+    """
+    expected = expected_metric_names(trainer)
+    if metric_name in expected:
+        return
+    message = (
+        f"{reader} reads {metric_name!r}, but nothing is known to record it in this run. "
+        f"Metrics that will be recorded: {', '.join(sorted(expected))}."
+    )
+    writers = _possible_undeclared_writers(trainer)
+    if not writers:
+        raise ValueError(
+            f"{message} Watch one of those, pass an eval_dataset to record eval_loss_epoch, "
+            "or add a callback (or Trainer hook) that records the metric."
+        )
+    warnings.warn(
+        f"{message} It may be recorded by {', '.join(writers)}: declare "
+        f"writes_metrics = ({metric_name!r},) on the callback or Trainer subclass that records "
+        "it. It is checked when first read, at the end of the first epoch.",
+        stacklevel=3,
+    )
+
+
+def read_watched_metric(trainer: Trainer, metric_name: str, reader: str) -> Any:
+    """The latest value of ``metric_name``, read at an epoch's end for ``reader``.
+
+    Raises:
+        MetricNotFoundError: if the metric was never recorded, naming the metrics that were
+            and how to record or declare it.
+    """
+    history = trainer.run_history
+    if metric_name not in history.get_metric_names():
+        recorded = ", ".join(sorted(history.get_metric_names())) or "none"
+        raise MetricNotFoundError(
+            f"{reader} reads {metric_name!r}, but nothing recorded it by the end of epoch "
+            f"{history.current_epoch}. Metrics recorded: {recorded}. Record it with "
+            f"trainer.run_history.update_metric({metric_name!r}, value) in a callback or a "
+            "Trainer hook that runs before the epoch ends (e.g. eval_epoch_end), and declare "
+            f"writes_metrics = ({metric_name!r},) there; or read one of those."
+        )
+    return history.get_latest_metric(metric_name)
+
+
+def _is_builtin(obj: Any) -> bool:
+    return type(obj).__module__.startswith("trainwright.")
+
+
+def _possible_undeclared_writers(trainer: Trainer) -> list[str]:
+    """Code of yours that may record metrics without declaring them: your callbacks, and
+    your `Trainer` subclass (its hooks)."""
+    writers = [type(c).__name__ for c in trainer.callback_handler.callbacks if not _is_builtin(c)]
+    if not _is_builtin(trainer):
+        writers.append(f"the hooks of {type(trainer).__name__}")
+    return writers
 
 
 class MonitorCallback(TrainerCallback):
     """Base for callbacks that act on a watched metric at the end of every epoch.
 
-    At the start of training it checks that the watched metric will be recorded: if no
-    callback could record it (every callback is one of trainwright's), it raises
-    ``ValueError`` naming the metrics that will be; if a user callback might, it warns
-    instead (declare ``writes_metrics = ("my_metric",)`` on that callback to silence it).
+    At the start of training it checks that the watched metric will be recorded (see
+    `check_metric_will_be_recorded`): if nothing could record it (only trainwright's own
+    callbacks and `Trainer` run), it raises ``ValueError`` naming the metrics that will be;
+    if a callback of yours or the hooks of your `Trainer` subclass might, it warns instead
+    (declare ``writes_metrics = ("my_metric",)`` on that callback or Trainer subclass to
+    silence it) and the metric is checked when first read, at the end of the first epoch.
 
     Args:
         watch_metric: the metric to watch.
@@ -125,31 +199,12 @@ class MonitorCallback(TrainerCallback):
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.reset_on_train:
             self.monitor.reset()
-        self._check_metric_will_be_recorded(trainer)
-
-    def _check_metric_will_be_recorded(self, trainer: Trainer) -> None:
-        expected = expected_metric_names(trainer)
-        if self.watch_metric in expected:
-            return
-        message = (
-            f"{type(self).__name__} watches {self.watch_metric!r}, but nothing is known to "
-            f"record it in this run. Metrics that will be recorded: {', '.join(sorted(expected))}."
-        )
-        if all(_is_builtin(callback) for callback in trainer.callback_handler.callbacks):
-            raise ValueError(
-                f"{message} Watch one of those, pass an eval_dataset to record "
-                "eval_loss_epoch, or add a callback that records the metric."
-            )
-        warnings.warn(
-            f"{message} If one of your callbacks records it, declare "
-            f"writes_metrics = ({self.watch_metric!r},) on that callback.",
-            stacklevel=2,
-        )
+        check_metric_will_be_recorded(trainer, self.watch_metric, type(self).__name__)
 
     def read_metric(self, trainer: Trainer) -> float:
         """The watched metric's latest value (raises, listing the recorded metrics, if it
         was never recorded)."""
-        return float(trainer.run_history.get_latest_metric(self.watch_metric))
+        return float(read_watched_metric(trainer, self.watch_metric, type(self).__name__))
 
     def state_dict(self) -> dict[str, Any]:
         """The monitor's state."""
