@@ -8,7 +8,12 @@ from conftest import make_dataset, make_trainer
 from torch import nn
 
 from trainwright import TrainerCallback
-from trainwright.callbacks import BatchLimitsCallback, LimitBatchesCallback, LimitEvalStepsCallback
+from trainwright.callbacks import (
+    BatchLimitsCallback,
+    LimitBatchesCallback,
+    LimitEvalStepsCallback,
+    StepBasedEvaluationCallback,
+)
 from trainwright.schedulers import CosineLrScheduler
 
 
@@ -135,7 +140,8 @@ def test_limit_callbacks_size_the_run_like_the_train_arguments():
 
 def test_the_smallest_limit_applies_and_eval_steps_limit_only_evaluation():
     counter = StepCounter()
-    trainer = make_trainer(callbacks=[LimitEvalStepsCallback(2), counter])
+    limit = LimitEvalStepsCallback(2, limit_intermediate_only=False)
+    trainer = make_trainer(callbacks=[limit, counter])
     trainer.train(
         make_dataset(12),
         num_epochs=1,
@@ -144,6 +150,7 @@ def test_the_smallest_limit_applies_and_eval_steps_limit_only_evaluation():
         max_num_eval_batches=4,
     )
     assert (counter.train_steps_per_epoch, counter.eval_steps_per_epoch) == ([6], [2])
+    assert trainer.run_config.max_num_eval_batches == 2
     limits = BatchLimitsCallback(max_num_train_batches_per_epoch=4)
     trainer = make_trainer(callbacks=[limits])
     trainer.train(
@@ -152,3 +159,26 @@ def test_the_smallest_limit_applies_and_eval_steps_limit_only_evaluation():
     assert trainer.run_config.train_dataloader_len == 4
     with pytest.raises(ValueError, match="num_eval_steps must be a positive integer"):
         LimitEvalStepsCallback(0)
+
+
+def test_eval_steps_limit_only_intermediate_evaluations_by_default_and_run_config_says_so():
+    counter = StepCounter()
+    callbacks = [LimitEvalStepsCallback(1), StepBasedEvaluationCallback(1), counter]
+    trainer = make_trainer(callbacks=callbacks, lr=0.0)  # lr 0: every evaluation sees one model
+    eval_dataset = make_dataset(8, seed=1)  # 4 batches of 2
+    trainer.train(make_dataset(4), num_epochs=1, eval_dataset=eval_dataset, per_device_batch_size=2)
+    assert counter.eval_steps_per_epoch == [4]  # the epoch's evaluation uses all the data
+    inputs, targets = eval_dataset.tensors
+    with torch.no_grad():
+        outputs = trainer.model(inputs)
+    history = trainer.run_history
+    assert history.get_latest_metric("eval_loss_epoch") == pytest.approx(
+        nn.functional.cross_entropy(outputs, targets).item()
+    )
+    first_batch_loss = nn.functional.cross_entropy(outputs[:2], targets[:2]).item()
+    assert history.get_metric_values("step_eval_loss") == pytest.approx([first_batch_loss] * 2)
+    config = trainer.run_config
+    assert (config.max_num_intermediate_eval_batches, config.max_num_eval_batches) == (1, None)
+    assert config.eval_dataloader_len == 4
+    trainer.evaluate(eval_dataset, per_device_batch_size=2)  # not intermediate: all the data
+    assert counter.eval_steps_per_epoch == [4, 4]

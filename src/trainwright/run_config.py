@@ -58,6 +58,14 @@ class RunConfig(Mapping):
         device: the device this process trains on, as a string.
         train_dl_kwargs: keyword arguments used to build the training dataloader.
         eval_dl_kwargs: keyword arguments used to build the evaluation dataloader.
+        max_num_train_batches_per_epoch: the batch limit that cuts every training epoch
+            short (``train()``'s argument or a `BatchLimitsCallback`), or ``None`` when
+            every epoch runs over all the training data.
+        max_num_eval_batches: the batch limit that cuts every evaluation epoch short, or
+            ``None`` when evaluations run over all the evaluation data.
+        max_num_intermediate_eval_batches: the batch limit of evaluations run during a
+            training epoch (``StepBasedEvaluationCallback``, ``request_evaluation``), set by
+            ``LimitEvalStepsCallback``; ``None`` when only ``max_num_eval_batches`` applies.
     """
 
     num_epochs: int | None
@@ -82,6 +90,9 @@ class RunConfig(Mapping):
     device: str
     train_dl_kwargs: dict[str, Any]
     eval_dl_kwargs: dict[str, Any] | None
+    max_num_train_batches_per_epoch: int | None = None
+    max_num_eval_batches: int | None = None
+    max_num_intermediate_eval_batches: int | None = None
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._field_names():

@@ -322,6 +322,10 @@ class Trainer:
         self._dataloader_settings: dict[str, dict[str, Any]] = {}
         self._max_num_train_batches_per_epoch: int | None = None
         self._max_num_eval_batches: int | None = None
+        # Evaluations run during a training epoch's steps (StepBasedEvaluationCallback,
+        # request_evaluation) have a limit of their own (LimitEvalStepsCallback).
+        self._max_num_intermediate_eval_batches: int | None = None
+        self._is_train_epoch_running = False
         # The epoch's training batches: None for data without a length until its last batch
         # comes (see _marking_last_batch); the sizes of accumulation windows are taken from
         # _num_window_batches (unbounded then), the loader being iterated is _epoch_dataloader.
@@ -1158,8 +1162,8 @@ class Trainer:
         check_positive_int("eval_per_device_batch_size", eval_per_device_batch_size, optional=True)
         if not (isinstance(resume_from, str) and resume_from == "latest"):
             check_path("resume_from", resume_from, optional=True)
-        max_num_train_batches_per_epoch, max_num_eval_batches = self._batch_limits(
-            max_num_train_batches_per_epoch, max_num_eval_batches
+        max_num_train_batches_per_epoch, max_num_eval_batches, max_num_intermediate_eval_batches = (
+            self._batch_limits(max_num_train_batches_per_epoch, max_num_eval_batches)
         )
         self._check_train_arguments(
             train_dataset,
@@ -1183,6 +1187,7 @@ class Trainer:
         self._prepare_model_and_optimizer()
         self._max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
         self._max_num_eval_batches = max_num_eval_batches
+        self._max_num_intermediate_eval_batches = max_num_intermediate_eval_batches
         eval_batch_size = eval_per_device_batch_size or per_device_batch_size
         self.train_dataloader = self._prepare_dataloader(
             self.create_train_dataloader(per_device_batch_size, train_dataloader_kwargs), "train"
@@ -1252,6 +1257,7 @@ class Trainer:
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
         finally:
             self._stop_vote.finish()
+            self._is_train_epoch_running = False  # also when a stop left the steps
         if self.progress.is_epoch_finished:
             # Stopped during the epoch's last events (early stopping): the epoch was completed,
             # so it counts, as a state saved at the stop counts it when resumed.
@@ -1306,6 +1312,7 @@ class Trainer:
         batches = self._epoch_batches()
         if not self._is_train_length_known:  # decided per epoch: known lengths pay nothing
             batches = self._marking_last_batch(batches)
+        self._is_train_epoch_running = True  # evaluations from here on are intermediate
         for step, batch in batches:
             self.progress.step = step
             try:
@@ -1323,6 +1330,7 @@ class Trainer:
                 break  # max_num_train_steps reached: the run ends after this epoch
             if step + 1 == self._max_num_train_batches_per_epoch:
                 break  # the batch limit cuts the epoch short
+        self._is_train_epoch_running = False
         # A stop asked for in the epoch's last step takes effect here, before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
         self._stop_vote.agree()
@@ -1598,7 +1606,7 @@ class Trainer:
         try:
             self.evaluation_run_start()
             self.callback_handler.call_event("on_evaluation_run_start", self)
-            _, max_num_batches = self._batch_limits(None, None)
+            _, max_num_batches, _ = self._batch_limits(None, None)
             self._run_eval_epoch(
                 self.eval_dataloader,
                 "evaluation_loss",
@@ -1632,7 +1640,10 @@ class Trainer:
             model: the module to evaluate, already on :attr:`device`.
             dataloader: a prepared dataloader; default :attr:`eval_dataloader`, limited to
                 the batches that ``train()``'s ``max_num_eval_batches`` allows, so that the
-                loss is comparable with ``eval_loss_epoch``.
+                loss is comparable with ``eval_loss_epoch``. Called during a training
+                epoch's steps (an intermediate evaluation), the batches are also limited by
+                ``run_config.max_num_intermediate_eval_batches`` (see
+                `LimitEvalStepsCallback`), whatever the dataloader.
             metric_name: recorded in the run history under this name (with the history's
                 current metric-name prefix).
 
@@ -1644,9 +1655,13 @@ class Trainer:
             with trainer.run_history.metric_name_prefix_as("ema_model_"):
                 trainer.evaluate_model(ema.module)  # records ema_model_eval_loss_epoch
         """
-        max_num_batches = None
+        # During a training epoch's steps this is an intermediate evaluation, with its own limit.
+        max_num_batches = (
+            self._max_num_intermediate_eval_batches if self._is_train_epoch_running else None
+        )
         if dataloader is None:
-            dataloader, max_num_batches = self.eval_dataloader, self._max_num_eval_batches
+            dataloader = self.eval_dataloader
+            max_num_batches = _smaller(max_num_batches, self._max_num_eval_batches)
         if dataloader is None:
             raise ValueError(
                 "evaluate_model() needs evaluation data: pass a dataloader, or an eval_dataset "
@@ -1898,15 +1913,24 @@ class Trainer:
 
     def _batch_limits(
         self, max_num_train_batches_per_epoch: int | None, max_num_eval_batches: int | None
-    ) -> tuple[int | None, int | None]:
-        """The given limits, lowered by those of any :class:`BatchLimitsCallback`."""
+    ) -> tuple[int | None, int | None, int | None]:
+        """The given limits, lowered by those of any :class:`BatchLimitsCallback`, and the
+        limit of intermediate evaluations (set by callbacks only)."""
+        max_num_intermediate_eval_batches = None
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, BatchLimitsCallback):
                 max_num_train_batches_per_epoch = _smaller(
                     max_num_train_batches_per_epoch, callback.max_num_train_batches_per_epoch
                 )
                 max_num_eval_batches = _smaller(max_num_eval_batches, callback.max_num_eval_batches)
-        return max_num_train_batches_per_epoch, max_num_eval_batches
+                max_num_intermediate_eval_batches = _smaller(
+                    max_num_intermediate_eval_batches, callback.max_num_intermediate_eval_batches
+                )
+        return (
+            max_num_train_batches_per_epoch,
+            max_num_eval_batches,
+            max_num_intermediate_eval_batches,
+        )
 
     def _configure_scheduler_stepping(
         self, step_interval: str | None, metric_name: str | None
@@ -2052,6 +2076,9 @@ class Trainer:
             device=str(accelerator.device),
             train_dl_kwargs=self._dataloader_settings["train"],
             eval_dl_kwargs=self._dataloader_settings["eval"] if has_eval else None,
+            max_num_train_batches_per_epoch=self._max_num_train_batches_per_epoch,
+            max_num_eval_batches=self._max_num_eval_batches,
+            max_num_intermediate_eval_batches=self._max_num_intermediate_eval_batches,
         )
 
     def _check_train_arguments(

@@ -113,39 +113,53 @@ class BatchLimitsCallback(TrainerCallback):
     ``max_num_train_batches_per_epoch`` and ``max_num_eval_batches`` arguments (the smallest
     limit given anywhere wins), so :class:`~trainwright.run_config.RunConfig` and the
     scheduler placeholders reflect them and a schedule still ends on the run's last update.
+    ``run_config`` states every limit that cuts the data short
+    (``max_num_train_batches_per_epoch``, ``max_num_eval_batches``,
+    ``max_num_intermediate_eval_batches``).
 
     Args:
         max_num_train_batches_per_epoch: training batches per epoch, or ``None`` for all.
-        max_num_eval_batches: batches per evaluation, or ``None`` for all.
+        max_num_eval_batches: batches per evaluation (the epoch-end evaluation,
+            ``evaluate()``, and intermediate evaluations of the run's evaluation data), or
+            ``None`` for all.
+        max_num_intermediate_eval_batches: batches per intermediate evaluation, one run
+            during a training epoch (``StepBasedEvaluationCallback``,
+            ``trainer.request_evaluation()``, or ``evaluate_model`` from a step event),
+            whatever its data; ``None`` for no limit beyond ``max_num_eval_batches``.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS, BatchLimitsCallback(max_num_train_batches_per_epoch=10),
         ])
+        ```
     """
 
     def __init__(
         self,
         max_num_train_batches_per_epoch: int | None = None,
         max_num_eval_batches: int | None = None,
+        max_num_intermediate_eval_batches: int | None = None,
     ) -> None:
         for name, value in (
             ("max_num_train_batches_per_epoch", max_num_train_batches_per_epoch),
             ("max_num_eval_batches", max_num_eval_batches),
+            ("max_num_intermediate_eval_batches", max_num_intermediate_eval_batches),
         ):
             check_positive_int(name, value, optional=True)
         self.max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
         self.max_num_eval_batches = max_num_eval_batches
+        self.max_num_intermediate_eval_batches = max_num_intermediate_eval_batches
 
 
 class LimitBatchesCallback(BatchLimitsCallback):
     """Uses only the first ``num_batches`` batches of every training epoch and evaluation
     (pytorch-accelerated's name and signature; see :class:`BatchLimitsCallback`).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[LimitBatchesCallback(2)])
+        ```
     """
 
     def __init__(self, num_batches: int) -> None:
@@ -154,14 +168,38 @@ class LimitBatchesCallback(BatchLimitsCallback):
 
 
 class LimitEvalStepsCallback(BatchLimitsCallback):
-    """Uses only the first ``num_eval_steps`` batches of every evaluation; training is not
-    limited (see :class:`BatchLimitsCallback`).
+    """Uses only the first ``num_eval_steps`` batches of intermediate evaluations, those run
+    during a training epoch (``StepBasedEvaluationCallback``, ``request_evaluation``), as
+    pytorch-accelerated's callback of the same name does by default; the evaluation at the
+    end of every epoch and ``evaluate()`` use all their data. With
+    ``limit_intermediate_only=False``, every evaluation is limited. Training is never
+    limited. ``run_config.max_num_intermediate_eval_batches`` (and
+    ``max_num_eval_batches``) state the limits; see :class:`BatchLimitsCallback`.
 
-    Example::
+    ``num_eval_steps`` counts batches of each process's dataloader (pytorch-accelerated
+    divides it among the processes).
 
-        trainer = Trainer(model, loss_func, optimizer, callbacks=[LimitEvalStepsCallback(20)])
+    Args:
+        num_eval_steps: batches per limited evaluation, on each process.
+        limit_intermediate_only: limit intermediate evaluations only (the default), or
+            every evaluation.
+
+    Example:
+        ```python
+        trainer = Trainer(model, loss_func, optimizer, callbacks=[
+            *DEFAULT_CALLBACKS,
+            StepBasedEvaluationCallback(eval_every_n_updates=500),
+            LimitEvalStepsCallback(20),  # the step-based evaluations use 20 batches
+        ])
+        ```
     """
 
-    def __init__(self, num_eval_steps: int) -> None:
+    def __init__(self, num_eval_steps: int, limit_intermediate_only: bool = True) -> None:
         check_positive_int("num_eval_steps", num_eval_steps)
-        super().__init__(max_num_eval_batches=num_eval_steps)
+        check_bool("limit_intermediate_only", limit_intermediate_only)
+        super().__init__(
+            max_num_eval_batches=None if limit_intermediate_only else num_eval_steps,
+            max_num_intermediate_eval_batches=num_eval_steps,
+        )
+        self.num_eval_steps = num_eval_steps
+        self.limit_intermediate_only = limit_intermediate_only
