@@ -13,6 +13,7 @@ from conftest import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import (
+    CallbackSetupError,
     CSVLoggerCallback,
     ExperimentTrackerCallback,
     LearningRateMonitorCallback,
@@ -164,13 +165,25 @@ def test_learning_rate_per_param_group_and_per_epoch_metrics_from_other_callback
     assert tracker.steps_of("learning_rate_group_1") == [1, 2]
 
 
-def test_evaluate_outside_training_logs_evaluation_loss_in_a_run_of_its_own():
+def test_evaluate_outside_training_logs_evaluation_loss_in_a_run_of_its_own_when_asked():
     tracker = RecordingTracker()
-    trainer = train([ExperimentTrackerCallback([tracker], log_every_n_updates=None)])
-    trainer.evaluate(make_dataset(4))
+    callback = ExperimentTrackerCallback([tracker], log_every_n_updates=None, evaluation_run="new")
+    trainer = train([callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.evaluate(make_dataset(4))
     assert tracker.started == tracker.finished == 2
     assert tracker.steps_of("evaluation_loss") == [2]  # after 2 completed epochs
     assert tracker.steps_of("train_loss_step") == []  # log_every_n_updates=None
+
+
+def test_a_tracker_that_cannot_be_reopened_for_evaluate_is_started_anew_with_a_warning():
+    tracker = RecordingTracker()
+    trainer = train([ExperimentTrackerCallback([tracker], log_every_n_updates=None)])
+    with pytest.warns(UserWarning, match="cannot reopen the 'recording' run"):
+        trainer.evaluate(make_dataset(4))
+    assert tracker.started == tracker.finished == 2
+    assert tracker.steps_of("evaluation_loss") == [2]
 
 
 def test_trackers_of_the_accelerator_are_used_with_trackers_none(tmp_path):
@@ -225,10 +238,20 @@ def test_tracker_safe_config_flattens_and_stringifies():
     }
 
 
-def test_a_tracker_that_always_raises_does_not_stop_training_and_is_reported_once():
+def test_a_tracker_that_cannot_start_fails_the_run_before_training():
     failing = FailingTracker()
+    trainer = make_trainer(callbacks=[ExperimentTrackerCallback([failing])])
+    with pytest.raises(CallbackSetupError, match="tracking server unreachable") as raised:
+        trainer.train(make_dataset(12), num_epochs=2, per_device_batch_size=2)
+    assert 'error_policy="warn"' in str(raised.value)
+    assert trainer.run_history.get_metric_names() == set()  # not one step trained
+
+
+def test_a_tracker_that_always_raises_with_warn_chosen_does_not_stop_training():
+    failing = FailingTracker()
+    callback = ExperimentTrackerCallback([failing], log_every_n_updates=1, error_policy="warn")
     with pytest.warns(RuntimeWarning) as caught:
-        trainer = train([ExperimentTrackerCallback([failing], log_every_n_updates=1)])
+        trainer = train([callback])
     messages = [str(warning.message) for warning in caught]
     reports = [message for message in messages if "ExperimentTrackerCallback" in message]
     assert len(reports) == 1
@@ -290,6 +313,27 @@ def test_tensorboard_event_files_hold_the_expected_scalars(tmp_path):
     assert list((tmp_path / "tiny").glob("*/hparams.yml"))
 
 
+def test_tensorboard_evaluate_after_train_logs_into_the_training_run(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = ExperimentTrackerCallback(["tensorboard"], project_name="tiny", logging_dir=tmp_path)
+    trainer = train([callback])
+    runs_after_training = sorted(path.parent for path in tmp_path.rglob("events.out.tfevents*"))
+    trainer.evaluate(make_dataset(4))
+    trainer.evaluate(make_dataset(4))
+    runs = sorted(path.parent for path in tmp_path.rglob("events.out.tfevents*"))
+    assert sorted(set(runs)) == sorted(set(runs_after_training))  # no extra TensorBoard run
+    assert len(list(tmp_path.rglob("hparams.yml"))) == 1
+    accumulator = EventAccumulator(str(tmp_path / "tiny"))
+    accumulator.Reload()
+    evaluations = [(event.step, event.value) for event in accumulator.Scalars("evaluation_loss")]
+    assert [step for step, _ in evaluations] == [2, 2]
+    assert evaluations[-1][1] == pytest.approx(
+        trainer.run_history.get_latest_metric("evaluation_loss")
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # MLflow, read back with MlflowClient
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +381,45 @@ def test_mlflow_run_holds_params_and_metric_histories(mlflow_tracking_uri):
     assert history("learning_rate_step") == [(4, 0.1), (8, 0.1), (12, 0.1)]
     expected = trainer.run_history.get_metric_values("train_loss_epoch")
     assert history("train_loss_epoch") == [(1, expected[0]), (2, expected[1])]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow
+def test_mlflow_evaluate_after_train_logs_into_the_training_run(mlflow_tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    callback = ExperimentTrackerCallback(
+        ["mlflow"],
+        project_name="tiny-mlflow-evaluate",
+        log_every_n_updates=None,
+        tracker_init_kwargs={"mlflow": {"run_name": "baseline"}},
+    )
+    trainer = train([callback])
+    trainer.evaluate(make_dataset(4))
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name("tiny-mlflow-evaluate")
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, not two named baseline
+    assert run.info.status == "FINISHED"
+    evaluation = client.get_metric_history(run.info.run_id, "evaluation_loss")
+    expected = trainer.run_history.get_latest_metric("evaluation_loss")
+    assert [(metric.step, metric.value) for metric in evaluation] == [(2, expected)]
+    trainer.train(make_dataset(12), num_epochs=1, per_device_batch_size=2)  # a run of its own
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+def test_mlflow_refusing_its_file_store_fails_before_training_unless_warn_is_chosen(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    trainer = make_trainer(callbacks=[ExperimentTrackerCallback(["mlflow"])])
+    with pytest.raises(CallbackSetupError, match="MLFLOW_ALLOW_FILE_STORE"):
+        trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
+    assert trainer.run_history.get_metric_names() == set()
+    callback = ExperimentTrackerCallback(["mlflow"], error_policy="warn")
+    with pytest.warns(RuntimeWarning, match="ExperimentTrackerCallback raised MlflowException"):
+        trainer = train([callback])
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "EVENTS",
     "CallbackHandler",
     "CallbackOrderError",
+    "CallbackSetupError",
     "StopTrainingError",
     "TrainerCallback",
     "TrainingInterrupted",
@@ -104,6 +105,23 @@ class TrainingInterrupted(StopTrainingError):
 
     def __reduce__(self) -> tuple:  # keep the signal name when sent to other processes
         return (type(self), (self.signal_name, *self.args))
+
+
+class CallbackSetupError(RuntimeError):
+    """A callback could not set itself up for the run (e.g. an experiment tracker that
+    cannot start): the run would go on without what the callback is for (nothing would be
+    logged), so it fails instead, before training. It propagates whatever the callback's
+    ``error_policy``; a callback raises it only when the user did not choose to carry on
+    without it.
+
+    Example:
+        ```python
+        class UploadResults(TrainerCallback):
+            def on_training_run_start(self, trainer, **kwargs):
+                if not os.access("results", os.W_OK):
+                    raise CallbackSetupError("results/ is not writable: nothing would be saved")
+        ```
+    """
 
 
 def _no_op(method: Callable) -> Callable:
@@ -222,7 +240,8 @@ class TrainerCallback:
     #: What an exception raised by this callback does: ``"raise"`` (propagate it, the
     #: default) or ``"warn"`` (warn once, naming the callback and the event, and disable
     #: the callback for the rest of the handler's life; for loggers and other callbacks
-    #: the run does not depend on). :class:`StopTrainingError` always propagates.
+    #: the run does not depend on). :class:`StopTrainingError` and `CallbackSetupError`
+    #: always propagate.
     error_policy: str = "raise"
 
     #: Set by callbacks that may call ``trainer.request_skip_update()`` on some processes
@@ -586,7 +605,7 @@ class CallbackHandler:
                     self._stop_request = error
             except Exception as error:
                 callback = method.__self__
-                if callback.error_policy == "warn":
+                if callback.error_policy == "warn" and not isinstance(error, CallbackSetupError):
                     self._disable(callback, event, error)
                     continue
                 _annotate(error, f"raised by callback {_describe(callback)} in {event!r}")

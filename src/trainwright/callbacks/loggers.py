@@ -15,21 +15,26 @@ Which library does what:
 ``"trainwright[loggers]"`` both, with matplotlib and rich.
 
 Both build on :class:`LoggerCallback`, which collects each epoch's newly recorded numeric
-metrics (as :class:`~trainwright.callbacks.PrintMetricsCallback` does) and keeps a failing
-logger from ending the run (``error_policy = "warn"``: reported once, naming the callback
-and the event, then disabled); ``strict=True`` raises instead.
+metrics (as :class:`~trainwright.callbacks.PrintMetricsCallback` does) and keeps a logger
+failing mid-run from ending the run (``error_policy = "warn"``: reported once, naming the
+callback and the event, then disabled); ``strict=True`` raises instead. A tracker that
+cannot start fails the run before training, unless ``error_policy="warn"`` is chosen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 
+from trainwright.callbacks.base import CallbackSetupError
 from trainwright.callbacks.monitoring import learning_rates
 from trainwright.callbacks.progress import PrintMetricsCallback
 from trainwright.device_values import DeviceValueReader
@@ -63,12 +68,21 @@ class LoggerCallback(PrintMetricsCallback):
     its destination is reported once, as a ``RuntimeWarning`` naming the callback and the
     event, and the logger is disabled from then on while training carries on. Give each
     destination its own logger callback to isolate them from one another. ``strict=True``
-    sets ``error_policy = "raise"``: the error propagates (with a note naming the callback
+    (or ``error_policy="raise"``) makes the error propagate (with a note naming the callback
     and the event). Resources of a logger disabled mid-run (open files, tracker runs) are
     released when the process ends, not by the logger.
 
+    A destination that cannot even start (checked when the run starts, e.g. by
+    :class:`ExperimentTrackerCallback`) would leave the run with nothing logged: that is a
+    `CallbackSetupError`, raised before training, unless you chose ``error_policy="warn"``
+    (then it is reported like any other failure, and training goes on without the logger).
+
     Args:
-        strict: let a destination's errors propagate instead of disabling the logger.
+        strict: let a destination's errors propagate instead of disabling the logger (the
+            same as ``error_policy="raise"``).
+        error_policy: ``None`` (the default: failures mid-run warn, a destination that
+            cannot start fails the run), ``"warn"`` (every failure warns, the start's too)
+            or ``"raise"``.
 
     Example::
 
@@ -80,12 +94,19 @@ class LoggerCallback(PrintMetricsCallback):
 
     error_policy = "warn"
 
-    def __init__(self, *, strict: bool = False) -> None:
+    def __init__(self, *, strict: bool = False, error_policy: str | None = None) -> None:
         check_bool("strict", strict)
         super().__init__()
-        self.strict = strict
-        if strict:
+        if error_policy not in (None, "warn", "raise"):
+            raise ValueError(f"error_policy must be None, 'warn' or 'raise'; got {error_policy!r}.")
+        if strict and error_policy == "warn":
+            raise ValueError("strict=True and error_policy='warn' contradict each other.")
+        self.strict = strict or error_policy == "raise"
+        if self.strict:
             self.error_policy = "raise"
+        #: Whether a destination that cannot start only warns (``error_policy="warn"`` was
+        #: chosen) instead of failing the run before training.
+        self.may_run_without_destination = error_policy == "warn"
         #: Whether this process writes (the main process).
         self.is_writer = True
 
@@ -196,7 +217,8 @@ class ExperimentTrackerCallback(LoggerCallback):
       epoch (``train_loss_epoch``, ``eval_loss_epoch``, your callbacks' metrics), at step =
       the epoch number (from 1), or the number of updates with ``epoch_step="update"``;
     - the metrics of :meth:`~trainwright.trainer.Trainer.evaluate`, at step = epochs
-      completed (or updates).
+      completed (or updates): into the run of the training when ``evaluate()`` is called
+      during or after a ``train()`` (see ``evaluation_run``).
 
     Which trackers: by name, the trackers are created by this callback
     (``accelerate.tracking`` classes, with ``project_name`` and, for those that need one,
@@ -213,10 +235,23 @@ class ExperimentTrackerCallback(LoggerCallback):
     group: it finishes only trackers it started, and leaves trackers you initialised alone.
     The trackers in use are :attr:`trackers`; :meth:`get_tracker` returns one by name. Each
     ``train()`` is a new tracker run (a new MLflow run; to continue one after a resume, pass
-    ``tracker_init_kwargs={"mlflow": {"run_id": ...}}``).
+    ``tracker_init_kwargs={"mlflow": {"run_id": ...}}``), finished when ``train()`` ends.
 
-    Trackers run on the main process only. A tracker that raises (including a
-    ``trackers=None`` callback whose Accelerator has no trackers) is reported once as a
+    ``evaluate()`` after a ``train()`` logs into the run of that training: with
+    ``evaluation_run="training"`` (the default), the trackers are reopened on it for the
+    evaluation (:meth:`reopen_tracker`: the same MLflow run, the same TensorBoard run
+    directory, with no second set of hyperparameters) and finished again afterwards. A
+    tracker that cannot be reopened (other than TensorBoard and MLflow, unless you override
+    :meth:`reopen_tracker`) is started anew, with a warning. ``evaluation_run="new"`` gives
+    every ``evaluate()`` outside ``train()`` a run of its own, as does an ``evaluate()``
+    before any ``train()``.
+
+    Trackers run on the main process only. A tracker that cannot start (an unreachable
+    server, MLflow refusing a file store, a ``trackers=None`` callback whose Accelerator has
+    no trackers) fails the run before training with a
+    `~trainwright.callbacks.CallbackSetupError`, on every process, since nothing would be
+    logged; with ``error_policy="warn"`` it is reported once as a warning instead and
+    training goes on without the callback. A tracker that raises later is reported once as a
     warning and the callback is disabled; training continues (see :class:`LoggerCallback`;
     use one callback per tracker to keep the others going). Trackers started by the
     callback are finished also when an exception ends the run (``on_exception``).
@@ -232,7 +267,11 @@ class ExperimentTrackerCallback(LoggerCallback):
             ``{"mlflow": {"run_name": "baseline"}}``.
         extra_config: further hyperparameters to store with the run config.
         epoch_step: the step epoch metrics are logged at: ``"epoch"`` or ``"update"``.
+        evaluation_run: where ``evaluate()`` outside ``train()`` logs: ``"training"`` (the
+            run of the last ``train()``, reopened) or ``"new"`` (a run of its own).
         strict: raise a tracker's errors instead of reporting and disabling it.
+        error_policy: ``"warn"`` to train on, with a warning, even when a tracker cannot
+            start; ``"raise"`` is ``strict=True`` (see :class:`LoggerCallback`).
 
     Example::
 
@@ -254,10 +293,12 @@ class ExperimentTrackerCallback(LoggerCallback):
         tracker_init_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         extra_config: Mapping[str, Any] | None = None,
         epoch_step: str = "epoch",
+        evaluation_run: str = "training",
         *,
         strict: bool = False,
+        error_policy: str | None = None,
     ) -> None:
-        super().__init__(strict=strict)
+        super().__init__(strict=strict, error_policy=error_policy)
         if isinstance(trackers, str) or _is_tracker(trackers):
             trackers = [trackers]
         self._tracker_specs = None if trackers is None else list(trackers)
@@ -270,15 +311,20 @@ class ExperimentTrackerCallback(LoggerCallback):
         check_path("logging_dir", logging_dir)
         check_type("tracker_init_kwargs", tracker_init_kwargs, Mapping, "a dict", optional=True)
         check_type("extra_config", extra_config, Mapping, "a dict", optional=True)
+        if evaluation_run not in ("training", "new"):
+            raise ValueError(f'evaluation_run must be "training" or "new"; got {evaluation_run!r}.')
         self.project_name = project_name
         self.logging_dir = Path(logging_dir)
         self.log_every_n_updates = log_every_n_updates
         self.tracker_init_kwargs = {k: dict(v) for k, v in (tracker_init_kwargs or {}).items()}
         self.extra_config = dict(extra_config or {})
         self.epoch_step = epoch_step
+        self.evaluation_run = evaluation_run
         #: The trackers logged to in the current run (empty on other processes).
         self.trackers: list[GeneralTracker] = []
         self._started_trackers: list[GeneralTracker] = []
+        # The trackers the last train() started and finished, for evaluate() to reopen.
+        self._training_trackers: list[GeneralTracker] = []
         self._initialized_accelerator: Any = None
         self._pending = _PendingStepValues()
         self._last_logged_update = 0
@@ -298,14 +344,15 @@ class ExperimentTrackerCallback(LoggerCallback):
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         super().on_training_run_start(trainer)
         self._finish_trackers()  # a run that ended abnormally may have left some open
+        self._training_trackers = []
         self._pending.clear()
         self._last_logged_update = trainer.progress.num_update_steps
-        if self.is_writer:
-            config = {**dict(trainer.run_config), **self.extra_config}
-            self._start_trackers(trainer, config)
+        config = {**dict(trainer.run_config), **self.extra_config}
+        self._start_or_fail(trainer, lambda: self._start_trackers(trainer, config))
 
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._log_steps(self._pending.wait())
+        self._training_trackers = list(self._started_trackers)
         self._finish_trackers()
 
     def on_exception(self, trainer: Trainer, exception: BaseException, **kwargs: Any) -> None:
@@ -315,16 +362,94 @@ class ExperimentTrackerCallback(LoggerCallback):
     def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         super().on_evaluation_run_start(trainer)
         self._started_for_evaluation = not self.trackers
-        if self._started_for_evaluation:  # evaluate() outside train(): a run of its own
+        if self._started_for_evaluation:  # evaluate() outside train()
             self.is_writer = trainer.accelerator.is_main_process
-            if self.is_writer:
-                self._start_trackers(trainer, dict(self.extra_config))
+            self._start_or_fail(trainer, lambda: self._start_evaluation_trackers(trainer))
 
     def on_evaluation_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
         super().on_evaluation_run_end(trainer)
         if self._started_for_evaluation:
             self._finish_trackers()
             self._started_for_evaluation = False
+
+    def reopen_tracker(self, tracker: GeneralTracker) -> bool:
+        """Starts ``tracker``, finished at the end of the last ``train()``, again on that
+        training's run, so that ``evaluate()`` logs into it; returns whether it could.
+
+        An MLflow tracker resumes its run (by run id), a TensorBoard tracker writes to its run
+        directory again; no hyperparameters are stored a second time. Other trackers are not
+        reopened (``False``): override this method to reopen yours (e.g. a W&B run with
+        ``wandb.init(id=..., resume="must")``).
+
+        Example:
+            ```python
+            class MyTrackerCallback(ExperimentTrackerCallback):
+                def reopen_tracker(self, tracker):
+                    if tracker.name == "wandb":
+                        tracker.init_kwargs.update(id=tracker.run.id, resume="must")
+                        tracker.start()
+                        return True
+                    return super().reopen_tracker(tracker)
+            ```
+        """
+        from accelerate.tracking import MLflowTracker, TensorBoardTracker
+
+        if isinstance(tracker, TensorBoardTracker):
+            tracker.start()
+            return True
+        if isinstance(tracker, MLflowTracker):
+            # Pinned for this start only: the next train() starts a run of its own.
+            run_id, tracker.run_id = tracker.run_id, tracker.active_run.info.run_id
+            try:
+                tracker.start()
+            finally:
+                tracker.run_id = run_id
+            return True
+        return False
+
+    def _start_evaluation_trackers(self, trainer: Trainer) -> None:
+        if self.evaluation_run == "new" or not self._training_trackers:
+            self._start_trackers(trainer, dict(self.extra_config))
+            return
+        for tracker in self._training_trackers:
+            if not self.reopen_tracker(tracker):
+                warnings.warn(
+                    f"ExperimentTrackerCallback cannot reopen the {tracker.name!r} run of the "
+                    "last train(), so evaluate() logs to a new run of it. Pass "
+                    'evaluation_run="new" if that is what you want, or override '
+                    "reopen_tracker() to reopen it.",
+                    stacklevel=2,
+                )
+                tracker.start()
+                tracker.store_init_configuration(tracker_safe_config(self.extra_config))
+            self._started_trackers.append(tracker)
+            self.trackers.append(tracker)
+
+    def _start_or_fail(self, trainer: Trainer, start: Callable[[], None]) -> None:
+        """Starts the trackers on the main process; if that fails, every process fails
+        (`CallbackSetupError`) before training, unless ``error_policy="warn"`` was chosen."""
+        error = None
+        if self.is_writer:
+            try:
+                start()
+            except Exception as caught:
+                error = caught
+        failure = None if error is None else f"{type(error).__name__}: {error}"
+        if trainer.accelerator.num_processes > 1:  # the main process's outcome, everywhere
+            failure = broadcast_object_list([failure], from_process=0)[0]
+        if failure is None:
+            return
+        with contextlib.suppress(Exception):  # cleanup only: the start's failure is reported
+            self._finish_trackers()
+        if self.may_run_without_destination:
+            if error is not None:
+                raise error  # reported once as a warning, and the callback disabled
+            return
+        raise CallbackSetupError(
+            f"ExperimentTrackerCallback could not start its trackers ({failure}), so nothing "
+            "would be logged: the run stops before training. Fix the tracker's configuration, "
+            'or pass error_policy="warn" to ExperimentTrackerCallback to train without it.'
+        ) from error
 
     def _start_trackers(self, trainer: Trainer, config: dict[str, Any]) -> None:
         hyperparameters = tracker_safe_config(config)
