@@ -20,12 +20,16 @@ from typing import Any
 
 import torch
 from accelerate import DataLoaderConfiguration
+from accelerate.tracking import GeneralTracker
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback, TrainerPlaceholderValues
 from trainwright.callbacks import (
+    CallbackSetupError,
     ConvertSyncBatchNormCallback,
+    EarlyStoppingCallback,
+    ExperimentTrackerCallback,
     SaveTrainingStateCallback,
     TerminateOnNaNCallback,
 )
@@ -552,6 +556,44 @@ def learning_rate_finder() -> dict[str, Any]:
     }
 
 
+class _UnreachableTracker(GeneralTracker):
+    """A tracker whose server cannot be reached: ``start`` raises (on the main process, the
+    only one that starts trackers)."""
+
+    name = "unreachable"
+    requires_logging_directory = False
+    tracker = None
+
+    def start(self) -> None:
+        raise ConnectionError("tracking server unreachable")
+
+
+def tracker_that_cannot_start() -> dict[str, Any]:
+    """A tracker that cannot start on the main process: the error every process raises, and
+    the metrics recorded (none: it fails before training)."""
+    trainer = make_trainer(lr=0.1, callbacks=(ExperimentTrackerCallback(_UnreachableTracker()),))
+    error = None
+    try:
+        trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=2)
+    except CallbackSetupError as caught:
+        error = str(caught)
+    return {"error": error, "metrics": sorted(trainer.run_history.get_metric_names())}
+
+
+def early_stop_counts_the_epoch() -> dict[str, Any]:
+    """lr 0: the evaluation loss never improves, so early stopping ends epoch 2 (a stop
+    agreed after ``on_training_run_epoch_end``); the epoch counters afterwards."""
+    trainer = make_trainer(lr=0.0, callbacks=(EarlyStoppingCallback(early_stopping_patience=1),))
+    trainer.train(
+        make_dataset(8), num_epochs=5, eval_dataset=make_dataset(4, seed=1), per_device_batch_size=2
+    )
+    return {
+        "current_epoch": trainer.run_history.current_epoch,
+        "epoch": trainer.progress.epoch,
+        "num_train_losses": len(trainer.run_history.get_metric_values("train_loss_epoch")),
+    }
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "equivalence": equivalence,
@@ -567,4 +609,6 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "indivisible_split_batch": indivisible_split_batch,
     "predictions": predictions,
     "learning_rate_finder": learning_rate_finder,
+    "tracker_that_cannot_start": tracker_that_cannot_start,
+    "early_stop_counts_the_epoch": early_stop_counts_the_epoch,
 }

@@ -15,6 +15,7 @@ import pytest
 import torch
 from distributed_scenarios import (
     control_on_one_process,
+    early_stop_counts_the_epoch,
     equivalence,
     loss_metrics_with_tails,
     make_dataset,
@@ -79,6 +80,8 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
         ("indivisible_split_batch", "indivisible_split_batch", {}),
         *((f"predictions:{n}", "predictions", {"num_samples": n}) for n in PREDICT_SIZES),
         ("learning_rate_finder", "learning_rate_finder", {}),
+        ("tracker_that_cannot_start", "tracker_that_cannot_start", {}),
+        ("early_stop_counts_the_epoch", "early_stop_counts_the_epoch", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -314,3 +317,21 @@ def test_the_learning_rate_finder_agrees_across_processes_and_restores_the_weigh
     assert first["unchanged"] and second["unchanged"]
     assert first["suggestion"] == second["suggestion"]
     assert first["losses"] == second["losses"]  # the mean over both processes
+
+
+def test_a_tracker_that_cannot_start_fails_every_process_before_training(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    for rank_results in two_process_results:  # the main process's failure, on both
+        result = rank_results["tracker_that_cannot_start"]
+        assert "ConnectionError: tracking server unreachable" in result["error"]
+        assert result["metrics"] == []
+
+
+def test_an_epoch_ended_by_early_stopping_counts_on_every_process(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    reference = early_stop_counts_the_epoch()
+    assert (reference["current_epoch"], reference["epoch"]) == (3, 2)
+    for rank_results in two_process_results:
+        assert rank_results["early_stop_counts_the_epoch"] == reference
