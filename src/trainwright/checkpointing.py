@@ -146,7 +146,9 @@ def save_training_state(
     moved to ``<directory>.previous`` first and deleted only once the new one is in place;
     a save killed between the two renames is recovered from it by the next save or resume
     (see `clean_up_training_states`). A save killed earlier leaves only a staging
-    directory, which loading ignores and the next save removes.
+    directory, which loading ignores and the next save removes. On a machine whose disk is
+    not the main process's (several machines without shared storage), the machine's first
+    process then renames the part of the state its processes wrote in the same way.
 
     Must be called on every process.
 
@@ -174,6 +176,10 @@ def save_training_state(
     if accelerator.is_main_process:
         _publish(staging, directory)
     accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and staging.exists():
+        # This machine's disk is not the main process's (no shared storage): its processes'
+        # part of the state is still staged here, so it is finished here too.
+        _publish(staging, directory)
     return directory
 
 
@@ -347,6 +353,13 @@ def is_training_state(directory: str | os.PathLike) -> bool:
         any(directory.glob(pattern))
         for pattern in (MANIFEST_FILE, "trainer_state_*.pt", "random_states_*.pkl")
     )
+
+
+def missing_state_parts(directory: str | os.PathLike, num_processes: int) -> list[str]:
+    """The ``trainer_state_<rank>.pt`` files of the ``num_processes`` processes that this
+    process does not see in ``directory`` (e.g. written on another machine's disk)."""
+    names = (TRAINER_STATE_FILE.format(process_index=rank) for rank in range(num_processes))
+    return [name for name in names if not (Path(directory) / name).is_file()]
 
 
 def clean_up_training_states(checkpoint_dir: str | os.PathLike, name: str | None = None) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import socket
 from collections.abc import Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object
 from torch.utils.data import IterableDataset
 
 from trainwright.callbacks.base import CallbackHandler, StopTrainingError
@@ -34,6 +36,7 @@ __all__ = [
     "StopVote",
     "can_forward_alone",
     "check_all_processes_joined",
+    "check_same_training_states",
     "create_accelerator",
     "padded_tail",
 ]
@@ -332,6 +335,68 @@ def check_all_processes_joined(accelerator: Accelerator) -> None:
             "Accelerate set up a single process, so each would train alone. Without a GPU, "
             'pass accelerator_kwargs={"cpu": True} to the Trainer (or leave "cpu" out of '
             "them), or set ACCELERATE_USE_CPU=1 for the launch."
+        )
+
+
+def check_same_training_states(
+    accelerator: Accelerator,
+    resume_from: str | os.PathLike,
+    candidates: list[Path],
+    error: Exception | None,
+) -> None:
+    """Makes sure that every process is about to try the same training states to resume from.
+
+    Each process finds the states to resume from (newest first) on its own file system. On
+    machines that each save to their own disk (no shared storage), they can find different
+    states, or none: one would resume while another starts afresh, and the run would abort
+    in collective operations that do not match, or hang. So the processes share what each
+    found (one gather of a few strings, once per ``train()``, before any state is verified
+    or read), and every process raises the same error when they differ or when one of them
+    could not look.
+
+    Args:
+        accelerator: the trainer's accelerator.
+        resume_from: what ``train()`` was given, for the messages.
+        candidates: the states this process found, newest first.
+        error: what this process raised while looking, if anything.
+
+    Raises:
+        RuntimeError: on every process, naming what each process found; a process whose
+            own search failed raises its own error.
+    """
+    if accelerator.num_processes == 1:
+        if error is not None:
+            raise error
+        return
+    view = {
+        "states": [str(path) for path in candidates],
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "host": socket.gethostname(),
+    }
+    views = gather_object([view])
+    failures = [(rank, v) for rank, v in enumerate(views) if v["error"] is not None]
+    if failures:
+        if error is not None:
+            raise error
+        rank, failed = failures[0]
+        raise RuntimeError(
+            f"Cannot resume (resume_from={str(resume_from)!r}): process {rank} (host "
+            f"{failed['host']}) could not look for its training state: {failed['error']}"
+        )
+    # The same state has the same name on every machine (its path may differ, e.g. under
+    # another mount point).
+    if len({tuple(Path(state).name for state in v["states"]) for v in views}) > 1:
+        found = "; ".join(
+            f"process {rank} (host {v['host']}): {', '.join(v['states']) or 'none'}"
+            for rank, v in enumerate(views)
+        )
+        raise RuntimeError(
+            f"The processes found different training states to resume from (resume_from="
+            f"{str(resume_from)!r}): {found}. Each process looks on its own file system; "
+            "with a save directory on each machine's own disk, the machines see different "
+            "saves, and one would resume while another started afresh. Save to storage "
+            "every machine shares, or copy the whole state directory onto every machine, "
+            "and rerun."
         )
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -51,6 +52,7 @@ from trainwright.checkpointing import (
     clean_up_training_states,
     is_training_state,
     load_checkpoint_file,
+    missing_state_parts,
     read_trainer_state,
     training_states,
     verify_training_state,
@@ -73,6 +75,7 @@ from trainwright.distributed import (
     PaddedTail,
     StopVote,
     can_forward_alone,
+    check_same_training_states,
     create_accelerator,
     padded_tail,
 )
@@ -880,22 +883,20 @@ class Trainer:
         explicit, states_dir = None, target
         if not is_latest and (target.name.endswith(STAGING_SUFFIX) or is_training_state(target)):
             explicit = target
+        candidates, error = [], None
+        try:
+            candidates = _resume_candidates(explicit, states_dir, is_latest)
+        except FileNotFoundError as caught:  # raised below, on every process
+            error = caught
+        # Each process looked on its own file system (a machine's own disk, without shared
+        # storage): they agree before any state is verified or read.
+        check_same_training_states(self.accelerator, resume_from, candidates, error)
         if explicit is not None:
-            if not explicit.exists():
-                raise FileNotFoundError(f"No training state directory at {str(explicit)!r}.")
             self._check_training_state(explicit)
             return explicit, self._read_training_state(explicit)
-        candidates = training_states(states_dir)
-        if not candidates and is_latest:
+        if not candidates:
             self.print(f"No training state in {states_dir} yet: starting afresh.")
             return None, None
-        if not states_dir.exists():
-            raise FileNotFoundError(f"No training state directory at {str(states_dir)!r}.")
-        if not candidates:
-            raise FileNotFoundError(
-                f"No complete training state in {str(states_dir)!r} to resume from (states "
-                "are directories named state-<updates>, as SaveTrainingStateCallback writes)."
-            )
         problems = []
         for directory in candidates:
             problem = self._training_state_problem(directory)
@@ -926,7 +927,17 @@ class Trainer:
         """What is wrong with a state (None when it is valid), as every process agrees: each
         node's first process verifies the files it sees."""
         problem = None
-        if self.accelerator.is_local_main_process:
+        num_processes = self.accelerator.num_processes
+        missing = missing_state_parts(directory, num_processes) if num_processes > 1 else []
+        if missing:
+            problem = (
+                f"process {self.accelerator.process_index} (host {socket.gethostname()}) does "
+                f"not see {', '.join(missing)}: every process must see the whole state, which "
+                "all processes write into one directory (with a save_dir on each machine's own "
+                "disk, each machine holds only its own processes' part). Save to storage every "
+                "machine shares, or copy the whole state directory onto every machine."
+            )
+        elif self.accelerator.is_local_main_process:
             try:
                 verify_training_state(directory)
             except InvalidTrainingStateError as error:
@@ -2430,6 +2441,23 @@ def _check_accelerator_kwargs(accelerator_kwargs: dict[str, Any]) -> None:
             "settings of its DataLoaderConfiguration now. Pass accelerator_kwargs="
             f'{{"dataloader_config": accelerate.DataLoaderConfiguration({settings})}} instead.'
         )
+
+
+def _resume_candidates(explicit: Path | None, states_dir: Path, is_latest: bool) -> list[Path]:
+    """The states to try, newest first, as this process sees them (nothing verified)."""
+    if explicit is not None:
+        if not explicit.exists():
+            raise FileNotFoundError(f"No training state directory at {str(explicit)!r}.")
+        return [explicit]
+    candidates = training_states(states_dir)
+    if candidates or is_latest:
+        return candidates
+    if not states_dir.exists():
+        raise FileNotFoundError(f"No training state directory at {str(states_dir)!r}.")
+    raise FileNotFoundError(
+        f"No complete training state in {str(states_dir)!r} to resume from (states are "
+        "directories named state-<updates>, as SaveTrainingStateCallback writes)."
+    )
 
 
 def _plain_optimizer(accelerator: Accelerator, optimizer: Any) -> torch.optim.Optimizer | None:

@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,65 @@ def launch(
     on the command line, e.g. an ``accelerate launch`` command.
     """
     launcher_command = launcher_command or torchrun_command()
-    command = [*launcher_command, str(WORKER), str(out_dir), json.dumps(specs)]
+    process = _start([*launcher_command, str(WORKER), str(out_dir), json.dumps(specs)])
+    returncode, output = _finish(process, [out_dir], timeout)
+    return Launch(returncode, output, _results(out_dir, range(NUM_PROCESSES)))
+
+
+def launch_nodes(
+    specs_per_node: list[list[tuple[str, str, dict[str, Any]]]],
+    out_dirs: list[Path],
+    timeout: float,
+) -> list[Launch]:
+    """Simulates a run on several machines, each with its own disk: one ``torchrun --nnodes
+    N --node_rank r`` per machine, with 1 process each, on 127.0.0.1. Machine ``r`` runs
+    ``specs_per_node[r]`` and writes into ``out_dirs[r]``; its launch holds the results of
+    its process (rank ``r``). A launch running past ``timeout`` kills every machine's.
+    """
+    num_nodes = len(out_dirs)
+    port = free_port()
+    processes = [
+        _start(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                str(num_nodes),
+                "--node_rank",
+                str(node_rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(WORKER),
+                str(out_dir),
+                json.dumps(specs),
+            ]
+        )
+        for node_rank, (specs, out_dir) in enumerate(zip(specs_per_node, out_dirs))
+    ]
+    deadline = time.monotonic() + timeout
+    launches = []
+    for node_rank, (process, out_dir) in enumerate(zip(processes, out_dirs)):
+        remaining = max(deadline - time.monotonic(), 1)
+        returncode, output = _finish(process, out_dirs, remaining)
+        if returncode is None:  # hung: the other machines' launches go too
+            for other, other_dir in zip(processes, out_dirs):
+                if other.poll() is None:
+                    _kill(other, other_dir)
+        launches.append(Launch(returncode, output, _results(out_dir, [node_rank])))
+    return launches
+
+
+def _start(command: list[str]) -> subprocess.Popen:
     # A plain torchrun launch, as a user would type it: the Trainer itself asks Accelerate to
     # join the processes on the CPU (gloo) when there is no GPU.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command,
         env=env,
         stdout=subprocess.PIPE,
@@ -83,24 +138,36 @@ def launch(
         text=True,
         start_new_session=True,  # its own process group, so a hang can be killed whole
     )
+
+
+def _finish(
+    process: subprocess.Popen, out_dirs: list[Path], timeout: float
+) -> tuple[int | None, str]:
+    """The launch's exit status (``None`` when it ran past ``timeout`` and was killed) and
+    output."""
     try:
         output, _ = process.communicate(timeout=timeout)
-        returncode: int | None = process.returncode
+        return process.returncode, output
     except subprocess.TimeoutExpired:
-        _kill(process, out_dir)
+        for out_dir in out_dirs:
+            _kill(process, out_dir)
         output, _ = process.communicate()
-        returncode = None
+        return None, output
+
+
+def _results(out_dir: Path, ranks: Iterable[int]) -> list[dict[str, Any]]:
     results = []
-    for rank in range(NUM_PROCESSES):
+    for rank in ranks:
         path = out_dir / f"rank{rank}.json"
         results.append(json.loads(path.read_text()) if path.exists() else {})
-    return Launch(returncode, output, results)
+    return results
 
 
 def _kill(process: subprocess.Popen, out_dir: Path) -> None:
     # torchrun stops its workers when terminated; it starts them in sessions of their own,
     # so the workers' own process ids (from their pid files) are killed too, to be sure.
-    process.terminate()
+    if process.poll() is None:
+        process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:

@@ -34,10 +34,11 @@ def main(out_dir: str, specs_json: str) -> None:
 def _all_scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
     # The resume scenarios run the job of the single-process resume tests, in tests/.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from multinode_scenarios import MULTINODE_SCENARIOS
     from resume_scenarios import RESUME_SCENARIOS
     from sharding_scenarios import SHARDING_SCENARIOS
 
-    return {**SCENARIOS, **RESUME_SCENARIOS, **SHARDING_SCENARIOS}
+    return {**SCENARIOS, **RESUME_SCENARIOS, **SHARDING_SCENARIOS, **MULTINODE_SCENARIOS}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from trainwright.callbacks.monitor import MonitorCallback
 from trainwright.checkpointing import (
     check_writable_directory,
     clean_up_training_states,
+    missing_state_parts,
     remove_stale_temporary_files,
     remove_state,
     training_states,
@@ -124,7 +125,9 @@ class SaveTrainingStateCallback(TrainerCallback):
     renamed to ``<name>.removing`` and then deleted, and one that cannot be deleted is a
     warning, not an error. Each save also removes what killed saves and prunes left in
     ``save_dir`` (see `trainwright.checkpointing.clean_up_training_states`). ``save_dir`` is
-    created and checked for writing when training starts, before the first step.
+    created and checked for writing when training starts, before the first step. Pruning
+    is done by the main process, and, on machines whose ``save_dir`` is on their own disk
+    (no shared storage), by the machine's first process too, in its part of the states.
 
     The callback runs after callbacks of the default order (``order = 50``) and always after
     the stopping and best-model callbacks (``run_after``), so a state holds the early
@@ -168,9 +171,14 @@ class SaveTrainingStateCallback(TrainerCallback):
         """Saves a training state now and prunes old ones; returns its directory."""
         directory = self.save_dir / f"state-{trainer.progress.num_update_steps:09d}"
         trainer.save_training_state(directory)
-        if trainer.accelerator.is_main_process:
+        accelerator = trainer.accelerator
+        # The main process prunes; so does the first process of a machine whose save_dir is
+        # on its own disk (it does not see the main process's part of the state).
+        if accelerator.is_main_process or (
+            accelerator.is_local_main_process and missing_state_parts(directory, 1)
+        ):
             self._prune()
-        trainer.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return directory
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
