@@ -1139,6 +1139,9 @@ class Trainer:
                 first: from a directory of states, a damaged one is skipped with a warning
                 naming the file, for the next older one; when none is valid, or a state
                 named directly is damaged, an ``InvalidTrainingStateError`` names the file.
+                With several processes, all must find the same states and see all of the
+                one used: they agree before anything is read, or all raise the same error
+                naming what each found (e.g. machines saving to their own disks).
                 Pass the same datasets and settings as the saved run; a different model,
                 optimizer type, batch size, accumulation, number of processes, dataset length
                 or run length (epochs, updates) is an error, raised before anything is
