@@ -134,3 +134,30 @@ def test_dataloader_settings_that_accelerate_would_ignore_are_refused(name):
     # Accelerate 1.x takes these Accelerator arguments without using them.
     with pytest.raises(ValueError, match=rf"DataLoaderConfiguration\({name}=False\)"):
         make_trainer(accelerator_kwargs={name: False})
+
+
+def test_an_overridden_eval_hook_is_only_called_inside_evaluation_epochs():
+    # pytorch-accelerated's "metrics in the loop" pattern: counters reset in
+    # eval_epoch_start, updated in calculate_eval_batch_loss. The one-batch check before
+    # training must not call such a hook outside an evaluation epoch.
+    class CountingTrainer(Trainer):
+        def eval_epoch_start(self):
+            super().eval_epoch_start()
+            self.num_seen = 0
+
+        def calculate_eval_batch_loss(self, batch):
+            self.num_seen += len(batch[1])  # AttributeError before eval_epoch_start
+            return super().calculate_eval_batch_loss(batch)
+
+    torch.manual_seed(0)
+    model = make_model()
+    trainer = CountingTrainer(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=(),
+    )
+    trainer.train(
+        make_dataset(8), num_epochs=1, eval_dataset=make_dataset(6), per_device_batch_size=4
+    )
+    assert trainer.num_seen == 6

@@ -1539,11 +1539,18 @@ class Trainer:
         statistics, dropout and the run's random streams stay as they were), and fires no
         event; the hook itself does run once more than the batches (see ``train()``). An
         ``IterableDataset`` is not read ahead: iterating it could consume its stream.
+
+        Only the default ``calculate_eval_batch_loss`` (the model and ``loss_func``, which keep
+        no state) is checked this way: an overridden one may count what it sees (as
+        pytorch-accelerated's "metrics in the loop" example does, with counters reset in
+        ``eval_epoch_start``), so it is never called outside an evaluation epoch.
         """
         loader = self.eval_dataloader
         dataset = getattr(loader, "dataset", None)
         if loader is None or isinstance(dataset, IterableDataset) or not isinstance(dataset, Sized):
             return
+        if type(self).calculate_eval_batch_loss is not Trainer.calculate_eval_batch_loss:
+            return  # a hook of the user's may keep state: see the docstring
         indices = list(range(min(self.run_config.eval_per_device_batch_size or 1, len(dataset))))
         was_training = self.model.training
         try:

@@ -19,8 +19,6 @@ from trainwright.tracking import MetricNotFoundError
 class AccuracyInTheLoopTrainer(Trainer):
     """Computes accuracy in the loop, as pytorch-accelerated's "metrics in the loop" example."""
 
-    num_correct = num_samples = 0  # train() checks one evaluation batch before any epoch
-
     def eval_epoch_start(self):
         super().eval_epoch_start()
         self.num_correct = self.num_samples = 0
