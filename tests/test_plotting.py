@@ -60,3 +60,9 @@ def test_save_plot_callback_writes_a_png_at_the_end_of_training(tmp_path):
     )
     assert path.read_bytes().startswith(b"\x89PNG")
     assert path.stat().st_size > 1000
+
+
+def test_a_plot_renders_itself_as_png_for_jupyter():
+    # IPython shows a cell's value through _repr_png_ (no pyplot, no %matplotlib inline)
+    png = history_with(train_loss_epoch=[1.0, 0.5]).plot()._repr_png_()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")

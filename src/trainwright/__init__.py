@@ -3,6 +3,17 @@
 Importing it has no side effects: no seeding, no logging configuration.
 """
 
+import warnings as _warnings
+
+from tqdm.std import TqdmWarning as _TqdmWarning
+
+with _warnings.catch_warnings():
+    # Accelerate imports tqdm.auto, which warns (TqdmWarning) in a Jupyter notebook without
+    # ipywidgets and then picks tqdm's text bar, which draws fine there. Import it first,
+    # quietly (`pip install "trainwright[notebook]"` gives widget bars).
+    _warnings.simplefilter("ignore", _TqdmWarning)
+    from tqdm import autonotebook as _tqdm_autonotebook  # noqa: F401
+
 from trainwright.callbacks import StopTrainingError, TrainerCallback
 from trainwright.run_config import RunConfig
 from trainwright.tracking import InMemoryRunHistory, RunHistory

@@ -1,8 +1,9 @@
 """Plots of a run history, drawn with matplotlib (an optional dependency, imported only when
 a plot is asked for: ``pip install matplotlib`` or ``pip install "trainwright[plot]"``).
 
-The figures are built with :class:`matplotlib.figure.Figure` directly, not ``pyplot``: no
-global figure state, no GUI backend needed, and nothing to close afterwards.
+The figures are built as a ``matplotlib.figure.Figure`` directly, not with ``pyplot``: no
+global figure state, no GUI backend needed, and nothing to close afterwards. In Jupyter, a
+figure that is the value of a cell shows inline as an image, without ``%matplotlib inline``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ __all__ = ["plot_run_history", "require_matplotlib", "save_run_history_plot"]
 
 
 def require_matplotlib() -> type:
-    """Returns :class:`matplotlib.figure.Figure`, or raises an ``ImportError`` that says how
-    to install matplotlib."""
+    """Returns the class of trainwright's figures, a matplotlib ``Figure`` that Jupyter shows
+    inline (`trainwright._inline_figure.InlineFigure`), or raises an ``ImportError`` that
+    says how to install matplotlib."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise ImportError(
             "Plotting a run history needs matplotlib, which is not installed: "
             'pip install matplotlib (or pip install "trainwright[plot]").'
         ) from None
-    return Figure
+    from trainwright._inline_figure import InlineFigure
+
+    return InlineFigure
 
 
 def _numeric_series(history: RunHistory, metric_names: Any) -> dict[str, list[float]]:
@@ -61,7 +65,8 @@ def plot_run_history(history: RunHistory, metric_names: Any = None) -> Figure:
         metric_names: the metrics to draw; default every numeric one.
 
     Returns:
-        A :class:`matplotlib.figure.Figure`; save it with ``figure.savefig("run.png")``.
+        A matplotlib ``Figure``; save it with ``figure.savefig("run.png")``. As the last
+        expression of a Jupyter cell it shows inline, as a PNG image.
 
     Raises:
         ImportError: if matplotlib is not installed.

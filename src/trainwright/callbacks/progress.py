@@ -10,11 +10,10 @@ from __future__ import annotations
 import numbers
 import sys
 import time
-import warnings
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
-from tqdm.std import TqdmWarning, tqdm
+from tqdm.std import tqdm
 
 from trainwright.callbacks.base import ALL_METRICS, StopTrainingError, TrainerCallback
 from trainwright.data import dataloader_length
@@ -341,11 +340,8 @@ def _bar_class(file: IO[str] | None, draw_bar: bool | None) -> type[tqdm] | None
     """The tqdm class that draws a bar into ``file`` (stderr when ``None``), or ``None``
     where plain lines should be printed instead. tqdm picks the notebook bar in a Jupyter
     kernel with ipywidgets, the terminal bar otherwise."""
-    with warnings.catch_warnings():
-        # Without ipywidgets, tqdm warns once and falls back to the terminal bar; the
-        # fallback is right (a notebook renders its frames), the warning is not ours to show.
-        warnings.simplefilter("ignore", TqdmWarning)
-        from tqdm.autonotebook import tqdm as auto_tqdm
+    from tqdm.autonotebook import tqdm as auto_tqdm  # first imported, quietly, by trainwright
+
     if draw_bar is False:
         return None
     if draw_bar or auto_tqdm is not tqdm:  # asked for, or the notebook bar
