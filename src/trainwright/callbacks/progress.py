@@ -346,10 +346,18 @@ def _bar_class(file: IO[str] | None, draw_bar: bool | None) -> type[tqdm] | None
         return None
     if draw_bar or auto_tqdm is not tqdm:  # asked for, or the notebook bar
         return auto_tqdm
-    is_jupyter = "ipykernel" in sys.modules  # its output renders carriage returns
     stream = sys.stderr if file is None else file
     is_terminal = getattr(stream, "isatty", lambda: False)()
-    return auto_tqdm if is_jupyter or is_terminal else None
+    # A Jupyter kernel's output is no terminal, but renders carriage returns.
+    return auto_tqdm if is_terminal or _is_in_jupyter_kernel() else None
+
+
+def _is_in_jupyter_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (not merely with ipykernel imported)."""
+    zmqshell, ipython = sys.modules.get("ipykernel.zmqshell"), sys.modules.get("IPython")
+    if zmqshell is None or ipython is None:
+        return False
+    return isinstance(ipython.get_ipython(), zmqshell.ZMQInteractiveShell)
 
 
 # tqdm's default line without the bar itself (without a total, tqdm's default has none).
