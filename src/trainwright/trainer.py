@@ -30,6 +30,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from trainwright.accumulation import ItemWeighting, returned_num_items
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
     CallbackHandler,
@@ -330,11 +331,9 @@ class Trainer:
         self._max_num_intermediate_eval_batches: int | None = None
         self._is_train_epoch_running = False
         # The epoch's training batches: None for data without a length until its last batch
-        # comes (see _marking_last_batch); the sizes of accumulation windows are taken from
-        # _num_window_batches (unbounded then), the loader being iterated is _epoch_dataloader.
+        # comes (see _marking_last_batch); the loader being iterated is _epoch_dataloader.
         self._is_train_length_known = True
         self._num_train_batches: int | None = None
-        self._num_window_batches: float = math.inf
         self._epoch_dataloader: DataLoader | None = None
         # How the scheduler is stepped; decided once per train(), so each step only reads a flag.
         self._is_scheduler_stepped_per_update = False
@@ -343,6 +342,7 @@ class Trainer:
         self._scheduler_metric: str | None = None
         self._train_loss = _EpochLoss(self.accelerator)
         self._eval_loss = _EpochLoss(self.accelerator)
+        self._item_weighting = ItemWeighting(self.accelerator)
         self._stop_vote = StopVote(self.accelerator, self.callback_handler)
         #: The signal (``"SIGTERM"``, ``"SIGINT"``) that interrupted the last ``train()``.
         self.interrupt_signal: str | None = None
@@ -598,6 +598,7 @@ class Trainer:
         if requests & END_EPOCH:
             if not self._is_update_step(step):
                 self.optimizer_zero_grad()  # discard the unfinished accumulation window
+                self._item_weighting.discard_window()
             return True
         return False
 
@@ -827,6 +828,7 @@ class Trainer:
             "epoch_start": self._epoch_start_state,
             "sampler": _generator_state(self.train_dataloader),
             "train_loss": self._train_loss.state_dict(),
+            "accumulation": self._item_weighting.state_dict(),
             "gradients": local_gradients(self.model),
         }
 
@@ -985,6 +987,8 @@ class Trainer:
         self.run_history.load_state_dict(state["run_history"])
         self.progress = TrainingProgress(**state["progress"])
         restore_local_gradients(self.model, state["gradients"])
+        if "accumulation" in state:  # states saved before accumulation was item-weighted
+            self._item_weighting.load_state_dict(state["accumulation"])
         if self.progress.is_epoch_finished:  # saved during the epoch's last events
             # The next epoch's order comes from the sampler's generator as it is now (with
             # several processes, a generator of Accelerate's that save_state does not keep).
@@ -1050,9 +1054,14 @@ class Trainer:
         """Trains the model for ``num_epochs`` epochs, evaluating after each one if
         ``eval_dataset`` is given.
 
-        With several processes (``torchrun`` / ``accelerate launch``), each process trains
-        on its share of every batch of ``per_device_batch_size * num_processes`` samples, and
-        the run matches one process with that batch size. Update counts (``run_config``,
+        Every optimizer update is one step on the mean loss over all items of its
+        accumulation window on all processes: each micro-batch's mean loss is weighed by its
+        ``num_items`` (when ``calculate_train_batch_loss`` returns it, e.g. target tokens)
+        or else its ``batch_size``, whatever the sizes of the micro-batches (see
+        ``trainwright.accumulation``). With several processes (``torchrun`` / ``accelerate
+        launch``), each process trains on its share of every batch of
+        ``per_device_batch_size * num_processes`` samples, and the run matches one process
+        with that batch size. Update counts (``run_config``,
         placeholders, ``max_num_train_steps``) are per process and the same on every one.
         The loss metrics are over all processes: Accelerate completes the last batches with
         repeated samples so that every process gets as many full batches, and the repeats
@@ -1076,10 +1085,8 @@ class Trainer:
           it splits itself with ``torch.utils.data.get_worker_info()``;
         - with gradient accumulation, an update happens every ``gradient_accumulation_steps``
           micro-batches and after the epoch's last batch, which Accelerate's loader flags
-          (``end_of_dataloader``) as it yields it. The size of the last, short window is only
-          known then, after its first micro-batches' backward, so each micro-batch's loss is
-          divided by ``gradient_accumulation_steps``: the last update of an epoch is smaller
-          than one over the same samples with a known length;
+          (``end_of_dataloader``) as it yields it. The last, short window is exact too: a
+          window's gradients are scaled to the mean over its items only once it ends;
         - with several processes, Accelerate shards the dataset itself, completing the last
           batches with repeated samples that are not left out of the loss metrics;
         - resuming mid-epoch (``resume_from``) skips the batches already done by iterating
@@ -1097,7 +1104,8 @@ class Trainer:
             max_num_train_steps: if set, train for exactly this many optimizer updates,
                 however many epochs that takes (with data without a length too).
             gradient_accumulation_steps: micro-batches per optimizer update. An update also
-                happens at the end of every epoch, over the micro-batches left.
+                happens at the end of every epoch, over the micro-batches left. Each update
+                is on the mean over every item (sample, or ``num_items``) of its window.
             gradient_clip_value: clip each gradient element to ``[-v, v]`` before updates.
             max_grad_norm: clip the total gradient norm to this value before updates.
             create_scheduler_fn: a function of the optimizer that returns a scheduler, e.g.
@@ -1229,6 +1237,9 @@ class Trainer:
         self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
         self._check_first_eval_batch()
         self.progress = TrainingProgress()
+        self._item_weighting.start_run(
+            self.run_config.train_per_device_batch_size * gradient_accumulation_steps
+        )
         if resume_state is not None:
             self._check_resume_matches_run(resume_dir, resume_state)
             self._restore_training_state(resume_dir, resume_state)
@@ -1365,19 +1376,23 @@ class Trainer:
         handler.call_event("on_train_step_start", self, batch=batch, step=step)
         batch_output = self.calculate_train_batch_loss(batch)
         loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
-        if self._train_tail is not None and step == self._train_tail.step:
-            # Accelerate completed this batch with repeated samples: count only the others
-            # (their loss is not separable from the repeats'; see train()).
-            batch_size = self._train_tail.num_genuine_samples
-        self._train_loss.update(loss, batch_size)
+        num_items = returned_num_items(batch_output)
+        if num_items is None:
+            num_items = metric_weight = batch_size
+            if self._train_tail is not None and step == self._train_tail.step:
+                # Accelerate completed this batch with repeated samples: count only the others
+                # in the metric (their loss is not separable from the repeats'; see train()).
+                metric_weight = self._train_tail.num_genuine_samples
+        else:
+            metric_weight = num_items
+        self._train_loss.update(loss, metric_weight)
         handler.call_event(
             "on_before_backward", self, batch=batch, batch_output=batch_output, step=step
         )
-        # Each micro-batch contributes 1/window of the update, so an accumulated update
-        # equals one over the window's concatenated batches (also for a short last window).
-        window_size = self._accumulation_window_size(step)
-        scaled_loss = loss / window_size if window_size > 1 else loss
+        # Each micro-batch's mean loss is weighed by its items; the window's gradients are
+        # scaled to the mean over all of its items on all processes before the update.
         is_update_step = self._is_update_step(step)
+        scaled_loss = self._item_weighting.weigh(loss, num_items, is_window_end=is_update_step)
         if is_update_step or not self._defers_gradient_sync:
             self.backward_step(scaled_loss)
         else:  # no gradient all-reduce between processes until the window is complete
@@ -1395,6 +1410,7 @@ class Trainer:
 
     def _update_parameters(self, step: int) -> None:
         """The end of an accumulation window: clip, update, step the scheduler, clear."""
+        self._item_weighting.scale_gradients(self.model.parameters())
         self._clip_gradients()
         self.callback_handler.call_event("on_before_optimizer_step", self, step=step)
         is_skip_possible = self._skip_update_reason is not None or self._is_skip_vote_needed
@@ -1481,13 +1497,6 @@ class Trainer:
     def _is_update_step(self, step: int) -> bool:
         accumulation_steps = self.run_config.gradient_accumulation_steps
         return (step + 1) % accumulation_steps == 0 or step + 1 == self._num_train_batches
-
-    def _accumulation_window_size(self, step: int) -> int:
-        # Without a length, a window's size is not known until its last batch, after its
-        # first micro-batches' backward: every window counts as full (see train()).
-        accumulation_steps = self.run_config.gradient_accumulation_steps
-        window_start = step - step % accumulation_steps
-        return min(accumulation_steps, self._num_window_batches - window_start)
 
     def _clip_gradients(self) -> None:
         # Accelerate unscales fp16 gradients (once per update) before clipping.
@@ -2044,13 +2053,11 @@ class Trainer:
         self._is_train_length_known = train_len is not None
         if self._is_train_length_known:
             self._num_train_batches = _limit(train_len, self._max_num_train_batches_per_epoch)
-            self._num_window_batches = self._num_train_batches
             num_update_steps_per_epoch = math.ceil(
                 self._num_train_batches / gradient_accumulation_steps
             )
         else:  # found as each epoch ends; every accumulation window counts as full
             self._num_train_batches = num_update_steps_per_epoch = None
-            self._num_window_batches = math.inf
         if max_num_train_steps is not None:
             num_update_steps = max_num_train_steps
             # Without a length, epochs repeat until max_num_train_steps (num_epochs None).
@@ -2216,11 +2223,20 @@ class Trainer:
         """Computes the loss of one training batch.
 
         The default expects ``batch`` to be ``(inputs, targets)``. Override it for any
-        other batch structure; return the unscaled loss (gradient accumulation is handled
-        by the loop).
+        other batch structure; return the batch's unscaled *mean* loss (gradient
+        accumulation is handled by the loop).
+
+        The loop weighs each batch by the number of items its loss averages over, so that
+        an accumulated update is the mean over every item of its window on every process:
+        ``batch_size`` by default, or ``num_items`` when returned, e.g. the number of target
+        tokens of a language model's batch (``(labels != -100).sum()``, an int or a 0-dim
+        tensor, read without a host sync). pytorch-accelerated's ``num_items_in_batch`` is
+        read as ``num_items``. A batch with no items must return a finite loss (e.g.
+        ``sum / max(count, 1)``), which it then does not weigh in.
 
         Returns:
-            ``{"loss": scalar tensor, "model_outputs": ..., "batch_size": int}``.
+            ``{"loss": scalar tensor, "model_outputs": ..., "batch_size": int}``, optionally
+            with ``"num_items"``; ``train_loss_epoch`` is weighted the same way.
 
         Example::
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
+from accumulation_cases import token_weighted_run
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -596,6 +597,7 @@ def early_stop_counts_the_epoch() -> dict[str, Any]:
 
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "token_weighted_run": token_weighted_run,
     "equivalence": equivalence,
     "loss_metrics_with_tails": loss_metrics_with_tails,
     "update_counting": update_counting,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from distributed_scenarios import (
     control_on_one_process,
     early_stop_counts_the_epoch,
@@ -37,6 +38,19 @@ STOP_MOMENTS = (
     ("on_train_epoch_end", None, 0),
     ("on_eval_step_end", 0, 1),
 )
+
+
+# 24 sequences of random lengths, 4 per step over all processes, accumulation 3: 2 windows.
+TOKEN_MAX_GRAD_NORMS = (None, 0.05)
+
+
+def _token_run(max_grad_norm: float | None) -> dict[str, Any]:
+    return {
+        "num_sequences": 24,
+        "total_batch_size": 4,
+        "gradient_accumulation_steps": 3,
+        "max_grad_norm": max_grad_norm,
+    }
 
 
 def _stop_key(event: str, step: int | None, epoch: int) -> str:
@@ -82,6 +96,10 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
         ("learning_rate_finder", "learning_rate_finder", {}),
         ("tracker_that_cannot_start", "tracker_that_cannot_start", {}),
         ("early_stop_counts_the_epoch", "early_stop_counts_the_epoch", {}),
+        *(
+            (f"token_weighted:{max_grad_norm}", "token_weighted_run", _token_run(max_grad_norm))
+            for max_grad_norm in TOKEN_MAX_GRAD_NORMS
+        ),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -106,6 +124,31 @@ def test_two_processes_train_like_one_with_twice_the_batch(
         _assert_close(result["weights"], reference["weights"])
         for metric in ("train_loss_epoch", "eval_loss_epoch", "evaluation_loss"):
             _assert_close(result[metric], reference[metric])
+
+
+@pytest.mark.parametrize("max_grad_norm", TOKEN_MAX_GRAD_NORMS)
+def test_token_weighted_updates_on_two_processes_equal_one_step_on_all_tokens(
+    two_process_results: list[dict[str, Any]], max_grad_norm: float | None
+) -> None:
+    # Each process holds half of every batch, with its own number of target tokens: every
+    # update must still be one step on the mean over all tokens of the window.
+    run = _token_run(max_grad_norm)
+    expected = reference_token_steps(
+        make_token_dataset(run["num_sequences"]),
+        run["total_batch_size"] * run["gradient_accumulation_steps"],
+        lr=0.5,
+        max_grad_norm=max_grad_norm,
+    )
+    for rank_results in two_process_results:
+        result = rank_results[f"token_weighted:{max_grad_norm}"]
+        torch.testing.assert_close(
+            torch.tensor(result["weights"]), torch.tensor(expected), rtol=0, atol=1e-5
+        )
+    reference = token_weighted_run(**run)
+    _assert_close(
+        two_process_results[0][f"token_weighted:{max_grad_norm}"]["train_loss_epoch"],
+        reference["train_loss_epoch"],
+    )
 
 
 def test_loss_metrics_count_every_sample_exactly_once(

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The scenarios share runs with the single-process tests (resume_job, accumulation_cases),
+# which live in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from distributed_scenarios import SCENARIOS
 
 
@@ -32,8 +36,6 @@ def main(out_dir: str, specs_json: str) -> None:
 
 
 def _all_scenarios() -> dict[str, Callable[..., dict[str, Any]]]:
-    # The resume scenarios run the job of the single-process resume tests, in tests/.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from multinode_scenarios import MULTINODE_SCENARIOS
     from resume_scenarios import RESUME_SCENARIOS
     from sharding_scenarios import SHARDING_SCENARIOS

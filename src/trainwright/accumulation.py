@@ -1,0 +1,206 @@
+"""Exact gradient accumulation: every update is one step on the mean loss over all items of
+its window, on all processes, whatever the sizes of the micro-batches.
+
+``calculate_train_batch_loss`` returns each micro-batch's *mean* loss and the number of items
+it averages over (``num_items``, e.g. its target tokens, or else ``batch_size``). Dividing
+each micro-batch's loss by the number of micro-batches in the window, as a plain loop does,
+is exact only when every micro-batch holds as many items. Instead, :class:`ItemWeighting`:
+
+1. back-propagates each micro-batch's loss times ``num_items / scale`` (``scale`` a number
+   every process shares, only there to keep the gradients' magnitude near that of a mean),
+   so the window's gradients are ``sum(num_items_i * grad(mean_loss_i)) / scale``, and sums
+   the window's items on the device (no host sync);
+2. at the window's last micro-batch, starts one all-reduce of that sum over the processes,
+   without waiting: it runs while the last backward pass (and, with DDP, its gradient
+   all-reduce, which averages the gradients over the ``P`` processes) does;
+3. before clipping, multiplies the gradients once by ``P * scale / total_items``. They are
+   then the gradient of the mean loss over every item of the window on every process.
+
+The window's size is only needed at its end, so data without a length (whose last window's
+size is unknown until it ends) is exact too. Multiplying the gradients commutes with the fp16
+gradient scaler's unscaling (a division by its scale, before clipping or in its step) and
+keeps an inf or NaN an inf or NaN, so the scaler still detects overflows.
+
+DeepSpeed keeps the gradients inside its engine, out of reach: there each micro-batch's own
+total is all-reduced before its backward pass and folded into its loss instead, which is
+exact for windows of one micro-batch (``gradient_accumulation_steps=1``, as DeepSpeed is used
+with trainwright) and weighs the micro-batches of longer windows equally.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch import nn
+
+__all__ = ["ItemWeighting", "returned_num_items"]
+
+#: The keys of ``calculate_train_batch_loss``'s result that give a micro-batch's weight.
+NUM_ITEMS_KEYS = ("num_items", "num_items_in_batch")
+
+Number = int | float
+Weight = Number | torch.Tensor
+
+
+def returned_num_items(batch_output: dict[str, Any]) -> Weight | None:
+    """The number of items a micro-batch's mean loss averages over, as returned by
+    ``calculate_train_batch_loss``: its ``num_items``, or pytorch-accelerated's
+    ``num_items_in_batch``, read with the same meaning (the number of items, e.g. non-padding
+    tokens, in this batch); ``None`` when it returned neither (``batch_size`` weighs it then).
+
+    Raises:
+        ValueError: if both keys are given, or the count is not a number or 0-dim tensor.
+    """
+    given = [key for key in NUM_ITEMS_KEYS if key in batch_output]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ValueError(
+            "calculate_train_batch_loss() returned both 'num_items' and 'num_items_in_batch'; "
+            "return one of them: the number of items (e.g. target tokens) that this "
+            "micro-batch's mean loss averages over."
+        )
+    num_items = batch_output[given[0]]
+    is_number = isinstance(num_items, numbers.Real) and not isinstance(num_items, bool)
+    is_scalar_tensor = isinstance(num_items, torch.Tensor) and num_items.dim() == 0
+    if not (is_number or is_scalar_tensor):
+        shape = tuple(num_items.shape) if isinstance(num_items, torch.Tensor) else None
+        raise ValueError(
+            f"calculate_train_batch_loss() returned {given[0]}={type(num_items).__name__}"
+            f"{'' if shape is None else f' of shape {shape}'}; it must be an int or a 0-dim "
+            "tensor: the number of items (e.g. target tokens, (labels != -100).sum()) that "
+            "this micro-batch's mean loss averages over."
+        )
+    if is_number and num_items < 0:
+        raise ValueError(
+            f"calculate_train_batch_loss() returned {given[0]}={num_items}; the number of "
+            "items cannot be negative."
+        )
+    return num_items
+
+
+class ItemWeighting:
+    """Weighs the micro-batches of accumulation windows by their items, and scales each
+    window's gradients to the mean over all items of the window on all processes (see the
+    module's docstring).
+
+    Args:
+        accelerator: the trainer's accelerator.
+    """
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self._accelerator = accelerator
+        self._num_processes = accelerator.num_processes
+        self._is_loss_folded = accelerator.distributed_type == DistributedType.DEEPSPEED
+        # float64 keeps large token counts exact; MPS has no float64.
+        self._dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
+        self._scale: Weight = 1
+        self._window_items: Weight = 0
+        self._total: torch.Tensor | None = None
+        self._work: Any = None
+
+    def start_run(self, nominal_window_items: Number) -> None:
+        """Starts a ``train()`` run: an empty window, and a scale of the items a window of
+        full batches holds on one process."""
+        self._scale = nominal_window_items
+        self.discard_window()
+
+    def discard_window(self) -> None:
+        """Forgets the items of the current window (its gradients are being discarded)."""
+        self._window_items = 0
+        self._total, self._work = None, None
+
+    def weigh(self, loss: torch.Tensor, num_items: Weight, is_window_end: bool) -> torch.Tensor:
+        """The tensor to back-propagate for a micro-batch with mean loss ``loss`` over
+        ``num_items`` items; at the window's last micro-batch (``is_window_end``), also
+        starts summing the window's items over the processes."""
+        if self._is_loss_folded:
+            return loss * (self._num_processes * num_items / self._reduced(num_items))
+        self._window_items = self._window_items + num_items
+        if is_window_end and self._num_processes > 1:
+            self._total = self._as_tensor(self._window_items)
+            self._work = dist.all_reduce(self._total, async_op=True)
+        weight = num_items / self._scale
+        if isinstance(weight, torch.Tensor):
+            return loss * weight.to(loss.dtype)
+        return loss if weight == 1.0 else loss * weight
+
+    def scale_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Scales the window's gradients to the mean over all its items on all processes;
+        called once per window, after its last backward pass and before clipping."""
+        if self._is_loss_folded:  # the losses were scaled instead
+            return
+        if self._num_processes > 1:
+            self._work.wait()  # on a GPU, orders the stream; the host does not wait
+            total: Weight = self._total
+        else:
+            total = self._window_items
+        if isinstance(total, torch.Tensor):
+            factor: Weight = torch.where(
+                total > 0, self._num_processes * self._scale / total, 0.0
+            ).to(self._dtype)
+            # The next window's items per process are likely those of this one.
+            self._scale = total.to(self._dtype) / self._num_processes
+        else:
+            factor = self._scale / total if total else 0.0
+            self._scale = total or self._scale
+        self.discard_window()
+        if not isinstance(factor, float) or factor != 1.0:
+            _multiply_gradients(parameters, factor)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scale and the current window's items, for an exact resume mid-window."""
+        return {"scale": _to_cpu(self._scale), "window_items": _to_cpu(self._window_items)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self._accelerator.device
+        self.discard_window()
+        self._scale = _to_device(state["scale"], device)
+        self._window_items = _to_device(state["window_items"], device)
+
+    def _as_tensor(self, value: Weight) -> torch.Tensor:
+        device = self._accelerator.device
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=self._dtype)
+        # A fill, not a copy from the host, which could wait for the GPU's queue.
+        return torch.full((), value, dtype=self._dtype, device=device)
+
+    def _reduced(self, value: Weight) -> torch.Tensor | Number:
+        if self._num_processes == 1:
+            return value
+        total = self._as_tensor(value)
+        dist.all_reduce(total)
+        return total
+
+
+def _multiply_gradients(parameters: Iterable[nn.Parameter], factor: Weight) -> None:
+    by_device: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = defaultdict(list)
+    for parameter in parameters:
+        if parameter.grad is not None:
+            by_device[parameter.grad.device, parameter.grad.dtype].append(parameter.grad)
+    for (device, dtype), grads in by_device.items():
+        if isinstance(factor, torch.Tensor):
+            if any(type(grad) is not torch.Tensor for grad in grads):
+                # DTensor gradients (FSDP2) mix with a plain number only: one host read.
+                for grad in grads:
+                    grad.mul_(float(factor))
+                continue
+            scale = factor.to(device=device, dtype=dtype)
+            torch._foreach_mul_(grads, scale)
+        else:
+            torch._foreach_mul_(grads, factor)
+
+
+def _to_cpu(value: Weight) -> Weight:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _to_device(value: Weight, device: torch.device) -> Weight:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
