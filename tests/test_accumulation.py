@@ -22,6 +22,7 @@ from accumulation_cases import (
     token_weighted_run,
 )
 from conftest import make_dataset, make_model, make_trainer
+from test_trainer_loop import HostSyncCounter, UninstallLast
 from torch import nn
 from torch.utils.data import IterableDataset
 
@@ -236,3 +237,39 @@ def test_a_token_weighted_run_resumed_mid_window_is_bit_identical(tmp_path):
     assert resumed.run_history.get_metric_values(
         "train_loss_epoch"
     ) == uninterrupted.run_history.get_metric_values("train_loss_epoch")
+
+
+def test_no_host_sync_per_step_in_a_token_weighted_run():
+    counter = HostSyncCounter()
+    trainer = make_token_trainer(LR, callbacks=[counter, UninstallLast(counter)])
+    try:
+        trainer.train(
+            make_token_dataset(20),
+            num_epochs=2,
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+            max_grad_norm=1.0,
+        )
+    finally:
+        counter._uninstall()
+    assert counter.count == 0
+
+
+def test_a_window_cut_short_by_request_end_epoch_leaves_no_items_behind():
+    class EndFirstEpochEarly(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if (trainer.progress.epoch, step) == (0, 1):  # mid-window: its gradients go
+                trainer.request_end_epoch()
+
+    dataset = make_token_dataset(24)
+    trainer = make_token_trainer(LR, callbacks=[EndFirstEpochEarly()])
+    trainer.train(
+        dataset,
+        num_epochs=2,
+        per_device_batch_size=4,
+        gradient_accumulation_steps=3,
+        train_dataloader_kwargs=IN_ORDER,
+    )
+    assert trainer.progress.num_update_steps == 2  # only epoch 1's windows updated
+    expected = reference_token_steps(dataset, 12, LR, None)
+    assert_weights_close(flat_weights(trainer.get_model()), expected)

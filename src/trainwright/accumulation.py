@@ -122,15 +122,12 @@ class ItemWeighting:
         ``num_items`` items; at the window's last micro-batch (``is_window_end``), also
         starts summing the window's items over the processes."""
         if self._is_loss_folded:
-            return loss * (self._num_processes * num_items / self._reduced(num_items))
+            return _weighted(loss, self._folded_weight(num_items))
         self._window_items = self._window_items + num_items
         if is_window_end and self._num_processes > 1:
             self._total = self._as_tensor(self._window_items)
             self._work = dist.all_reduce(self._total, async_op=True)
-        weight = num_items / self._scale
-        if isinstance(weight, torch.Tensor):
-            return loss * weight.to(loss.dtype)
-        return loss if weight == 1.0 else loss * weight
+        return _weighted(loss, num_items / self._scale)
 
     def scale_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Scales the window's gradients to the mean over all its items on all processes;
@@ -172,12 +169,23 @@ class ItemWeighting:
         # A fill, not a copy from the host, which could wait for the GPU's queue.
         return torch.full((), value, dtype=self._dtype, device=device)
 
-    def _reduced(self, value: Weight) -> torch.Tensor | Number:
-        if self._num_processes == 1:
-            return value
-        total = self._as_tensor(value)
+    def _folded_weight(self, num_items: Weight) -> Weight:
+        # DeepSpeed: this micro-batch's share of its items over all processes, times the
+        # number of processes (its engine averages the gradients over them).
+        if self._num_processes == 1:  # a weight of 1, or 0 for a micro-batch without items
+            if isinstance(num_items, torch.Tensor):
+                return (num_items > 0).to(self._dtype)
+            return 1.0 if num_items else 0.0
+        total = self._as_tensor(num_items)
         dist.all_reduce(total)
-        return total
+        tiny = torch.finfo(self._dtype).tiny  # no items anywhere: a weight of 0
+        return self._num_processes * num_items / total.clamp(min=tiny)
+
+
+def _weighted(loss: torch.Tensor, weight: Weight) -> torch.Tensor:
+    if isinstance(weight, torch.Tensor):
+        return loss * weight.to(loss.dtype)
+    return loss if weight == 1.0 else loss * weight
 
 
 def _multiply_gradients(parameters: Iterable[nn.Parameter], factor: Weight) -> None:

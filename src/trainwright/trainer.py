@@ -155,7 +155,8 @@ class _EpochLoss:
     """The sample-weighted mean of per-batch losses over an epoch, kept on the device.
 
     The loop passes the number of genuine samples of each batch, leaving out the repeats
-    Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``).
+    Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``), or the
+    batch's ``num_items`` when ``calculate_train_batch_loss`` returns it.
 
     Each step only keeps a reference to its detached loss: the losses are summed by a few
     tensor operations every ``fold_every`` steps and at epoch end, not one per step, and
@@ -2056,7 +2057,7 @@ class Trainer:
             num_update_steps_per_epoch = math.ceil(
                 self._num_train_batches / gradient_accumulation_steps
             )
-        else:  # found as each epoch ends; every accumulation window counts as full
+        else:  # found as each epoch ends
             self._num_train_batches = num_update_steps_per_epoch = None
         if max_num_train_steps is not None:
             num_update_steps = max_num_train_steps
