@@ -34,6 +34,9 @@ def make_token_dataset(num_sequences: int, seed: int = 0) -> TensorDataset:
     return TensorDataset(input_ids, labels)
 
 
+EVAL_DATASET = make_token_dataset(7, seed=1)
+
+
 def make_token_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Embedding(VOCAB_SIZE, 8), nn.Linear(8, VOCAB_SIZE))
@@ -61,6 +64,8 @@ class TokenTrainer(Trainer):
             "batch_size": input_ids.size(0),
             self.num_items_key: num_tokens,
         }
+
+    calculate_eval_batch_loss = calculate_train_batch_loss
 
 
 def make_token_trainer(
@@ -98,11 +103,13 @@ def token_weighted_run(
     lr: float = 0.5,
 ) -> dict[str, Any]:
     """Trains one epoch in order, ``total_batch_size`` sequences per step over all processes
-    (each process gets its share), and returns the weights and ``train_loss_epoch``."""
+    (each process gets its share), evaluating on 7 sequences (with 2 processes, the last
+    evaluation batch is completed with repeats), and returns the weights and losses."""
     trainer = make_token_trainer(lr)
     num_processes = trainer.accelerator.num_processes
     trainer.train(
         make_token_dataset(num_sequences),
+        eval_dataset=EVAL_DATASET,
         num_epochs=1,
         per_device_batch_size=total_batch_size // num_processes,
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -112,6 +119,7 @@ def token_weighted_run(
     return {
         "weights": flat_weights(trainer.get_model()),
         "train_loss_epoch": trainer.run_history.get_metric_values("train_loss_epoch"),
+        "eval_loss_epoch": trainer.run_history.get_metric_values("eval_loss_epoch"),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from accumulation_cases import (
+    EVAL_DATASET,
     TokenTrainer,
     flat_weights,
     make_token_dataset,
@@ -103,10 +104,11 @@ def test_token_weighted_windows_update_like_one_step_on_all_their_tokens(max_gra
     assert_weights_close(result["weights"], expected)
 
 
-def test_train_loss_epoch_is_the_mean_over_every_token():
+def test_train_and_eval_losses_are_means_over_every_token():
     dataset = make_token_dataset(20)
     result = token_weighted_run(20, 4, 3, lr=0.0)
     assert result["train_loss_epoch"][0] == pytest.approx(mean_token_loss(dataset), rel=1e-6)
+    assert result["eval_loss_epoch"][0] == pytest.approx(mean_token_loss(EVAL_DATASET), rel=1e-6)
 
 
 def test_num_items_in_batch_of_pytorch_accelerated_weighs_like_num_items():

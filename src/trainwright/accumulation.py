@@ -49,11 +49,14 @@ Number = int | float
 Weight = Number | torch.Tensor
 
 
-def returned_num_items(batch_output: dict[str, Any]) -> Weight | None:
-    """The number of items a micro-batch's mean loss averages over, as returned by
-    ``calculate_train_batch_loss``: its ``num_items``, or pytorch-accelerated's
-    ``num_items_in_batch``, read with the same meaning (the number of items, e.g. non-padding
-    tokens, in this batch); ``None`` when it returned neither (``batch_size`` weighs it then).
+def returned_num_items(
+    batch_output: dict[str, Any], hook_name: str = "calculate_train_batch_loss"
+) -> Weight | None:
+    """The number of items a batch's mean loss averages over, as returned by the hook
+    ``hook_name`` (``calculate_train_batch_loss`` or ``calculate_eval_batch_loss``): its
+    ``num_items``, or pytorch-accelerated's ``num_items_in_batch``, read with the same meaning
+    (the number of items, e.g. non-padding tokens, in this batch); ``None`` when it returned
+    neither (``batch_size`` weighs the batch then).
 
     Raises:
         ValueError: if both keys are given, or the count is not a number or 0-dim tensor.
@@ -63,7 +66,7 @@ def returned_num_items(batch_output: dict[str, Any]) -> Weight | None:
         return None
     if len(given) > 1:
         raise ValueError(
-            "calculate_train_batch_loss() returned both 'num_items' and 'num_items_in_batch'; "
+            f"{hook_name}() returned both 'num_items' and 'num_items_in_batch'; "
             "return one of them: the number of items (e.g. target tokens) that this "
             "micro-batch's mean loss averages over."
         )
@@ -73,14 +76,14 @@ def returned_num_items(batch_output: dict[str, Any]) -> Weight | None:
     if not (is_number or is_scalar_tensor):
         shape = tuple(num_items.shape) if isinstance(num_items, torch.Tensor) else None
         raise ValueError(
-            f"calculate_train_batch_loss() returned {given[0]}={type(num_items).__name__}"
+            f"{hook_name}() returned {given[0]}={type(num_items).__name__}"
             f"{'' if shape is None else f' of shape {shape}'}; it must be an int or a 0-dim "
             "tensor: the number of items (e.g. target tokens, (labels != -100).sum()) that "
             "this micro-batch's mean loss averages over."
         )
     if is_number and num_items < 0:
         raise ValueError(
-            f"calculate_train_batch_loss() returned {given[0]}={num_items}; the number of "
+            f"{hook_name}() returned {given[0]}={num_items}; the number of "
             "items cannot be negative."
         )
     return num_items

@@ -1377,7 +1377,7 @@ class Trainer:
         handler.call_event("on_train_step_start", self, batch=batch, step=step)
         batch_output = self.calculate_train_batch_loss(batch)
         loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
-        num_items = returned_num_items(batch_output)
+        num_items = returned_num_items(batch_output, "calculate_train_batch_loss")
         if num_items is None:
             num_items = metric_weight = batch_size
             if self._train_tail is not None and step == self._train_tail.step:
@@ -1526,10 +1526,7 @@ class Trainer:
             for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
                 self.callback_handler.call_event("on_eval_step_start", self, batch=batch, step=step)
                 batch_output = self.calculate_eval_batch_loss(batch)
-                loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
-                if tail is not None and step == tail.step:
-                    loss, batch_size = self._loss_without_repeats(batch, loss, tail)
-                self._eval_loss.update(loss, batch_size)
+                self._eval_loss.update(*self._eval_loss_and_weight(batch, batch_output, step, tail))
                 self.callback_handler.call_event(
                     "on_eval_step_end", self, batch=batch, batch_output=batch_output, step=step
                 )
@@ -1581,21 +1578,38 @@ class Trainer:
         finally:
             self.model.train(was_training)
 
+    def _eval_loss_and_weight(
+        self, batch: Any, batch_output: Any, step: int, tail: PaddedTail | None
+    ) -> tuple[torch.Tensor, Any]:
+        """An evaluation batch's loss and its weight in the epoch's mean: its ``num_items``
+        when returned, else its samples; for a last batch completed with repeated samples,
+        those of its genuine samples."""
+        loss, weight = _loss_and_weight(batch_output, "calculate_eval_batch_loss")
+        if tail is not None and step == tail.step:
+            return self._loss_without_repeats(batch, loss, weight, batch_output, tail)
+        return loss, weight
+
     def _loss_without_repeats(
-        self, batch: Any, loss: torch.Tensor, tail: PaddedTail
-    ) -> tuple[torch.Tensor, int]:
+        self, batch: Any, loss: torch.Tensor, weight: Any, batch_output: Any, tail: PaddedTail
+    ) -> tuple[torch.Tensor, Any]:
         # This last batch was completed with repeated samples, so its loss is not the loss
         # of its genuine samples alone: compute that with one more forward pass over them (no
         # gradients, no collective with DDP). Callbacks still get the whole batch, which
         # gather_for_metrics trims. A model sharded over the processes (FSDP, DeepSpeed)
         # cannot run a forward pass on one process alone: then the batch's loss is counted
-        # for its genuine samples only, an approximation.
+        # for its genuine share only, an approximation.
         num_genuine = tail.num_genuine_samples
-        if num_genuine == 0 or not can_forward_alone(self.accelerator):
-            return loss, num_genuine
+        if num_genuine == 0:
+            return loss, 0
+        if not can_forward_alone(self.accelerator):
+            if returned_num_items(batch_output, "calculate_eval_batch_loss") is None:
+                return loss, num_genuine
+            return loss, weight * (num_genuine / batch_output["batch_size"])
         genuine_output = self.calculate_eval_batch_loss(slice_tensors(batch, slice(num_genuine)))
-        genuine_loss, _ = _loss_and_batch_size(genuine_output, "calculate_eval_batch_loss")
-        return genuine_loss, num_genuine
+        genuine_loss, genuine_weight = _loss_and_weight(genuine_output, "calculate_eval_batch_loss")
+        if returned_num_items(genuine_output, "calculate_eval_batch_loss") is None:
+            genuine_weight = num_genuine
+        return genuine_loss, genuine_weight
 
     def evaluate(
         self,
@@ -1707,12 +1721,7 @@ class Trainer:
             with torch.no_grad(), self.accelerator.autocast():
                 for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
                     batch_output = self.calculate_eval_batch_loss(batch)
-                    loss, batch_size = _loss_and_batch_size(
-                        batch_output, "calculate_eval_batch_loss"
-                    )
-                    if tail is not None and step == tail.step:
-                        loss, batch_size = self._loss_without_repeats(batch, loss, tail)
-                    epoch_loss.update(loss, batch_size)
+                    epoch_loss.update(*self._eval_loss_and_weight(batch, batch_output, step, tail))
                     if step + 1 == max_num_batches:
                         break
         finally:
@@ -2378,6 +2387,18 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
             f"{tuple(loss.shape)}. Reduce it (e.g. loss.mean()) before returning it."
         )
     return loss, batch_size
+
+
+
+def _loss_and_weight(batch_output: Any, hook_name: str) -> tuple[torch.Tensor, Any]:
+    """The batch's mean loss and the number of items it averages over: ``num_items`` when
+    the hook returned it, else ``batch_size``."""
+    loss, batch_size = _loss_and_batch_size(batch_output, hook_name)
+    num_items = returned_num_items(batch_output, hook_name)
+    return loss, batch_size if num_items is None else num_items
+
+
+_NO_BATCH = object()
 
 
 def _batches_forever(dataloader: DataLoader) -> Iterator[Any]:
