@@ -1584,13 +1584,14 @@ class Trainer:
         """An evaluation batch's loss and its weight in the epoch's mean: its ``num_items``
         when returned, else its samples; for a last batch completed with repeated samples,
         those of its genuine samples."""
-        loss, weight = _loss_and_weight(batch_output, "calculate_eval_batch_loss")
+        loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
+        num_items = returned_num_items(batch_output, "calculate_eval_batch_loss")
         if tail is not None and step == tail.step:
-            return self._loss_without_repeats(batch, loss, weight, batch_output, tail)
-        return loss, weight
+            return self._loss_without_repeats(batch, loss, batch_size, num_items, tail)
+        return loss, batch_size if num_items is None else num_items
 
     def _loss_without_repeats(
-        self, batch: Any, loss: torch.Tensor, weight: Any, batch_output: Any, tail: PaddedTail
+        self, batch: Any, loss: torch.Tensor, batch_size: Any, num_items: Any, tail: PaddedTail
     ) -> tuple[torch.Tensor, Any]:
         # This last batch was completed with repeated samples, so its loss is not the loss
         # of its genuine samples alone: compute that with one more forward pass over them (no
@@ -1602,14 +1603,11 @@ class Trainer:
         if num_genuine == 0:
             return loss, 0
         if not can_forward_alone(self.accelerator):
-            if returned_num_items(batch_output, "calculate_eval_batch_loss") is None:
-                return loss, num_genuine
-            return loss, weight * (num_genuine / batch_output["batch_size"])
+            return loss, num_genuine if num_items is None else num_items * num_genuine / batch_size
         genuine_output = self.calculate_eval_batch_loss(slice_tensors(batch, slice(num_genuine)))
-        genuine_loss, genuine_weight = _loss_and_weight(genuine_output, "calculate_eval_batch_loss")
-        if returned_num_items(genuine_output, "calculate_eval_batch_loss") is None:
-            genuine_weight = num_genuine
-        return genuine_loss, genuine_weight
+        genuine_loss, _ = _loss_and_batch_size(genuine_output, "calculate_eval_batch_loss")
+        genuine_items = returned_num_items(genuine_output, "calculate_eval_batch_loss")
+        return genuine_loss, num_genuine if genuine_items is None else genuine_items
 
     def evaluate(
         self,
@@ -2246,7 +2244,7 @@ class Trainer:
 
         Returns:
             ``{"loss": scalar tensor, "model_outputs": ..., "batch_size": int}``, optionally
-            with ``"num_items"``; ``train_loss_epoch`` is weighted the same way.
+            with ``"num_items"``; the epoch's loss metrics are weighted the same way.
 
         Example::
 
@@ -2387,15 +2385,6 @@ def _loss_and_batch_size(batch_output: Any, hook_name: str) -> tuple[torch.Tenso
             f"{tuple(loss.shape)}. Reduce it (e.g. loss.mean()) before returning it."
         )
     return loss, batch_size
-
-
-
-def _loss_and_weight(batch_output: Any, hook_name: str) -> tuple[torch.Tensor, Any]:
-    """The batch's mean loss and the number of items it averages over: ``num_items`` when
-    the hook returned it, else ``batch_size``."""
-    loss, batch_size = _loss_and_batch_size(batch_output, hook_name)
-    num_items = returned_num_items(batch_output, hook_name)
-    return loss, batch_size if num_items is None else num_items
 
 
 _NO_BATCH = object()
