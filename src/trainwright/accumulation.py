@@ -13,8 +13,9 @@ is exact only when every micro-batch holds as many items. Instead, :class:`ItemW
 2. at the window's last micro-batch, starts one all-reduce of that sum over the processes,
    without waiting: it runs while the last backward pass (and, with DDP, its gradient
    all-reduce, which averages the gradients over the ``P`` processes) does;
-3. before clipping, multiplies the gradients once by ``P * scale / total_items``. They are
-   then the gradient of the mean loss over every item of the window on every process.
+3. right after the last backward pass (so before ``on_after_backward`` and clipping),
+   multiplies the gradients once by ``P * scale / total_items``. They are then the gradient
+   of the mean loss over every item of the window on every process.
 
 The window's size is only needed at its end, so data without a length (whose last window's
 size is unknown until it ends) is exact too. Multiplying the gradients commutes with the fp16

@@ -1396,6 +1396,8 @@ class Trainer:
         scaled_loss = self._item_weighting.weigh(loss, num_items, is_window_end=is_update_step)
         if is_update_step or not self._defers_gradient_sync:
             self.backward_step(scaled_loss)
+            # From here on (on_after_backward included) the gradients are the window's mean.
+            self._item_weighting.scale_gradients(self.model.parameters())
         else:  # no gradient all-reduce between processes until the window is complete
             with self.accelerator.no_sync(self.model):
                 self.backward_step(scaled_loss)
@@ -1411,7 +1413,6 @@ class Trainer:
 
     def _update_parameters(self, step: int) -> None:
         """The end of an accumulation window: clip, update, step the scheduler, clear."""
-        self._item_weighting.scale_gradients(self.model.parameters())
         self._clip_gradients()
         self.callback_handler.call_event("on_before_optimizer_step", self, step=step)
         is_skip_possible = self._skip_update_reason is not None or self._is_skip_vote_needed
