@@ -1396,11 +1396,11 @@ class Trainer:
         scaled_loss = self._item_weighting.weigh(loss, num_items, is_window_end=is_update_step)
         if is_update_step or not self._defers_gradient_sync:
             self.backward_step(scaled_loss)
-            # From here on (on_after_backward included) the gradients are the window's mean.
-            self._item_weighting.scale_gradients(self.model.parameters())
         else:  # no gradient all-reduce between processes until the window is complete
             with self.accelerator.no_sync(self.model):
                 self.backward_step(scaled_loss)
+        if is_update_step:  # from here on (on_after_backward too), the window's mean
+            self._item_weighting.scale_gradients(self.model.parameters())
         handler.call_event(
             "on_after_backward", self, batch=batch, batch_output=batch_output, step=step
         )
