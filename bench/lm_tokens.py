@@ -98,6 +98,8 @@ def run_torch(model, optimizer, dataset) -> None:
 
 
 def run_trainwright(model, optimizer, dataset, returns_num_items: bool) -> None:
+    import torch.nn.functional as F
+
     from trainwright import Trainer
 
     class LanguageModelTrainer(Trainer):
@@ -110,7 +112,7 @@ def run_trainwright(model, optimizer, dataset, returns_num_items: bool) -> None:
                 output["num_items"] = num_tokens
             return output
 
-    trainer = LanguageModelTrainer(model, None, optimizer, callbacks=())
+    trainer = LanguageModelTrainer(model, F.cross_entropy, optimizer, callbacks=())
     trainer.train(
         dataset,
         num_epochs=1,

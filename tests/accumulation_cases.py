@@ -73,7 +73,8 @@ def make_token_trainer(
 ) -> Trainer:
     model = make_token_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return trainer_class(model, None, optimizer, callbacks=callbacks)
+    loss_func = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)  # the hook computes the loss
+    return trainer_class(model, loss_func, optimizer, callbacks=callbacks)
 
 
 def reference_token_steps(
