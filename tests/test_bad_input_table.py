@@ -20,16 +20,20 @@ from trainwright.callbacks import (
     CSVLoggerCallback,
     EarlyStoppingCallback,
     ExperimentTrackerCallback,
+    GradientNormMonitorCallback,
     LearningRateMonitorCallback,
     LimitBatchesCallback,
     LimitEvalStepsCallback,
     ModelEmaCallback,
+    ModelSummaryCallback,
     ProgressBarCallback,
     SaveBestModelCallback,
     SavePlotCallback,
     SaveTrainingStateCallback,
     StepBasedEvaluationCallback,
+    TorchProfilerCallback,
     WSDCheckpointCallback,
+    every,
 )
 
 NAN, INF = math.nan, math.inf
@@ -214,6 +218,64 @@ def test_evaluate_arguments(argument, bad):
     assert argument in _message(info.value)
 
 
+PREDICT_CASES = [*EVALUATE_CASES]
+
+
+@pytest.mark.parametrize(
+    "argument,bad", PREDICT_CASES, ids=[f"{a}={b!r:.30}" for a, b in PREDICT_CASES]
+)
+def test_predict_arguments(argument, bad):
+    trainer = Trainer(**trainer_arguments())
+    with pytest.raises((TypeError, ValueError)) as info:
+        trainer.predict(**{"dataset": make_dataset(4), argument: bad})
+    assert argument in _message(info.value)
+
+
+FIND_LEARNING_RATE_CASES = [
+    ("train_dataset", 3),
+    ("train_dataset", DataLoader(make_dataset(4), batch_size=2)),
+    ("per_device_batch_size", 0),
+    ("dataloader_kwargs", {"batch": 2}),
+    ("collate_fn", 3),
+    ("start_lr", 0),
+    ("start_lr", "1e-7"),
+    ("end_lr", NAN),
+    ("num_steps", 0),
+    ("smoothing", 1.5),
+    ("smoothing", "0.1"),
+    ("divergence_factor", 1),
+]
+
+
+@pytest.mark.parametrize(
+    "argument,bad",
+    FIND_LEARNING_RATE_CASES,
+    ids=[f"{a}={b!r:.30}" for a, b in FIND_LEARNING_RATE_CASES],
+)
+def test_find_learning_rate_arguments(argument, bad):
+    trainer = Trainer(**trainer_arguments())
+    before = [parameter.detach().clone() for parameter in trainer.get_model().parameters()]
+    with pytest.raises((TypeError, ValueError)) as info:
+        trainer.find_learning_rate(**{"train_dataset": make_dataset(8), argument: bad})
+    assert argument in _message(info.value)
+    for parameter, original in zip(trainer.get_model().parameters(), before):
+        assert torch.equal(parameter, original)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"n_updates": 0}, "n_updates"),
+        ({"n_epochs": 1.5}, "n_epochs"),
+        ({"seconds": -1}, "seconds"),
+    ],
+)
+def test_event_filter_arguments(kwargs, name):
+    with pytest.raises((TypeError, ValueError)) as info:
+        every(**kwargs)
+    assert name in _message(info.value)
+
+
 CALLBACK_CASES = [
     (EarlyStoppingCallback, "early_stopping_patience", NAN),
     (EarlyStoppingCallback, "early_stopping_patience", 0),
@@ -269,6 +331,17 @@ CALLBACK_CASES = [
     (WSDCheckpointCallback, "save_post_decay_models", None),
     (ConvertSyncBatchNormCallback, "convert_on_one_process", "y"),
     (LearningRateMonitorCallback, "log_every_n_updates", 0),
+    (GradientNormMonitorCallback, "norm_type", 0),
+    (GradientNormMonitorCallback, "norm_type", "2"),
+    (TorchProfilerCallback, "trace_dir", 3),
+    (TorchProfilerCallback, "wait", -1),
+    (TorchProfilerCallback, "warmup", 1.5),
+    (TorchProfilerCallback, "active", 0),
+    (TorchProfilerCallback, "record_shapes", "y"),
+    (TorchProfilerCallback, "sort_by", None),
+    (TorchProfilerCallback, "row_limit", -1),
+    (ModelSummaryCallback, "max_depth", 0),
+    (ModelSummaryCallback, "max_depth", "2"),
 ]
 
 # The arguments a callback needs, for the cases that make another argument bad.

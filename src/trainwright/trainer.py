@@ -1636,11 +1636,9 @@ class Trainer:
             raise ValueError(
                 "evaluate() needs a dataset to evaluate on: trainer.evaluate(dataset)."
             )
-        check_dataset("dataset", dataset)
-        check_positive_int("per_device_batch_size", per_device_batch_size)
-        check_dataloader_kwargs("dataloader_kwargs", dataloader_kwargs)
-        check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
-        _check_not_empty("dataset", dataset)
+        _check_data_arguments(
+            "dataset", dataset, per_device_batch_size, dataloader_kwargs, collate_fn
+        )
         previous = (self.eval_dataset, self.eval_dataloader, self.collate_fn)
         self.eval_dataset, self.collate_fn = dataset, collate_fn
         self._prepare_model_and_optimizer()
@@ -1774,8 +1772,9 @@ class Trainer:
             assert torch.allclose(predictions, model(inputs))
             ```
         """
-        check_positive_int("per_device_batch_size", per_device_batch_size)
-        _check_not_empty("dataset", dataset)
+        _check_data_arguments(
+            "dataset", dataset, per_device_batch_size, dataloader_kwargs, collate_fn
+        )
         self._prepare_model_and_optimizer()
         dataloader_kwargs = {**(dataloader_kwargs or {}), "shuffle": False}
         if collate_fn is not None:
@@ -1874,9 +1873,17 @@ class Trainer:
             trainer.train(dataset, num_epochs=1, per_device_batch_size=16)
             ```
         """
-        check_positive_int("per_device_batch_size", per_device_batch_size)
+        _check_data_arguments(
+            "train_dataset", train_dataset, per_device_batch_size, dataloader_kwargs, collate_fn
+        )
         check_positive_int("num_steps", num_steps)
-        _check_not_empty("train_dataset", train_dataset)
+        for name, value in (
+            ("start_lr", start_lr),
+            ("end_lr", end_lr),
+            ("smoothing", smoothing),
+            ("divergence_factor", divergence_factor),
+        ):
+            check_number(name, value)
         if not (0 < start_lr < end_lr):
             raise ValueError(
                 f"find_learning_rate() needs 0 < start_lr < end_lr; got start_lr={start_lr!r}, "
@@ -2600,6 +2607,21 @@ def _check_train_options(
 
 def _length_or_unknown(dataset: Any) -> Any:
     return len(dataset) if isinstance(dataset, Sized) else "an unknown number of"
+
+
+def _check_data_arguments(
+    name: str,
+    dataset: Any,
+    per_device_batch_size: Any,
+    dataloader_kwargs: Any,
+    collate_fn: Any,
+) -> None:
+    """The checks shared by ``evaluate()``, ``predict()`` and ``find_learning_rate()``."""
+    check_dataset(name, dataset)
+    check_positive_int("per_device_batch_size", per_device_batch_size)
+    check_dataloader_kwargs("dataloader_kwargs", dataloader_kwargs)
+    check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
+    _check_not_empty(name, dataset)
 
 
 def _check_not_empty(name: str, dataset: Any) -> None:

@@ -9,6 +9,7 @@ computes (Accelerate's `clip_grad_norm_`) is reused instead of computing it agai
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,6 +73,8 @@ class GradientNormMonitorCallback(TrainerCallback):
     writes_metrics = ("gradient_norm_mean", "gradient_norm_max")
 
     def __init__(self, norm_type: float = 2.0) -> None:
+        if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+            raise TypeError(f"norm_type must be a number (the p of the p-norm); got {norm_type!r}.")
         if not norm_type > 0:
             raise ValueError(f"norm_type must be a positive number; got {norm_type!r}.")
         self.norm_type = float(norm_type)

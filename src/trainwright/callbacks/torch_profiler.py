@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainwright.callbacks.base import TrainerCallback
-from trainwright.validation import check_positive_int
+from trainwright.validation import check_bool, check_path, check_positive_int, check_type
 
 if TYPE_CHECKING:
     from trainwright.trainer import Trainer
@@ -82,6 +82,14 @@ class TorchProfilerCallback(TrainerCallback):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
         check_positive_int("active", active)
+        check_path("trace_dir", trace_dir, optional=True)
+        for name, value in (
+            ("record_shapes", record_shapes),
+            ("profile_memory", profile_memory),
+            ("with_stack", with_stack),
+        ):
+            check_bool(name, value)
+        check_type("sort_by", sort_by, str, "the name of a profiler column")
         self.trace_dir = None if trace_dir is None else Path(trace_dir)
         self.wait, self.warmup, self.active = wait, warmup, active
         self.record_shapes, self.profile_memory, self.with_stack = (
