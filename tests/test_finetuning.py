@@ -111,20 +111,32 @@ def test_unfreeze_returns_only_newly_trainable_parameters_for_add_param_group():
     freezer.freeze()
     optimizer = torch.optim.SGD(freezer.get_trainable_parameters(), lr=0.1)
 
-    param_group = freezer.unfreeze(from_index=2, to_index=1)
+    unfrozen = freezer.unfreeze(from_index=2, to_index=1)
 
-    assert list(param_group) == ["params"]
-    assert param_group["params"] == [
+    # pytorch-accelerated's shape: one param group per layer group index
+    assert list(unfrozen) == [1, 2]
+    assert unfrozen[1]["params"] == [model.blocks[0].weight, model.blocks[0].bias]
+    assert unfrozen[2]["params"] == [model.blocks[1].weight, model.blocks[1].bias]
+    assert unfrozen.as_param_group()["params"] == [
         model.blocks[0].weight,
         model.blocks[0].bias,
         model.blocks[1].weight,
         model.blocks[1].bias,
     ]
     # Not already-trainable ones (BatchNorm, head): adding them twice would make torch raise.
-    optimizer.add_param_group({**param_group, "lr": 0.01})
-    assert len(optimizer.param_groups) == 2
+    for param_group in unfrozen.values():
+        optimizer.add_param_group({**param_group, "lr": 0.01})
+    assert len(optimizer.param_groups) == 3
     assert trainable_names(model) == ALL_NAMES - {"stem.0.weight", "stem.0.bias"}
-    assert freezer.unfreeze(1, 2) == {"params": []}
+    assert freezer.unfreeze(1, 2) == {}
+
+
+def test_unfreeze_result_read_as_one_param_group_says_what_to_write():
+    freezer = ModelFreezer(Net())
+    freezer.freeze()
+    optimizer = torch.optim.SGD(freezer.get_trainable_parameters(), lr=0.1)
+    with pytest.raises(KeyError, match=r"as_param_group\(\)"):
+        optimizer.add_param_group(freezer.unfreeze())
 
 
 def test_unfreeze_defaults_to_every_group():
@@ -133,7 +145,7 @@ def test_unfreeze_defaults_to_every_group():
     freezer.freeze(0, -1)
     assert trainable_names(model) == set()
 
-    param_group = freezer.unfreeze()
+    param_group = freezer.unfreeze().as_param_group()
 
     assert trainable_names(model) == ALL_NAMES
     assert [id(parameter) for parameter in param_group["params"]] == [
@@ -149,7 +161,7 @@ def test_unfreeze_returns_a_shared_parameter_once():
     freezer = ModelFreezer(model)
     freezer.freeze(0, -1)
 
-    param_group = freezer.unfreeze()
+    param_group = freezer.unfreeze().as_param_group()
 
     assert param_group["params"] == [model.embedding.weight]
     torch.optim.SGD(**param_group, lr=0.1)  # would warn/raise on a duplicate parameter

@@ -355,8 +355,15 @@ def test_checkpoint_round_trip_is_portable(tmp_path):
 
     other = make_trainer(model=make_model(seed=5))
     other.train(make_dataset(8), num_epochs=1, per_device_batch_size=2, create_scheduler_fn=factory)
-    extra = other.load_checkpoint(path)
-    assert extra == {"epoch": 1, "note": "best"}
+    checkpoint = other.load_checkpoint(path)  # the whole checkpoint, as pytorch-accelerated
+    assert set(checkpoint) == {
+        "model_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "epoch",
+        "note",
+    }
+    assert (checkpoint["epoch"], checkpoint["note"]) == (1, "best")
     for left, right in zip(trainer.get_model().parameters(), other.get_model().parameters()):
         assert torch.equal(left, right)
     assert other.scheduler.state_dict() == trainer.scheduler.state_dict()

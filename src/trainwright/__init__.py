@@ -13,11 +13,12 @@ with _warnings.catch_warnings():
     # quietly (`pip install "trainwright[notebook]"` gives widget bars).
     _warnings.simplefilter("ignore", _TqdmWarning)
     from tqdm import autonotebook as _tqdm_autonotebook  # noqa: F401
+from accelerate import notebook_launcher
 
 from trainwright.callbacks import StopTrainingError, TrainerCallback
-from trainwright.run_config import RunConfig
+from trainwright.run_config import RunConfig, TrainerRunConfig
 from trainwright.tracking import InMemoryRunHistory, RunHistory
-from trainwright.trainer import Trainer, TrainerPlaceholderValues
+from trainwright.trainer import Trainer, TrainerPlaceholderValues, TrainerWithTimmScheduler
 
 __all__ = [
     "InMemoryRunHistory",
@@ -27,6 +28,9 @@ __all__ = [
     "Trainer",
     "TrainerCallback",
     "TrainerPlaceholderValues",
+    "TrainerRunConfig",
+    "TrainerWithTimmScheduler",
+    "notebook_launcher",
 ]
 
 __version__ = "0.1.0"

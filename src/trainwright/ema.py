@@ -8,6 +8,7 @@ copy of the weights. Call :meth:`ModelEma.update` after every optimizer update.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,13 +17,23 @@ from torch import nn
 __all__ = ["ModelEma"]
 
 
-class ModelEma:
+class ModelEma(nn.Module):
     """Keep an exponential moving average of a model's parameters.
+
+    It is an ``nn.Module`` holding the averaged copy as ``module``: ``ema.to(device)`` moves
+    it, ``ema(inputs)`` runs the averaged model, ``ema.set(model)`` copies a model's weights
+    into it, and ``ema.state_dict()`` holds the averaged weights (``module.*``) and, as its
+    extra state, ``num_updates`` and the settings. A state dict without that extra state
+    (pytorch-accelerated's, the weights only) also loads.
 
     After each optimizer update, every floating-point parameter of the copy becomes
     ``ema = decay_t * ema + (1 - decay_t) * param``. Buffers (BatchNorm running statistics
     and the like) and non-float parameters are copied as they are, since averaging counters
     or statistics that are already running averages would only lag them.
+
+    (pytorch-accelerated averages buffers too, integer counters included.) It is not built
+    on ``torch.optim.swa_utils.AveragedModel``, whose first update copies the weights instead
+    of averaging them with the warm-up decay, and whose decay cannot depend on the step.
 
     ``decay_t`` is ``decay``, or with ``use_warmup=True``
     ``decay_t = min(decay, (1 + t) / (10 + t))`` where ``t`` is the number of updates done
@@ -66,6 +77,7 @@ class ModelEma:
             raise ValueError(
                 f"decay must be between 0 and 1 (0.999 to 0.9999 is usual), got {decay!r}."
             )
+        super().__init__()
         self.decay = float(decay)
         self.use_warmup = use_warmup
         self.device = torch.device(device) if device is not None else None
@@ -104,21 +116,40 @@ class ModelEma:
             ema_value.copy_(value.detach().to(ema_value.device))
         self.num_updates += 1
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the averaged weights, ``num_updates`` and the settings, for checkpoints."""
-        return {
-            "module": self.module.state_dict(),
-            "num_updates": self.num_updates,
-            "decay": self.decay,
-            "use_warmup": self.use_warmup,
-        }
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the averaged model."""
+        return self.module(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; the warm-up resumes where it stopped."""
-        self.module.load_state_dict(state_dict["module"])
-        self.num_updates = int(state_dict["num_updates"])
-        self.decay = float(state_dict["decay"])
-        self.use_warmup = bool(state_dict["use_warmup"])
+    @torch.no_grad()
+    def set(self, model: nn.Module) -> None:
+        """Copy ``model``'s parameters and buffers into the average (``num_updates`` stays).
+
+        Args:
+            model: a model with the same architecture; a DDP or compiled wrapper is unwrapped.
+        """
+        model = _unwrap(model)
+        for kind in ("parameters", "buffers"):
+            for ema_value, value in _paired(self.module, model, kind):
+                ema_value.copy_(value.detach().to(ema_value.device))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """``num_updates`` and the settings, saved in ``state_dict()`` beside the weights."""
+        return {"num_updates": self.num_updates, "decay": self.decay, "use_warmup": self.use_warmup}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `get_extra_state` returned; the warm-up resumes where it stopped."""
+        self.num_updates = int(state["num_updates"])
+        self.decay = float(state["decay"])
+        self.use_warmup = bool(state["use_warmup"])
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load a state dict from `state_dict`, or one holding only the weights (as
+        pytorch-accelerated's ``ModelEma`` saves it): the counters and settings then stay."""
+        state_dict = dict(state_dict)
+        state_dict.setdefault("_extra_state", self.get_extra_state())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

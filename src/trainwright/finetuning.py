@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["LayerGroup", "ModelFreezer"]
+__all__ = ["Layer", "LayerGroup", "ModelFreezer", "UnfrozenParameters"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,76 @@ class LayerGroup:
         index: the position among the layer groups (0 is the input end).
         name: the module's qualified name in the model, e.g. ``"blocks.3"``.
         module: the module itself.
+        reverse_index: the same position counted from the output end (-1 is the last group).
     """
 
     index: int
     name: str
     module: nn.Module
+    reverse_index: int
+
+    @property
+    def layer_group_idx(self) -> tuple[int, int]:
+        """``(index, reverse_index)``, pytorch-accelerated's name for the position."""
+        return (self.index, self.reverse_index)
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether any parameter of the group is frozen (requires no gradient) now."""
+        return any(not parameter.requires_grad for parameter in self.module.parameters())
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A module without submodules (``nn.Linear``, ``nn.BatchNorm2d``, ...) inside a layer group.
+
+    Attributes:
+        layer_group_idx: ``(index, reverse_index)`` of the layer group it belongs to.
+        name: its qualified name in the model.
+        module: the module itself.
+    """
+
+    layer_group_idx: tuple[int, int]
+    name: str
+    module: nn.Module
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the layer has parameters and none of them requires a gradient now."""
+        parameters = list(self.module.parameters(recurse=False))
+        return bool(parameters) and not any(parameter.requires_grad for parameter in parameters)
+
+
+class UnfrozenParameters(dict):
+    """What `ModelFreezer.unfreeze` returns: for every layer group that had frozen parameters,
+    its index mapped to a param group ``{"params": [...]}`` for ``optimizer.add_param_group``
+    (pytorch-accelerated's shape).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+        >>> freezer = ModelFreezer(model)
+        >>> freezer.freeze()
+        >>> optimizer = torch.optim.SGD(freezer.get_trainable_parameters(), lr=0.1)
+        >>> for index, param_group in freezer.unfreeze().items():
+        ...     optimizer.add_param_group({**param_group, "lr": 0.01})
+        >>> len(optimizer.param_groups)
+        2
+    """
+
+    def as_param_group(self) -> dict[str, list[nn.Parameter]]:
+        """Every unfrozen parameter in one param group ``{"params": [...]}``, in model order."""
+        return {"params": [p for group in self.values() for p in group["params"]]}
+
+    def __missing__(self, key: Any) -> Any:
+        if key == "params":
+            raise KeyError(
+                "unfreeze() returns one param group per layer group, keyed by the group's "
+                "index: add them with `for param_group in unfrozen.values(): "
+                "optimizer.add_param_group(param_group)`, or add "
+                "`unfrozen.as_param_group()` for a single group."
+            )
+        raise KeyError(key)
 
 
 class ModelFreezer:
@@ -76,9 +142,10 @@ class ModelFreezer:
     def __init__(self, model: nn.Module, freeze_batch_norms: bool = False) -> None:
         self.model = model
         self.freeze_batch_norms = freeze_batch_norms
+        named_modules = list(_iter_layer_group_modules(model))
         self._layer_groups = [
-            LayerGroup(index, name, module)
-            for index, (name, module) in enumerate(_iter_layer_group_modules(model))
+            LayerGroup(index, name, module, index - len(named_modules))
+            for index, (name, module) in enumerate(named_modules)
         ]
         if not self._layer_groups:
             raise ValueError(
@@ -89,6 +156,15 @@ class ModelFreezer:
     def get_layer_groups(self) -> list[LayerGroup]:
         """Return the layer groups, from the input end (index 0) to the output end."""
         return list(self._layer_groups)
+
+    def get_layers(self) -> list[Layer]:
+        """Return every module without submodules inside the layer groups, in model order."""
+        return [
+            Layer(group.layer_group_idx, f"{group.name}.{name}" if name else group.name, module)
+            for group in self._layer_groups
+            for name, module in group.module.named_modules()
+            if not any(True for _ in module.children())
+        ]
 
     def get_trainable_parameters(self) -> list[nn.Parameter]:
         """Return every parameter of the model that currently requires a gradient."""
@@ -122,8 +198,12 @@ class ModelFreezer:
                 module.training = False
 
     def unfreeze(
-        self, from_index: int = -1, to_index: int = 0, set_modules_as_eval: bool = False
-    ) -> dict[str, list[nn.Parameter]]:
+        self,
+        from_index: int = -1,
+        to_index: int = 0,
+        set_modules_as_eval: bool = False,
+        set_modules_as_training: bool = False,
+    ) -> UnfrozenParameters:
         """Let the layer groups ``from_index`` to ``to_index`` (inclusive) train again.
 
         The default unfreezes every group.
@@ -134,27 +214,44 @@ class ModelFreezer:
             set_modules_as_eval: if True, put the unfrozen modules in eval mode, to fine-tune
                 their weights with dropout off and BatchNorm statistics fixed. If False,
                 modes are left alone (``model.train()`` restores training mode).
+            set_modules_as_training: if True, put the unfrozen modules in training mode
+                (pytorch-accelerated's argument, True by default there).
 
         Returns:
+            For each layer group that had frozen parameters, its index mapped to
             ``{"params": [...]}`` with the parameters that were frozen before this call, in
             model order, ready for ``optimizer.add_param_group`` (add keys such as ``"lr"``
-            as needed). Parameters already trainable are left out, so an optimizer built on
-            :meth:`get_trainable_parameters` never receives a parameter twice.
+            as needed); `UnfrozenParameters.as_param_group` puts them all in one group.
+            Parameters already trainable are left out, so an optimizer built on
+            `get_trainable_parameters` never receives a parameter twice.
         """
-        newly_trainable: dict[int, nn.Parameter] = {}
-        for module in self._modules_in_range(from_index, to_index):
-            for parameter in module.parameters(recurse=False):
-                if not parameter.requires_grad:
-                    # Keyed by id: a parameter shared by two modules must be added only once.
-                    newly_trainable[id(parameter)] = parameter
-                    parameter.requires_grad_(True)
-            if set_modules_as_eval:
-                module.training = False
-        return {"params": list(newly_trainable.values())}
+        if set_modules_as_eval and set_modules_as_training:
+            raise ValueError("Give set_modules_as_eval or set_modules_as_training, not both.")
+        # Keyed by id: a parameter shared by two modules must be added only once.
+        seen: set[int] = set()
+        unfrozen = UnfrozenParameters()
+        first, last = self._range(from_index, to_index)
+        for group in self._layer_groups[first : last + 1]:
+            newly_trainable = []
+            for module in group.module.modules():
+                for parameter in module.parameters(recurse=False):
+                    if not parameter.requires_grad and id(parameter) not in seen:
+                        seen.add(id(parameter))
+                        newly_trainable.append(parameter)
+                        parameter.requires_grad_(True)
+                if set_modules_as_eval or set_modules_as_training:
+                    module.training = set_modules_as_training and not set_modules_as_eval
+            if newly_trainable:
+                unfrozen[group.index] = {"params": newly_trainable}
+        return unfrozen
+
+    def _range(self, from_index: int, to_index: int) -> tuple[int, int]:
+        first, last = sorted((self._to_positive(from_index), self._to_positive(to_index)))
+        return first, last
 
     def _modules_in_range(self, from_index: int, to_index: int) -> Iterator[nn.Module]:
         """Every module (each group's submodules included) of the groups in the range."""
-        first, last = sorted((self._to_positive(from_index), self._to_positive(to_index)))
+        first, last = self._range(from_index, to_index)
         for group in self._layer_groups[first : last + 1]:
             yield from group.module.modules()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "TrainerRunConfig"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class RunConfig(Mapping):
         max_num_intermediate_eval_batches: the batch limit of evaluations run during a
             training epoch (``StepBasedEvaluationCallback``, ``request_evaluation``), set by
             ``LimitEvalStepsCallback``; ``None`` when only ``max_num_eval_batches`` applies.
+
+    pytorch-accelerated's field names also read, as properties and as keys:
+    ``num_local_update_steps_per_epoch`` (``num_update_steps_per_epoch``, which is per
+    process here) and ``eval_total_batch_size``.
     """
 
     num_epochs: int | None
@@ -94,7 +98,21 @@ class RunConfig(Mapping):
     max_num_eval_batches: int | None = None
     max_num_intermediate_eval_batches: int | None = None
 
+    @property
+    def num_local_update_steps_per_epoch(self) -> int | None:
+        """pytorch-accelerated's name of `num_update_steps_per_epoch` (per process)."""
+        return self.num_update_steps_per_epoch
+
+    @property
+    def eval_total_batch_size(self) -> int | None:
+        """Evaluation samples per step over all processes (pytorch-accelerated's field)."""
+        if self.eval_per_device_batch_size is None:
+            return None
+        return self.eval_per_device_batch_size * self.num_processes
+
     def __getitem__(self, key: str) -> Any:
+        if key in _PYTORCH_ACCELERATED_NAMES:
+            return getattr(self, key)
         if key not in self._field_names():
             raise KeyError(
                 f"RunConfig has no field {key!r}. Fields: {', '.join(self._field_names())}."
@@ -114,3 +132,9 @@ class RunConfig(Mapping):
     def to_dict(self) -> dict[str, Any]:
         """Every field as a plain dictionary."""
         return dataclasses.asdict(self)
+
+
+_PYTORCH_ACCELERATED_NAMES = ("num_local_update_steps_per_epoch", "eval_total_batch_size")
+
+#: pytorch-accelerated's name of `RunConfig`.
+TrainerRunConfig = RunConfig

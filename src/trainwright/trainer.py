@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import logging
 import math
@@ -38,6 +39,7 @@ from trainwright.callbacks import (
     StopTrainingError,
     TrainerCallback,
     TrainingInterrupted,
+    get_default_callbacks,
 )
 from trainwright.callbacks.base import CallbackLike
 from trainwright.callbacks.monitor import check_metric_will_be_recorded, read_watched_metric
@@ -111,7 +113,14 @@ from trainwright.validation import (
     check_type,
 )
 
-__all__ = ["Trainer", "TrainerPlaceholderValues", "TrainingProgress"]
+__all__ = [
+    "DEFAULT_CALLBACKS",
+    "Trainer",
+    "TrainerPlaceholderValues",
+    "TrainerWithTimmScheduler",
+    "TrainingProgress",
+    "get_default_callbacks",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -315,6 +324,8 @@ class Trainer:
         # instead (the same update), so that a state saved mid-window holds them.
         self._defers_gradient_sync = self.accelerator.distributed_type != DistributedType.FSDP
         self.scheduler: Any = None
+        #: The scheduler factory of the current ``train()``, placeholders resolved.
+        self.create_scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None = None
         self.run_config: RunConfig | None = None
         self.progress = TrainingProgress()
         self.train_dataset: Dataset | None = None
@@ -372,14 +383,27 @@ class Trainer:
         return self.accelerator.device
 
     @property
+    def _accelerator(self) -> Accelerator:
+        """Alias of `accelerator` (the name used by pytorch-accelerated)."""
+        return self.accelerator
+
+    @property
     def _train_dataloader(self) -> DataLoader | None:
-        """Alias of :attr:`train_dataloader` (the name used by pytorch-accelerated)."""
+        """Alias of `train_dataloader` (the name used by pytorch-accelerated); assignable."""
         return self.train_dataloader
+
+    @_train_dataloader.setter
+    def _train_dataloader(self, dataloader: DataLoader | None) -> None:
+        self.train_dataloader = dataloader
 
     @property
     def _eval_dataloader(self) -> DataLoader | None:
-        """Alias of :attr:`eval_dataloader` (the name used by pytorch-accelerated)."""
+        """Alias of `eval_dataloader` (the name used by pytorch-accelerated); assignable."""
         return self.eval_dataloader
+
+    @_eval_dataloader.setter
+    def _eval_dataloader(self, dataloader: DataLoader | None) -> None:
+        self.eval_dataloader = dataloader
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Prints once per machine, like :func:`print`: on the local main process of every
@@ -433,8 +457,18 @@ class Trainer:
         """Waits until every process reaches this call (a barrier; nothing on one process)."""
         self.accelerator.wait_for_everyone()
 
-    def gather(self, tensor: Any) -> Any:
-        """Concatenates ``tensor`` (or a nested structure of tensors) from every process."""
+    def gather(self, tensor: Any, padding_value: float | None = None) -> Any:
+        """Concatenates ``tensor`` (or a nested structure of tensors) from every process.
+
+        Args:
+            tensor: a tensor, or a nested list, tuple or dict of tensors.
+            padding_value: if given, first pad every tensor along its first dimension with
+                this value to the longest one across the processes, so tensors of different
+                lengths can be gathered; drop the padding afterwards with
+                `trainwright.utils.remove_padding`.
+        """
+        if padding_value is not None:
+            tensor = self.accelerator.pad_across_processes(tensor, dim=0, pad_index=padding_value)
         return self.accelerator.gather(tensor)
 
     def gather_for_metrics(self, data: Any, use_gather_object: bool = False) -> Any:
@@ -457,9 +491,14 @@ class Trainer:
         """
         return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
 
-    def get_model(self) -> nn.Module:
-        """The model without any wrapper added for distributed or compiled training."""
-        return self.accelerator.unwrap_model(self.model)
+    def get_model(self, keep_torch_compile: bool = False) -> nn.Module:
+        """The model without any wrapper added for distributed or compiled training.
+
+        Args:
+            keep_torch_compile: return the `torch.compile` wrapper of a compiled model
+                instead of the plain module (pytorch-accelerated's default).
+        """
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=keep_torch_compile)
 
     def add_callback(self, callback: CallbackLike) -> TrainerCallback:
         """Adds a callback (a class is instantiated with no arguments) and returns the
@@ -728,7 +767,9 @@ class Trainer:
             load_scheduler: restore the scheduler state, when the file and trainer have one.
 
         Returns:
-            The checkpoint's other entries (those given as ``checkpoint_kwargs``).
+            The whole checkpoint, as pytorch-accelerated returns it: ``"model_state_dict"``
+            (and ``"optimizer_state_dict"`` / ``"scheduler_state_dict"`` when saved) and the
+            entries given as ``checkpoint_kwargs`` (``ckpt["epoch"]``).
 
         Raises:
             RuntimeError: if the weights do not fit the model; the message lists the missing
@@ -737,16 +778,16 @@ class Trainer:
         checkpoint = load_checkpoint_file(checkpoint_path)
         is_sharded = self._is_sharded()
         if is_sharded:  # every process loads the full weights, keeping its shard
-            load_full_model_state_dict(self.model, checkpoint.pop(MODEL_STATE_KEY))
+            load_full_model_state_dict(self.model, checkpoint[MODEL_STATE_KEY])
         else:
-            self.get_model().load_state_dict(checkpoint.pop(MODEL_STATE_KEY))
-        optimizer_state = checkpoint.pop(OPTIMIZER_STATE_KEY, None)
+            self.get_model().load_state_dict(checkpoint[MODEL_STATE_KEY])
+        optimizer_state = checkpoint.get(OPTIMIZER_STATE_KEY)
         if load_optimizer and optimizer_state is not None:
             if is_sharded:
                 load_full_optimizer_state_dict(self.model, self.optimizer, optimizer_state)
             else:
                 self.optimizer.load_state_dict(optimizer_state)
-        scheduler_state = checkpoint.pop(SCHEDULER_STATE_KEY, None)
+        scheduler_state = checkpoint.get(SCHEDULER_STATE_KEY)
         if load_scheduler and scheduler_state is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(scheduler_state)
         return checkpoint
@@ -1230,10 +1271,10 @@ class Trainer:
             max_grad_norm,
         )
         self.scheduler = None
+        self.create_scheduler_fn = None
         if create_scheduler_fn is not None:
-            self.scheduler = self.create_scheduler(
-                resolve_placeholders(create_scheduler_fn, self.run_config)
-            )
+            self.create_scheduler_fn = resolve_placeholders(create_scheduler_fn, self.run_config)
+            self.scheduler = self._call_create_scheduler()
             _check_scheduler(self.scheduler)
         self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
         self._check_first_eval_batch()
@@ -2200,10 +2241,41 @@ class Trainer:
         kwargs = with_overrides(self.get_default_eval_dl_kwargs(batch_size), eval_dl_kwargs)
         return DataLoader(self.eval_dataset, **kwargs)
 
-    def create_scheduler(self, create_scheduler_fn: Callable[[torch.optim.Optimizer], Any]) -> Any:
+    def create_scheduler(
+        self, create_scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None = None
+    ) -> Any:
         """Creates the scheduler from the factory given to ``train()`` (placeholders already
-        resolved). It receives the user's optimizer, not Accelerate's wrapper."""
+        resolved; also available as `self.create_scheduler_fn`). It receives the user's
+        optimizer, not Accelerate's wrapper.
+
+        An override may take the factory as its argument, or no argument at all and read
+        `self.create_scheduler_fn`, as pytorch-accelerated's `create_scheduler(self)` does;
+        the trainer calls either form.
+
+        Example:
+            ```python
+            class OneCycleTrainer(Trainer):
+                def create_scheduler(self):
+                    return self.create_scheduler_fn(
+                        self.optimizer, total_steps=self.run_config.num_update_steps
+                    )
+            ```
+        """
+        if create_scheduler_fn is None:
+            create_scheduler_fn = self.create_scheduler_fn
         return create_scheduler_fn(getattr(self.optimizer, "optimizer", self.optimizer))
+
+    def _call_create_scheduler(self) -> Any:
+        # pytorch-accelerated's override takes no argument; ours receives the factory.
+        if inspect.signature(self.create_scheduler).parameters:
+            scheduler = self.create_scheduler(self.create_scheduler_fn)
+        else:
+            scheduler = self.create_scheduler()
+        if getattr(scheduler, "optimizer", None) is self.optimizer:
+            # Built on Accelerate's wrapper (an override passing self.optimizer): step the
+            # wrapper, whose step() a torch scheduler watches, not the optimizer inside.
+            self._plain_optimizer = None
+        return scheduler
 
     def training_run_start(self) -> None:
         """Called once at the start of ``train()``, before ``on_training_run_start``."""
@@ -2356,6 +2428,15 @@ class Trainer:
             self._plain_optimizer.zero_grad()
         else:
             self.optimizer.zero_grad()
+
+
+class TrainerWithTimmScheduler(Trainer):
+    """pytorch-accelerated's trainer for timm schedulers, kept so ported scripts run.
+
+    The plain `Trainer` already steps a timm-style scheduler (one with ``step_update``) the
+    way timm's own loop does: ``step_update(num_updates)`` after every optimizer update and
+    ``step(epoch)`` after each epoch; this subclass adds nothing to it.
+    """
 
 
 # --------------------------------------------------------------------------------------------

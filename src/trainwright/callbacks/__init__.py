@@ -4,6 +4,7 @@ from trainwright.callbacks.base import (
     ALL_METRICS,
     EVENTS,
     CallbackHandler,
+    CallbackLike,
     CallbackOrderError,
     CallbackSetupError,
     StopTrainingError,
@@ -59,6 +60,19 @@ DEFAULT_CALLBACKS = (
     PrintMetricsCallback,
 )
 
+
+def get_default_callbacks(progress_bar: bool = True) -> tuple[CallbackLike, ...]:
+    """`DEFAULT_CALLBACKS`, without `ProgressBarCallback` when ``progress_bar`` is False.
+
+    Example:
+        >>> ProgressBarCallback in get_default_callbacks(progress_bar=False)
+        False
+    """
+    if progress_bar:
+        return DEFAULT_CALLBACKS
+    return tuple(callback for callback in DEFAULT_CALLBACKS if callback is not ProgressBarCallback)
+
+
 __all__ = [
     "ALL_METRICS",
     "DEFAULT_CALLBACKS",
@@ -102,5 +116,6 @@ __all__ = [
     "WSDCheckpointCallback",
     "every",
     "filtered",
+    "get_default_callbacks",
     "once",
 ]

@@ -1,0 +1,256 @@
+"""pytorch-accelerated 0.1.61's public API shapes, one test per item of the port (the
+example scripts in ``test_ported_examples.py`` exercise them together)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from conftest import make_dataset, make_model, make_trainer
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, StepLR
+
+import trainwright
+from trainwright import RunConfig, Trainer, TrainerRunConfig
+from trainwright.callbacks import (
+    DEFAULT_CALLBACKS,
+    ProgressBarCallback,
+    get_default_callbacks,
+)
+from trainwright.ema import ModelEma
+from trainwright.finetuning import ModelFreezer
+from trainwright.trainer import TrainerWithTimmScheduler
+from trainwright.utils import (
+    local_process_zero_first,
+    local_process_zero_only,
+    remove_padding,
+    worker_init_fn,
+    world_process_zero_first,
+    world_process_zero_only,
+)
+
+# 1. create_scheduler(self) without an argument, reading self.create_scheduler_fn
+
+
+class NoArgumentCreateScheduler(Trainer):
+    def create_scheduler(self):
+        return self.create_scheduler_fn(optimizer=self.optimizer, step_size=2)
+
+
+def test_create_scheduler_override_without_argument_reads_create_scheduler_fn():
+    model = make_model()
+    trainer = NoArgumentCreateScheduler(
+        model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0), callbacks=()
+    )
+    trainer.train(
+        make_dataset(8),
+        num_epochs=1,
+        per_device_batch_size=2,
+        create_scheduler_fn=functools.partial(StepLR, gamma=0.5),
+    )
+    assert isinstance(trainer.scheduler, StepLR)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.25  # 4 updates, halved every 2
+
+
+def test_create_scheduler_receives_the_factory_with_placeholders_resolved():
+    seen = []
+
+    class WithArgument(Trainer):
+        def create_scheduler(self, create_scheduler_fn):
+            seen.append(create_scheduler_fn is self.create_scheduler_fn)
+            return super().create_scheduler(create_scheduler_fn)
+
+    model = make_model()
+    trainer = WithArgument(
+        model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0), callbacks=()
+    )
+    factory = functools.partial(LambdaLR, lr_lambda=lambda step: 1.0)
+    trainer.train(
+        make_dataset(4), num_epochs=1, per_device_batch_size=2, create_scheduler_fn=factory
+    )
+    assert seen == [True]
+
+
+# 2. trainer._accelerator; assignable _train_dataloader / _eval_dataloader
+
+
+def test_private_aliases_read_and_assign():
+    trainer = make_trainer()
+    assert trainer._accelerator is trainer.accelerator
+    loader = torch.utils.data.DataLoader(make_dataset(4), batch_size=2)
+    trainer._train_dataloader = loader
+    trainer._eval_dataloader = loader
+    assert trainer.train_dataloader is loader and trainer.eval_dataloader is loader
+
+
+# 3. ModelFreezer: unfreeze() per layer group, get_layers(), LayerGroup fields
+
+
+def test_model_freezer_shapes():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    freezer = ModelFreezer(model)
+    freezer.freeze()  # all but the last group
+    groups = freezer.get_layer_groups()
+    assert [group.layer_group_idx for group in groups] == [(0, -3), (1, -2), (2, -1)]
+    assert [group.is_frozen for group in groups] == [True, True, False]
+    assert all(group.module is model[index] for group, index in zip(groups, (0, 2, 3)))
+    layers = freezer.get_layers()
+    assert [layer.module for layer in layers] == [model[0], model[2], model[3]]
+    assert [layer.is_frozen for layer in layers] == [True, True, False]
+
+    unfrozen = freezer.unfreeze(set_modules_as_training=True)
+    assert {index: group["params"] for index, group in unfrozen.items()} == {
+        0: [model[0].weight, model[0].bias],
+        1: [model[2].weight, model[2].bias],
+    }
+    assert not any(group.is_frozen for group in freezer.get_layer_groups())
+
+
+# 5. RunConfig: TrainerRunConfig and pytorch-accelerated's field names
+
+
+def test_run_config_reads_pytorch_accelerated_names():
+    trainer = make_trainer()
+    trainer.train(
+        make_dataset(12),
+        num_epochs=1,
+        eval_dataset=make_dataset(4),
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    config = trainer.run_config
+    assert TrainerRunConfig is RunConfig and isinstance(config, TrainerRunConfig)
+    assert config.num_local_update_steps_per_epoch == config.num_update_steps_per_epoch == 3
+    assert config["num_local_update_steps_per_epoch"] == 3
+    assert config.eval_total_batch_size == config["eval_total_batch_size"] == 2
+    assert "eval_total_batch_size" not in dict(config)  # iteration stays the real fields
+
+
+# 6. load_checkpoint's dict, get_model, gather, utils, launchers, timm trainer
+
+
+def test_load_checkpoint_returns_the_checkpoint(tmp_path):
+    trainer = make_trainer()
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
+    trainer.save_checkpoint(tmp_path / "model.pt", checkpoint_kwargs={"epoch": 3})
+    checkpoint = make_trainer(model=make_model(seed=1)).load_checkpoint(tmp_path / "model.pt")
+    assert checkpoint["epoch"] == 3
+    assert set(checkpoint["model_state_dict"]) == set(trainer.get_model().state_dict())
+
+
+def test_get_model_keep_torch_compile():
+    model = make_model()
+    trainer = make_trainer(model=torch.compile(model))
+    assert trainer.get_model() is model
+    assert trainer.get_model(keep_torch_compile=True) is trainer.model
+
+
+def test_gather_with_padding_value_and_remove_padding():
+    trainer = make_trainer()
+    gathered = trainer.gather(torch.tensor([[1, 2], [3, 4]]), padding_value=-1)
+    assert torch.equal(gathered, torch.tensor([[1, 2], [3, 4]]))  # one process: no padding
+    padded = torch.tensor([[1, 2], [-1, -1], [5, -1]])
+    assert torch.equal(remove_padding(padded, pad_value=-1), torch.tensor([[1, 2], [5, -1]]))
+    assert torch.equal(remove_padding(torch.tensor([3, -1, 4]), -1), torch.tensor([3, 4]))
+
+
+def test_process_decorators_run_on_the_only_process():
+    calls = []
+
+    @local_process_zero_only
+    def on_local_zero(value):
+        calls.append(("local", value))
+        return value
+
+    @world_process_zero_only
+    def on_world_zero(value):
+        calls.append(("world", value))
+        return value
+
+    @local_process_zero_first
+    def local_first():
+        calls.append("local first")
+
+    @world_process_zero_first
+    def world_first():
+        calls.append("world first")
+
+    assert on_local_zero(1) == 1 and on_world_zero(2) == 2
+    local_first()
+    world_first()
+    assert calls == [("local", 1), ("world", 2), "local first", "world first"]
+    assert on_local_zero.__name__ == "on_local_zero"
+
+
+def test_get_default_callbacks():
+    assert get_default_callbacks() == DEFAULT_CALLBACKS
+    assert get_default_callbacks(progress_bar=False) == tuple(
+        callback for callback in DEFAULT_CALLBACKS if callback is not ProgressBarCallback
+    )
+
+
+def test_worker_init_fn_seeds_workers_from_torch_without_reseeding_torch():
+    dataset = torch.utils.data.TensorDataset(torch.arange(4))
+
+    def numpy_draws():
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=2,
+            num_workers=1,
+            worker_init_fn=worker_init_fn,
+            collate_fn=lambda batch: __import__("numpy").random.rand(),
+        )
+        return list(loader)
+
+    assert numpy_draws() == numpy_draws()  # from the user's seed
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    worker_init_fn(0)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_top_level_names():
+    from accelerate import notebook_launcher
+
+    assert trainwright.notebook_launcher is notebook_launcher
+    assert issubclass(TrainerWithTimmScheduler, Trainer)
+
+
+# 9. ModelEma as an nn.Module
+
+
+def test_model_ema_is_a_module():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.5)
+    assert isinstance(ema, nn.Module)
+    assert ema.to(torch.float64) is ema and ema.module[0].weight.dtype == torch.float64
+    ema.to(torch.float32)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.set(model)
+    assert torch.equal(ema.module[0].weight, model[0].weight)
+    assert torch.equal(ema(torch.ones(2, 2)), ema.module(torch.ones(2, 2)))
+
+    # a weights-only state dict (as pytorch-accelerated's ModelEma saves) loads
+    weights_only = {f"module.{key}": value for key, value in model.state_dict().items()}
+    fresh = ModelEma(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), decay=0.5)
+    fresh.load_state_dict(weights_only)
+    assert torch.equal(fresh.module[0].weight, model[0].weight)
+    assert fresh.num_updates == 0
+    # and the full state dict round-trips the counters
+    ema.update(model)
+    restored = ModelEma(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert (restored.num_updates, restored.decay) == (1, 0.5)
+
+
+def test_model_ema_buffers_are_copied_not_averaged():
+    model = nn.BatchNorm1d(2)
+    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        model.running_mean.fill_(4.0)
+        model.weight.fill_(3.0)
+    ema.update(model)
+    assert torch.equal(ema.module.running_mean, model.running_mean)  # copied
+    assert torch.equal(ema.module.weight, torch.full((2,), 2.0))  # (1 + 3) / 2
