@@ -405,7 +405,12 @@ def test_cosine_bad_arguments_say_what_is_wrong(kwargs, error, message):
         ({"checkpoint_steps": [0, 40]}, "strictly increasing"),
         ({"checkpoint_steps": [50, 150]}, "strictly increasing"),
         ({"num_warmup_steps": 95}, "before the end of the warm-up \\(step 95\\)"),
-        ({"num_checkpoints": 20}, "before the previous checkpoint \\(step 50\\)"),
+        (
+            {"num_checkpoints": 20, "checkpoint_spacing": "even"},
+            "before the previous checkpoint \\(step 50\\)",
+        ),
+        ({"num_checkpoints": 20}, "halve the run 19 times"),
+        ({"checkpoint_spacing": "log"}, "checkpoint_spacing must be"),
         ({"lr_min_ratio": [0.1, 0.1]}, "lr_min_ratio has 2 values"),
     ],
 )

@@ -98,6 +98,8 @@ class _LrSchedulerBase:
         resumed run follows the saved curve exactly.
         """
         state = copy.deepcopy(dict(state_dict))
+        if "current_iteration_number" in state:  # saved by pytorch-accelerated
+            state = self._state_from_pytorch_accelerated(state)
         saved_class = state.pop("scheduler_class", type(self).__name__)
         if saved_class != type(self).__name__:
             raise ValueError(
@@ -115,6 +117,28 @@ class _LrSchedulerBase:
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["initial_lr"] = base_lr
         self._write_lrs(self._last_lrs)
+
+    def _state_from_pytorch_accelerated(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A pytorch-accelerated scheduler's state dict: its update count and base LRs
+        continue this scheduler; the schedule's settings stay those it was built with."""
+        update_step = int(state["current_iteration_number"])
+        base_lrs = [float(lr) for lr in state.get("base_lr_values", self.base_lrs)]
+        converted = {
+            key: value
+            for key, value in self.__dict__.items()
+            if key not in ("optimizer", "update_step", "base_lrs", "_last_lrs")
+        }
+        converted.update(update_step=update_step, base_lrs=base_lrs)
+        previous_base_lrs, self.base_lrs = self.base_lrs, base_lrs
+        try:
+            converted["_last_lrs"] = self._lrs_at(update_step)
+        finally:
+            self.base_lrs = previous_base_lrs
+        return copy.deepcopy(converted)
+
+    def _lrs_at(self, update_step: int) -> list[float]:
+        """The LRs of update ``update_step``; a stateful scheduler keeps its last ones."""
+        return self.get_last_lr()
 
     def _write_lrs(self, lrs: Sequence[float]) -> None:
         for group, lr in zip(self.optimizer.param_groups, lrs):
@@ -168,12 +192,16 @@ class StatelessLrScheduler(_LrSchedulerBase, ABC):
             trainer.train(dataset, num_epochs=10, create_scheduler_fn=(
                 CosineLrScheduler.create_scheduler_fn(num_warmup_steps=0.05)))
         """
-        kwargs.setdefault("total_num_steps", TrainerPlaceholderValues.NUM_UPDATE_STEPS)
+        if not _PYTORCH_ACCELERATED_TOTALS.intersection(kwargs):
+            kwargs.setdefault("total_num_steps", TrainerPlaceholderValues.NUM_UPDATE_STEPS)
         return functools.partial(cls, **kwargs)
 
     @abstractmethod
     def get_lr(self, update_step: int) -> list[float]:
         """Return the LR of each param group for optimizer update number ``update_step``."""
+
+    def _lrs_at(self, update_step: int) -> list[float]:
+        return self.get_lr(update_step)
 
     def step(self, update_step: int | None = None) -> None:
         """Move to the next update (or to ``update_step``) and write its LRs.
@@ -280,10 +308,20 @@ class CosineLrScheduler(_WarmupThenDecayScheduler):
             ``warmup_starting_lr_ratio``, not both.
         warmup_starting_lr_ratio: the LR of update 0 as a fraction of each group's base LR.
         lr_min_ratio: the final LR as a fraction of the base LR; one float for all groups or
-            one per param group.
+            one per param group (default 0.05).
         num_cooldown_steps: updates held at the minimum LR at the end of the run.
         k_decay: exponent on the decay progress (k-decay); above 1 keeps the LR high for
             longer, below 1 drops it sooner.
+        total_num_epochs: pytorch-accelerated's way to give the length, with
+            ``num_update_steps_per_epoch``: ``total_num_steps`` is their product. The minimum
+            LR then defaults to pytorch-accelerated's ``lr_min`` of 1e-6.
+        num_update_steps_per_epoch: optimizer updates per epoch, for the ``*_epochs``
+            arguments.
+        num_warmup_epochs: ``num_warmup_steps`` in epochs (pytorch-accelerated's argument).
+        num_cooldown_epochs: ``num_cooldown_steps`` in epochs.
+        lr_min: the final LR as an absolute value, the same for every param group
+            (pytorch-accelerated's argument); give it or ``lr_min_ratio``.
+        min_lr_ratio: pytorch-accelerated's name of ``lr_min_ratio``.
 
     Example:
         >>> import torch
@@ -299,14 +337,39 @@ class CosineLrScheduler(_WarmupThenDecayScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        total_num_steps: int,
+        total_num_steps: int | None = None,
         num_warmup_steps: int | float = 0,
         warmup_starting_lr: float | None = None,
         warmup_starting_lr_ratio: float | None = None,
-        lr_min_ratio: float | Sequence[float] = 0.05,
+        lr_min_ratio: float | Sequence[float] | None = None,
         num_cooldown_steps: int = 0,
         k_decay: float = 1.0,
+        *,
+        total_num_epochs: int | None = None,
+        num_update_steps_per_epoch: int | None = None,
+        num_warmup_epochs: int | None = None,
+        num_cooldown_epochs: int | None = None,
+        lr_min: float | None = None,
+        min_lr_ratio: float | None = None,
     ) -> None:
+        is_epoch_based = total_num_epochs is not None
+        total_num_steps = _total_from_epochs(
+            total_num_steps, total_num_epochs, num_update_steps_per_epoch, "total_num_epochs"
+        )
+        if num_warmup_epochs is not None:
+            num_warmup_steps = _epochs_to_steps(num_warmup_epochs, num_update_steps_per_epoch)
+        if num_cooldown_epochs is not None:
+            num_cooldown_steps = _epochs_to_steps(num_cooldown_epochs, num_update_steps_per_epoch)
+        if min_lr_ratio is not None:
+            lr_min_ratio = _only_one("lr_min_ratio", lr_min_ratio, "min_lr_ratio", min_lr_ratio)
+        if lr_min is None and lr_min_ratio is None and is_epoch_based:
+            lr_min = _PYTORCH_ACCELERATED_COSINE_LR_MIN
+        if lr_min is not None:
+            lr_min_ratio = _only_one(
+                "lr_min_ratio", lr_min_ratio, "lr_min", _ratios_of_absolute(optimizer, lr_min)
+            )
+        if lr_min_ratio is None:
+            lr_min_ratio = 0.05
         self.total_num_steps = _check_total_num_steps(total_num_steps)
         self.num_warmup_steps = _resolve_num_steps(
             num_warmup_steps, total_num_steps, "num_warmup_steps"
@@ -388,10 +451,30 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
         lr_min_ratio: the LR at the end of each decay as a fraction of the base LR; one float
             for all groups or one per param group.
         decay_shape: ``"linear"``, ``"sqrt"`` or ``"inverse_proportional"`` (see above).
-        num_checkpoints: split the run into this many equal segments, checkpoint ``j`` at
-            ``floor(j * total_num_steps / num_checkpoints)``. Default 1.
+        num_checkpoints: this many checkpoints, placed by ``checkpoint_spacing``. Default 1.
         checkpoint_steps: explicit, strictly increasing checkpoint steps (updates done);
             ``total_num_steps`` is added if missing. Give this or ``num_checkpoints``.
+        checkpoint_spacing: ``"geometric"`` (default, as pytorch-accelerated): each
+            checkpoint at half the next one, ``C_j = floor(T / 2**(m - j))``, e.g.
+            ``[250, 500, 1000]`` for 3 checkpoints of 1000 updates; ``"even"``: equal
+            segments, ``C_j = floor(j * T / m)``.
+        num_epochs: pytorch-accelerated's way to give the length, with
+            ``num_update_steps_per_epoch`` (their product) or ``total_steps``. The minimum
+            ratio then defaults to pytorch-accelerated's ``lr_min`` of 1e-6.
+        total_num_epochs: the name of ``num_epochs`` in pytorch-accelerated's
+            ``create_scheduler_fn``.
+        num_update_steps_per_epoch: optimizer updates per epoch, with ``num_epochs``.
+        total_steps: pytorch-accelerated's name of ``total_num_steps``.
+        lr_min: pytorch-accelerated's name of ``lr_min_ratio`` (a ratio there too).
+        use_inverse_sqrt_decay: pytorch-accelerated's switch: True is ``decay_shape="sqrt"``,
+            False ``"inverse_proportional"``.
+        is_continuation_from_checkpoint: only False is accepted: resume from a pre-decay
+            training state with ``train(..., resume_from=...)`` instead.
+
+    pytorch-accelerated's getters are here too: `get_checkpoint_steps`, `get_decay_info`,
+    `get_phase_info`, `get_current_step` and `get_current_phase_info`. Their decay windows
+    are this scheduler's (``decay_phase_ratio`` of each checkpoint's step), where
+    pytorch-accelerated's are ``decay_phase_ratio`` of the period since the previous one.
 
     Example:
         >>> import torch
@@ -410,16 +493,56 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        total_num_steps: int,
-        num_warmup_steps: int | float = 0,
+        total_num_steps: int | None = None,
+        num_warmup_steps: int | float | None = 0,
         warmup_starting_lr: float | None = None,
         warmup_starting_lr_ratio: float | None = None,
         decay_phase_ratio: float = 0.1,
-        lr_min_ratio: float | Sequence[float] = 0.0,
-        decay_shape: str = "sqrt",
+        lr_min_ratio: float | Sequence[float] | None = None,
+        decay_shape: str | None = None,
         num_checkpoints: int | None = None,
         checkpoint_steps: Sequence[int] | None = None,
+        checkpoint_spacing: str = "geometric",
+        *,
+        num_epochs: int | None = None,
+        total_num_epochs: int | None = None,
+        num_update_steps_per_epoch: int | None = None,
+        total_steps: int | None = None,
+        lr_min: float | None = None,
+        use_inverse_sqrt_decay: bool | None = None,
+        is_continuation_from_checkpoint: bool = False,
     ) -> None:
+        if is_continuation_from_checkpoint:
+            raise ValueError(
+                "is_continuation_from_checkpoint is not needed: to continue a run from a "
+                "pre-decay training state with a longer schedule, pass the state to "
+                "train(..., resume_from=...) with the new WSDLrScheduler settings."
+            )
+        if total_num_epochs is not None:  # the name in its create_scheduler_fn
+            num_epochs = _only_one("num_epochs", num_epochs, "total_num_epochs", total_num_epochs)
+        is_pytorch_accelerated_style = num_epochs is not None or total_steps is not None
+        if total_steps is not None:
+            total_num_steps = _only_one(
+                "total_num_steps", total_num_steps, "total_steps", total_steps
+            )
+        total_num_steps = _total_from_epochs(
+            total_num_steps, num_epochs, num_update_steps_per_epoch, "num_epochs"
+        )
+        if num_warmup_steps is None:  # pytorch-accelerated's create_scheduler_fn default
+            num_warmup_steps = 0.01
+        if lr_min is not None:  # a ratio in pytorch-accelerated's WSDLrScheduler
+            lr_min_ratio = _only_one("lr_min_ratio", lr_min_ratio, "lr_min", lr_min)
+        if lr_min_ratio is None:
+            lr_min_ratio = _PYTORCH_ACCELERATED_WSD_LR_MIN if is_pytorch_accelerated_style else 0.0
+        if use_inverse_sqrt_decay is not None:
+            shape = "sqrt" if use_inverse_sqrt_decay else "inverse_proportional"
+            decay_shape = _only_one("decay_shape", decay_shape, "use_inverse_sqrt_decay", shape)
+        if decay_shape is None:
+            decay_shape = "sqrt"
+        if checkpoint_spacing not in ("geometric", "even"):
+            raise ValueError(
+                f"checkpoint_spacing must be 'geometric' or 'even', got {checkpoint_spacing!r}."
+            )
         self.total_num_steps = _check_total_num_steps(total_num_steps)
         self.num_warmup_steps = _resolve_num_steps(
             num_warmup_steps, total_num_steps, "num_warmup_steps"
@@ -447,7 +570,7 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
                 "ratio such as 0.01, or the 'linear' or 'sqrt' shape to decay to zero."
             )
         self.checkpoint_steps = _resolve_checkpoint_steps(
-            total_num_steps, num_checkpoints, checkpoint_steps
+            total_num_steps, num_checkpoints, checkpoint_steps, checkpoint_spacing
         )
         self.decay_phase_start_steps = self._compute_decay_phase_starts()
         super().__init__(optimizer)
@@ -463,6 +586,53 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
     def is_checkpoint_step(self, update_step: int) -> bool:
         """Return whether ``update_step`` updates done completes a decay (a checkpoint)."""
         return update_step in self.checkpoint_steps
+
+    def get_checkpoint_steps(self) -> list[int]:
+        """Return the checkpoint steps (updates done), as pytorch-accelerated's does."""
+        return list(self.checkpoint_steps)
+
+    def get_decay_info(self) -> list[dict[str, int]]:
+        """Return one dict per checkpoint period: ``period_start`` (the previous checkpoint,
+        or 0), ``period_end`` (the checkpoint), ``decay_steps`` (its decay window's length)
+        and ``pre_decay_step`` (the update the decay starts at)."""
+        period_starts = [0, *self.checkpoint_steps[:-1]]
+        return [
+            {
+                "period_start": period_start,
+                "period_end": checkpoint,
+                "decay_steps": checkpoint - decay_start,
+                "pre_decay_step": decay_start,
+            }
+            for period_start, checkpoint, decay_start in zip(
+                period_starts, self.checkpoint_steps, self.decay_phase_start_steps
+            )
+        ]
+
+    def get_phase_info(self, num_updates: int) -> dict[str, int]:
+        """Return the `get_decay_info` entry of the period ``num_updates`` updates done falls
+        in (the last one beyond the end)."""
+        decay_info = self.get_decay_info()
+        return next(
+            (info for info in decay_info if info["period_end"] >= num_updates), decay_info[-1]
+        )
+
+    def get_current_step(self) -> int:
+        """Return the index of the last update done (``update_step - 1``; -1 before any)."""
+        return self.update_step - 1
+
+    def get_current_phase_info(self) -> dict[str, Any]:
+        """Return `get_phase_info` for the updates done so far, with ``"phase"``: the phase
+        of the next update, ``"warmup"``, ``"stable"``, ``"decay"`` or ``"finished"``."""
+        info: dict[str, Any] = dict(self.get_phase_info(self.update_step))
+        if self.update_step < self.num_warmup_steps:
+            phase = "warmup"
+        elif self.update_step >= self.total_num_steps:
+            phase = "finished"
+        elif self.update_step >= self.get_phase_info(self.update_step + 1)["pre_decay_step"]:
+            phase = "decay"
+        else:
+            phase = "stable"
+        return {**info, "phase": phase}
 
     def _lr_for_group(
         self, update_step: int, base_lr: float, starting_lr: float, min_lr: float
@@ -522,6 +692,61 @@ def _phase_progress(update_step: int, phase_start: int, phase_length: int) -> fl
     if phase_length == 1:
         return 1.0
     return min((update_step - phase_start) / (phase_length - 1), 1.0)
+
+
+# Arguments that give a run's length the pytorch-accelerated way, and its default minimums.
+_PYTORCH_ACCELERATED_TOTALS = frozenset(
+    {"total_num_epochs", "num_epochs", "num_update_steps_per_epoch", "total_steps"}
+)
+_PYTORCH_ACCELERATED_COSINE_LR_MIN = 1e-6  # an absolute LR
+_PYTORCH_ACCELERATED_WSD_LR_MIN = 1e-6  # a ratio of the base LR
+
+
+def _only_one(name: str, value: Any, other_name: str, other_value: Any) -> Any:
+    if value is not None:
+        raise ValueError(f"Give {name} or {other_name} (the same setting), not both.")
+    return other_value
+
+
+def _total_from_epochs(
+    total_num_steps: int | None,
+    num_epochs: int | None,
+    num_update_steps_per_epoch: int | None,
+    epochs_name: str,
+) -> int:
+    """``total_num_steps``, or pytorch-accelerated's epochs times updates per epoch."""
+    if num_epochs is None:
+        if total_num_steps is None:
+            raise TypeError(
+                "Give total_num_steps (optimizer updates in the run), or "
+                f"{epochs_name} and num_update_steps_per_epoch. With the trainer, "
+                "create_scheduler_fn() fills in total_num_steps for you."
+            )
+        return total_num_steps
+    if total_num_steps is not None:
+        raise ValueError(
+            f"Give total_num_steps, or {epochs_name} with num_update_steps_per_epoch, not both."
+        )
+    return _epochs_to_steps(num_epochs, num_update_steps_per_epoch) if num_epochs else 0
+
+
+def _epochs_to_steps(num_epochs: int, num_update_steps_per_epoch: int | None) -> int:
+    if num_update_steps_per_epoch is None:
+        raise ValueError(
+            "Arguments in epochs need num_update_steps_per_epoch (optimizer updates per "
+            "epoch), e.g. TrainerPlaceholderValues.NUM_UPDATE_STEPS_PER_EPOCH."
+        )
+    return int(num_epochs * num_update_steps_per_epoch)
+
+
+def _ratios_of_absolute(optimizer: Optimizer, lr: float) -> list[float]:
+    """An absolute LR as a ratio of each param group's base LR."""
+    base_lrs = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+    if any(lr > base_lr for base_lr in base_lrs) or lr < 0:
+        raise ValueError(
+            f"lr_min={lr} must be between 0 and every param group's base LR ({base_lrs})."
+        )
+    return [lr / base_lr if base_lr else 0.0 for base_lr in base_lrs]
 
 
 def _check_total_num_steps(total_num_steps: int) -> int:
@@ -608,7 +833,10 @@ def _resolve_per_group_ratio(
 
 
 def _resolve_checkpoint_steps(
-    total_num_steps: int, num_checkpoints: int | None, checkpoint_steps: Sequence[int] | None
+    total_num_steps: int,
+    num_checkpoints: int | None,
+    checkpoint_steps: Sequence[int] | None,
+    spacing: str = "geometric",
 ) -> list[int]:
     if num_checkpoints is not None and checkpoint_steps is not None:
         raise ValueError(
@@ -623,8 +851,19 @@ def _resolve_checkpoint_steps(
                 f"num_checkpoints must be between 1 and total_num_steps ({total_num_steps}), "
                 f"got {num_checkpoints}."
             )
+        if spacing == "even":
+            return [
+                index * total_num_steps // num_checkpoints
+                for index in range(1, num_checkpoints + 1)
+            ]
+        if total_num_steps >> (num_checkpoints - 1) < 1:
+            raise ValueError(
+                f"{num_checkpoints} geometrically spaced checkpoints halve the run "
+                f"{num_checkpoints - 1} times, which {total_num_steps} updates cannot hold. "
+                "Use fewer checkpoints, checkpoint_spacing='even', or checkpoint_steps."
+            )
         return [
-            index * total_num_steps // num_checkpoints for index in range(1, num_checkpoints + 1)
+            total_num_steps >> (num_checkpoints - index) for index in range(1, num_checkpoints + 1)
         ]
     steps = [_check_non_negative_int(step, "each of checkpoint_steps") for step in checkpoint_steps]
     if steps[-1:] != [total_num_steps]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from conftest import make_dataset, make_model, make_trainer
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, StepLR
 
 import trainwright
-from trainwright import RunConfig, Trainer, TrainerRunConfig
+from trainwright import RunConfig, Trainer, TrainerPlaceholderValues, TrainerRunConfig
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
     ProgressBarCallback,
@@ -19,6 +20,7 @@ from trainwright.callbacks import (
 )
 from trainwright.ema import ModelEma
 from trainwright.finetuning import ModelFreezer
+from trainwright.schedulers import CosineLrScheduler, WSDLrScheduler
 from trainwright.trainer import TrainerWithTimmScheduler
 from trainwright.utils import (
     local_process_zero_first,
@@ -254,3 +256,111 @@ def test_model_ema_buffers_are_copied_not_averaged():
     ema.update(model)
     assert torch.equal(ema.module.running_mean, model.running_mean)  # copied
     assert torch.equal(ema.module.weight, torch.full((2,), 2.0))  # (1 + 3) / 2
+
+
+# 4. Schedulers: pytorch-accelerated's arguments, defaults, WSD placement and getters
+
+
+def make_optimizer(lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_cosine_accepts_pytorch_accelerated_arguments():
+    scheduler = CosineLrScheduler(
+        make_optimizer(0.1),
+        total_num_epochs=2,
+        num_update_steps_per_epoch=5,
+        num_warmup_epochs=1,
+        warmup_starting_lr=0.0,
+        lr_min=0.01,
+    )
+    assert (scheduler.total_num_steps, scheduler.num_warmup_steps) == (10, 5)
+    assert scheduler.get_lr(0) == [0.0] and scheduler.get_lr(5) == [0.1]
+    assert scheduler.get_lr(9) == pytest.approx([0.01])
+    # its default minimum (an absolute 1e-6) applies with its way of giving the length
+    default = CosineLrScheduler(
+        make_optimizer(0.1), total_num_epochs=1, num_update_steps_per_epoch=4
+    )
+    assert default.get_lr(3) == pytest.approx([1e-6])
+    assert CosineLrScheduler(make_optimizer(0.1), 4).get_lr(3) == pytest.approx([0.005])
+    ratio = CosineLrScheduler(make_optimizer(0.1), 4, min_lr_ratio=0.5)
+    assert ratio.get_lr(3) == pytest.approx([0.05])
+    with pytest.raises(ValueError, match="not both"):
+        CosineLrScheduler(make_optimizer(), 4, total_num_epochs=1, num_update_steps_per_epoch=4)
+    with pytest.raises(ValueError, match="need num_update_steps_per_epoch"):
+        CosineLrScheduler(make_optimizer(), total_num_epochs=2)
+
+
+def test_wsd_accepts_pytorch_accelerated_arguments_and_places_checkpoints_geometrically():
+    scheduler = WSDLrScheduler(
+        make_optimizer(1.0), total_steps=1000, num_checkpoints=3, use_inverse_sqrt_decay=False
+    )
+    assert scheduler.get_checkpoint_steps() == [250, 500, 1000]
+    assert scheduler.decay_shape == "inverse_proportional"
+    assert scheduler.lr_min_ratios == [1e-6]  # its default lr_min, a ratio there too
+    by_epochs = WSDLrScheduler(make_optimizer(), num_epochs=4, num_update_steps_per_epoch=25)
+    assert by_epochs.total_num_steps == 100
+    even = WSDLrScheduler(make_optimizer(), 1000, num_checkpoints=3, checkpoint_spacing="even")
+    assert even.checkpoint_steps == [333, 666, 1000]
+    with pytest.raises(ValueError, match="resume_from"):
+        WSDLrScheduler(make_optimizer(), 100, is_continuation_from_checkpoint=True)
+
+
+def test_wsd_getters():
+    scheduler = WSDLrScheduler(
+        make_optimizer(1.0), 100, num_warmup_steps=10, decay_phase_ratio=0.1, num_checkpoints=2
+    )
+    assert scheduler.get_decay_info() == [
+        {"period_start": 0, "period_end": 50, "decay_steps": 5, "pre_decay_step": 45},
+        {"period_start": 50, "period_end": 100, "decay_steps": 10, "pre_decay_step": 90},
+    ]
+    assert scheduler.get_phase_info(50)["period_end"] == 50
+    assert scheduler.get_phase_info(51)["period_end"] == 100
+    assert scheduler.get_phase_info(500)["period_end"] == 100
+    assert scheduler.get_current_step() == -1
+    assert scheduler.get_current_phase_info()["phase"] == "warmup"
+    phases = []
+    for _ in range(100):
+        scheduler.step()
+        phases.append(scheduler.get_current_phase_info()["phase"])
+    assert scheduler.get_current_step() == 99
+    # phases[i]: the phase of the next update after i + 1 updates
+    assert phases[43:45] == ["stable", "decay"]  # update 45 starts the first decay
+    assert phases[48:50] == ["decay", "stable"]  # the second segment starts stable
+    assert phases[-1] == "finished"
+
+
+def test_scheduler_state_saved_by_pytorch_accelerated_loads():
+    scheduler = CosineLrScheduler(make_optimizer(0.1), 20, num_warmup_steps=4)
+    saved = {  # the keys of a pytorch-accelerated CosineLrScheduler.state_dict()
+        "param_group_field": "lr",
+        "_initial_param_group_field": "initial_lr",
+        "base_lr_values": [0.1],
+        "current_iteration_number": 7,
+        "total_iterations": 20,
+        "lr_min_ratio": None,
+        "lr_min": 0.0,
+        "warmup_iterations": 4,
+        "warmup_lr_init": 0,
+        "k_decay": 1.0,
+        "num_cooldown_iterations": 0,
+    }
+    scheduler.load_state_dict(saved)
+    assert scheduler.update_step == 7
+    assert scheduler.optimizer.param_groups[0]["lr"] == scheduler.get_lr(7)[0]
+    scheduler.step()
+    assert scheduler.update_step == 8
+
+
+def test_scheduler_factory_with_pytorch_accelerated_arguments_in_the_trainer():
+    trainer = make_trainer()
+    factory = WSDLrScheduler.create_scheduler_fn(
+        total_num_epochs=TrainerPlaceholderValues.NUM_EPOCHS,
+        num_update_steps_per_epoch=TrainerPlaceholderValues.NUM_UPDATE_STEPS_PER_EPOCH,
+        num_warmup_steps=None,
+    )
+    trainer.train(
+        make_dataset(8), num_epochs=2, per_device_batch_size=2, create_scheduler_fn=factory
+    )
+    assert trainer.scheduler.total_num_steps == trainer.run_config.num_update_steps == 8
+    assert trainer.scheduler.update_step == 8

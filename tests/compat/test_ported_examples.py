@@ -13,6 +13,7 @@ import pytest
 import torch
 from ported import port
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from trainwright import Trainer
 from trainwright.finetuning import Layer
@@ -75,8 +76,10 @@ def test_hf_glue_with_a_tiny_random_bert():
     trainer = port("hf_glue").main(num_epochs=2, batch_size=8, gradient_accumulation_steps=2)
     metrics = trainer.run_history.get_metric_values("metrics")
     assert len(metrics) == 2 and set(metrics[0]) == {"accuracy", "f1"}
-    # get_linear_schedule_with_warmup, created by the create_scheduler(self) override
-    assert trainer.scheduler.get_last_lr()[0] < 1e-3
+    # get_linear_schedule_with_warmup, created by the create_scheduler(self) override, on
+    # the optimizer the override passed, stepped after every update
+    assert isinstance(trainer.scheduler, LambdaLR)
+    assert trainer.scheduler.last_epoch == trainer.run_config.num_update_steps == 2
 
 
 def test_pets_fine_tuning_with_model_freezer():
