@@ -120,6 +120,8 @@ TRAINING_STATE_FORMAT = 1
 #: The names the library gives training states (``SaveTrainingStateCallback``'s
 #: ``state-<updates>``, ``WSDCheckpointCallback``'s ``pre-decay-<updates>``).
 TRAINING_STATE_NAME = re.compile(r"(?:state|pre-decay)-(\d+)")
+#: The names pytorch-accelerated's SaveTrainingStateCallback gives its states.
+PYTORCH_ACCELERATED_STATE_NAME = re.compile(r"final|(?:epoch|step)_\d+")
 _LEFTOVER_SUFFIXES = (STAGING_SUFFIX, PREVIOUS_SUFFIX, REMOVING_SUFFIX)
 # Free space below which a failed write is put down to a full disk: torch reports one as
 # "unexpected pos" or "iostream error", without the error number.
@@ -313,18 +315,23 @@ def read_trainer_state(directory: str | os.PathLike, process_index: int) -> dict
 def training_states(checkpoint_dir: str | os.PathLike) -> list[Path]:
     """The training states in ``checkpoint_dir``, newest first: the directories with one of
     the library's names (``state-<updates>``, ``pre-decay-<updates>``), ordered by the
-    number of optimizer updates in the name, then by modification time. Other names, and
-    leftovers of interrupted saves (``.incomplete``, ``.previous``, ``.removing``), are not
-    states. Nothing is verified here (see `verify_training_state`)."""
+    number of optimizer updates in the name, then by modification time; or with one of
+    pytorch-accelerated's (``final``, then ``epoch_<N>`` and ``step_<N>`` by modification
+    time, as their numbers count different things). Other names, and leftovers of
+    interrupted saves (``.incomplete``, ``.previous``, ``.removing``), are not states.
+    Nothing is verified here (see `verify_training_state`)."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    named = [
-        (int(match.group(1)), path)
-        for path in checkpoint_dir.iterdir()
-        if (match := TRAINING_STATE_NAME.fullmatch(path.name)) and path.is_dir()
-    ]
-    named.sort(key=lambda item: (item[0], item[1].stat().st_mtime), reverse=True)
+    named = []
+    for path in checkpoint_dir.iterdir():
+        if not path.is_dir():
+            continue
+        if match := TRAINING_STATE_NAME.fullmatch(path.name):
+            named.append(((False, int(match.group(1))), path))
+        elif PYTORCH_ACCELERATED_STATE_NAME.fullmatch(path.name):
+            named.append(((path.name == "final", -1), path))
+    named.sort(key=lambda item: (*item[0], item[1].stat().st_mtime), reverse=True)
     return [path for _, path in named]
 
 

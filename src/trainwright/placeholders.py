@@ -58,6 +58,9 @@ class TrainerPlaceholderValues(_PlaceholderArithmetic, Enum):
 
     NUM_EPOCHS = "num_epochs"
     NUM_UPDATE_STEPS_PER_EPOCH = "num_update_steps_per_epoch"
+    #: pytorch-accelerated's per-process count: the same as (an alias of)
+    #: ``NUM_UPDATE_STEPS_PER_EPOCH``, which is per process here.
+    PER_PROCESS_NUM_UPDATE_STEPS_PER_EPOCH = "num_update_steps_per_epoch"
     #: Every optimizer update of the run (respects ``max_num_train_steps``).
     NUM_UPDATE_STEPS = "num_update_steps"
     TRAIN_DATALOADER_LEN = "train_dataloader_len"

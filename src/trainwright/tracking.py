@@ -38,8 +38,12 @@ def format_metric_value(value: Any, significant_digits: int = 4) -> str:
     return text
 
 
-class MetricNotFoundError(KeyError):
-    """Raised when asking for a metric that was never recorded; lists the ones that were."""
+class MetricNotFoundError(KeyError, ValueError):
+    """Raised when asking for a metric that was never recorded; lists the ones that were.
+
+    It is a ``KeyError`` (a metric name not found) and a ``ValueError``, which
+    pytorch-accelerated raises for it, so ``except`` clauses written for either catch it.
+    """
 
     def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
         return str(self.args[0])

@@ -716,13 +716,15 @@ class Trainer:
         checkpoint_kwargs: dict[str, Any] | None = None,
         save_optimizer: bool = True,
         save_scheduler: bool = True,
+        save_per_node: bool = False,
     ) -> None:
         """Saves a portable checkpoint: the unwrapped model's weights, optionally the
         optimizer and scheduler state, and any extra entries, in one ``.pt`` file.
 
-        The file is written atomically by the main process and loads with
-        ``torch.load(path, weights_only=True)``. Call it on every process (weights sharded
-        by FSDP or DeepSpeed are gathered first).
+        The file is written atomically by the main process (by the main process of every
+        machine with ``save_per_node``) and loads with ``torch.load(path,
+        weights_only=True)``. Call it on every process (weights sharded by FSDP or DeepSpeed
+        are gathered first).
 
         Args:
             save_path: the file to write.
@@ -730,6 +732,7 @@ class Trainer:
                 values and tensors only.
             save_optimizer: include the optimizer state.
             save_scheduler: include the scheduler state, when there is a scheduler.
+            save_per_node: write the file on every machine (for disks that are not shared).
 
         Example::
 
@@ -749,7 +752,12 @@ class Trainer:
             if key in (MODEL_STATE_KEY, OPTIMIZER_STATE_KEY, SCHEDULER_STATE_KEY):
                 raise ValueError(f"checkpoint_kwargs may not use the reserved key {key!r}.")
             checkpoint[key] = value
-        if self.accelerator.is_main_process:
+        is_writer = (
+            self.accelerator.is_local_main_process
+            if save_per_node
+            else self.accelerator.is_main_process
+        )
+        if is_writer:
             atomic_save(checkpoint, save_path)
         self.accelerator.wait_for_everyone()
 
@@ -796,7 +804,9 @@ class Trainer:
     # Training states: everything needed to continue a run exactly
     # ----------------------------------------------------------------------------------------
 
-    def save_training_state(self, save_dir: str | os.PathLike) -> Path:
+    def save_training_state(
+        self, save_dir: str | os.PathLike, checkpoint_kwargs: dict[str, Any] | None = None
+    ) -> Path:
         """Saves everything needed to continue this run exactly, as one directory.
 
         The state holds the model, optimizer, gradient scaler and every RNG (Python, NumPy,
@@ -813,6 +823,11 @@ class Trainer:
         SIGKILL leaves the previous state intact). Call it on every process, between steps
         (e.g. from ``on_train_step_end`` or an epoch-end event). Values recorded in the run
         history and callback states must be numbers, strings, tensors or containers of them.
+
+        Args:
+            save_dir: the state directory to write.
+            checkpoint_kwargs: extra entries stored with the state (numbers, strings,
+                tensors), which `load_training_state` returns.
 
         Returns:
             The directory written.
@@ -833,14 +848,20 @@ class Trainer:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return _save_training_state_directory(self.accelerator, save_dir, self._trainer_state)
+        extra = dict(checkpoint_kwargs or {})
+        return _save_training_state_directory(
+            self.accelerator, save_dir, lambda: {**self._trainer_state(), "extra": extra}
+        )
 
-    def load_training_state(self, load_dir: str | os.PathLike) -> None:
+    def load_training_state(self, load_dir: str | os.PathLike) -> dict[str, Any]:
         """Loads a state written by `save_training_state` into this trainer: model,
         optimizer, scaler, RNGs, scheduler (when the trainer has one), run history, progress
         and callback states. To continue training from it, use
         ``train(..., resume_from=load_dir)`` instead, which also restores the position in
         the data.
+
+        Returns:
+            The ``checkpoint_kwargs`` the state was saved with (as pytorch-accelerated).
 
         Raises:
             FileNotFoundError: if ``load_dir`` does not exist.
@@ -857,6 +878,7 @@ class Trainer:
         self._restore_training_state(Path(load_dir), state)
         self.callback_handler.load_state_dict(state["callbacks"])
         self._resumed_epoch = None
+        return dict(state.get("extra", {}))
 
     def _trainer_state(self) -> dict[str, Any]:
         return {

@@ -16,11 +16,15 @@ from trainwright import RunConfig, Trainer, TrainerPlaceholderValues, TrainerRun
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
     ProgressBarCallback,
+    SaveBestModelCallback,
+    SaveTrainingStateCallback,
+    WSDCheckpointCallback,
     get_default_callbacks,
 )
 from trainwright.ema import ModelEma
 from trainwright.finetuning import ModelFreezer
 from trainwright.schedulers import CosineLrScheduler, WSDLrScheduler
+from trainwright.tracking import InMemoryRunHistory, MetricNotFoundError
 from trainwright.trainer import TrainerWithTimmScheduler
 from trainwright.utils import (
     local_process_zero_first,
@@ -364,3 +368,133 @@ def test_scheduler_factory_with_pytorch_accelerated_arguments_in_the_trainer():
     )
     assert trainer.scheduler.total_num_steps == trainer.run_config.num_update_steps == 8
     assert trainer.scheduler.update_step == 8
+
+
+# 7. Saving callbacks: save_scheduler, usable as classes, pytorch-accelerated's state names
+
+
+def test_save_best_model_without_the_scheduler(tmp_path):
+    callback = SaveBestModelCallback(tmp_path / "best.pt", save_scheduler=False)
+    trainer = make_trainer(callbacks=[callback])
+    trainer.train(
+        make_dataset(8),
+        num_epochs=1,
+        eval_dataset=make_dataset(4),
+        per_device_batch_size=2,
+        create_scheduler_fn=functools.partial(StepLR, step_size=1),
+    )
+    assert "scheduler_state_dict" not in torch.load(tmp_path / "best.pt", weights_only=True)
+
+
+def test_saving_callbacks_given_as_classes_use_pytorch_accelerated_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = make_trainer(callbacks=[SaveTrainingStateCallback, WSDCheckpointCallback])
+    trainer.train(
+        make_dataset(8),
+        num_epochs=1,
+        per_device_batch_size=2,
+        create_scheduler_fn=WSDLrScheduler.create_scheduler_fn(),
+    )
+    assert [path.name for path in (tmp_path / "training_states").iterdir()] == ["state-000000004"]
+    assert (tmp_path / "checkpoints" / "post-decay-000000004.pt").is_file()
+
+
+def test_resume_from_a_directory_in_pytorch_accelerated_layout(tmp_path):
+    def run(resume_from=None, num_epochs=2):
+        trainer = make_trainer(model=make_model(seed=3))
+        trainer.train(
+            make_dataset(8),
+            num_epochs=num_epochs,
+            per_device_batch_size=2,
+            resume_from=resume_from,
+        )
+        return trainer
+
+    first = run(num_epochs=1)
+    states = tmp_path / "states"
+    first.save_training_state(states / "epoch_1")
+    second = run(resume_from=states / "epoch_1")
+    second.save_training_state(states / "final")
+    second.save_training_state(states / "step_3")  # newer, but "final" is the run's end
+    assert run(resume_from=states).progress.num_update_steps == second.progress.num_update_steps
+
+
+def test_wsd_checkpoint_callback_initial_checkpoint(tmp_path):
+    trainer = make_trainer(callbacks=[WSDCheckpointCallback(tmp_path)])
+    factory = WSDLrScheduler.create_scheduler_fn()
+    trainer.train(
+        make_dataset(8), num_epochs=1, per_device_batch_size=2, create_scheduler_fn=factory
+    )
+    export = tmp_path / "post-decay-000000004.pt"
+    continued = make_trainer(
+        model=make_model(seed=9),
+        callbacks=[WSDCheckpointCallback(tmp_path / "next", initial_checkpoint=export)],
+    )
+    weights_before = [p.clone() for p in trainer.get_model().parameters()]
+    continued.train(
+        make_dataset(8),
+        num_epochs=1,
+        per_device_batch_size=2,
+        create_scheduler_fn=factory,
+        max_num_train_steps=1,
+    )
+    # the one update of a one-update WSD run uses the minimum LR, 0: the weights stay the
+    # loaded ones, not the seed-9 initialisation
+    assert all(
+        torch.equal(a, b) for a, b in zip(weights_before, continued.get_model().parameters())
+    )
+    assert not torch.equal(make_model(seed=9)[0].weight, continued.get_model()[0].weight)
+    with pytest.raises(ValueError, match="resume_from"):
+        WSDCheckpointCallback(tmp_path, initial_checkpoint=tmp_path)
+
+
+# 8. RunHistory: unrecorded metrics, evaluate() keeps the history
+
+
+def test_unrecorded_metric_raises_value_error_and_metric_not_found_error():
+    history = InMemoryRunHistory()
+    for read in (history.get_latest_metric, history.get_metric_values):
+        with pytest.raises(ValueError, match="No metric named 'accuracy'"):
+            read("accuracy")
+        with pytest.raises(MetricNotFoundError):
+            read("accuracy")
+
+
+def test_evaluate_keeps_the_run_history():
+    trainer = make_trainer()
+    trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=2)
+    trainer.evaluate(make_dataset(4))
+    # pytorch-accelerated resets the history in evaluate(); trainwright adds to it
+    assert trainer.run_history.get_metric_names() == {"train_loss_epoch", "evaluation_loss"}
+
+
+# 10. A user's own scheduler step on top of the trainer's per-epoch step
+
+
+def test_stepping_an_epoch_scheduler_yourself_steps_it_twice():
+    class StepsItself(Trainer):
+        def eval_epoch_end(self):
+            self.scheduler.step()  # as pytorch-accelerated scripts do for epoch schedulers
+
+    model = make_model()
+    trainer = StepsItself(
+        model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0), callbacks=()
+    )
+    trainer.train(
+        make_dataset(4),
+        num_epochs=2,
+        eval_dataset=make_dataset(4),
+        per_device_batch_size=2,
+        create_scheduler_fn=functools.partial(StepLR, step_size=1, gamma=0.5),
+        scheduler_step_interval="epoch",
+    )
+    assert trainer.scheduler.last_epoch == 4  # documented in the migration guide
+
+
+def test_training_state_checkpoint_kwargs_and_save_per_node(tmp_path):
+    trainer = make_trainer()
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2)
+    trainer.save_training_state(tmp_path / "state", checkpoint_kwargs={"global_step": 2})
+    assert make_trainer().load_training_state(tmp_path / "state") == {"global_step": 2}
+    trainer.save_checkpoint(tmp_path / "model.pt", save_per_node=True)
+    assert (tmp_path / "model.pt").is_file()

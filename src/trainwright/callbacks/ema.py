@@ -50,6 +50,9 @@ class ModelEmaCallback(TrainerCallback):
         save_path: where to save the averaged weights, or ``None`` to not save them.
         device: where to keep the average (e.g. ``"cpu"`` to save accelerator memory);
             default the model's device. It must be the trainer's device to evaluate it.
+        evaluate_during_training: pytorch-accelerated's name of ``evaluate``. Its
+            ``watch_metric``, ``greater_is_better``, ``model_ema`` and ``callbacks`` are
+            refused with a message saying what to use instead.
 
     Raises:
         ValueError: at the start of ``train()``, if ``evaluate=True`` and there is no
@@ -77,7 +80,21 @@ class ModelEmaCallback(TrainerCallback):
         evaluate: bool = True,
         save_path: str | os.PathLike | None = None,
         device: torch.device | str | None = None,
+        *,
+        evaluate_during_training: bool | None = None,
+        **pytorch_accelerated_kwargs: Any,
     ) -> None:
+        if evaluate_during_training is not None:  # pytorch-accelerated's name
+            evaluate = evaluate_during_training
+        if pytorch_accelerated_kwargs:
+            raise TypeError(
+                f"ModelEmaCallback has no {', '.join(sorted(pytorch_accelerated_kwargs))}: it "
+                "records ema_model_eval_loss_epoch after every epoch and saves the average to "
+                "save_path whenever that improves. To watch another metric, add "
+                "SaveBestModelCallback / EarlyStoppingCallback(watch_metric="
+                "'ema_model_eval_loss_epoch'); build the average yourself with "
+                "trainwright.ema.ModelEma."
+            )
         check_number("decay", decay, minimum=0)
         check_bool("use_warmup", use_warmup)
         check_bool("evaluate", evaluate)

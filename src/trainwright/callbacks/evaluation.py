@@ -51,10 +51,24 @@ class StepBasedEvaluationCallback(TrainerCallback):
 
     def __init__(
         self,
-        eval_every_n_updates: int,
+        eval_every_n_updates: int | None = None,
         eval_dataset: Dataset | None = None,
         metric_name: str = "step_eval_loss",
+        *,
+        eval_every_n_steps: int | None = None,
     ) -> None:
+        """
+        Args:
+            eval_every_n_updates: evaluate after every this many optimizer updates.
+            eval_dataset: the data to evaluate on; default the ``eval_dataset`` of ``train()``.
+            metric_name: the metric the loss is recorded as.
+            eval_every_n_steps: pytorch-accelerated's name of ``eval_every_n_updates`` (the
+                same without gradient accumulation; with it, updates are counted here).
+        """
+        if eval_every_n_steps is not None:
+            if eval_every_n_updates is not None:
+                raise ValueError("Give eval_every_n_updates or eval_every_n_steps, not both.")
+            eval_every_n_updates = eval_every_n_steps
         check_positive_int("eval_every_n_updates", eval_every_n_updates)
         if eval_dataset is not None:
             check_dataset("eval_dataset", eval_dataset)

@@ -30,7 +30,7 @@ class SaveBestModelCallback(MonitorCallback):
     when training ends.
 
     Every checkpoint has the same entries: the model's weights, the optimizer state (when
-    ``save_optimizer``), the scheduler state (when there is a scheduler), the watched
+    ``save_optimizer``), the scheduler state (when there is one and ``save_scheduler``), the watched
     metric's value under its own name, and ``"epoch"``. If the run stops before any
     checkpoint was saved, nothing is reloaded. Several instances can watch different metrics;
     give each its own ``save_path``.
@@ -44,6 +44,7 @@ class SaveBestModelCallback(MonitorCallback):
         reset_on_train: bool = True,
         save_optimizer: bool = True,
         load_saved_checkpoint: bool = True,
+        save_scheduler: bool = True,
     ) -> None:
         """
         Args:
@@ -53,6 +54,7 @@ class SaveBestModelCallback(MonitorCallback):
             reset_on_train: forget the best value at the start of every ``train()``.
             save_optimizer: include the optimizer state in the checkpoint.
             load_saved_checkpoint: reload the best checkpoint's weights when training ends.
+            save_scheduler: include the scheduler state, when there is a scheduler.
 
         Example::
 
@@ -67,6 +69,7 @@ class SaveBestModelCallback(MonitorCallback):
         super().__init__(watch_metric, greater_is_better, 0.0, reset_on_train)
         self.save_path = Path(save_path)
         self.save_optimizer = save_optimizer
+        self.save_scheduler = save_scheduler
         self.load_saved_checkpoint = load_saved_checkpoint
         self.saved_this_run = False
 
@@ -85,6 +88,7 @@ class SaveBestModelCallback(MonitorCallback):
                 self.save_path,
                 checkpoint_kwargs={self.watch_metric: value, "epoch": epoch},
                 save_optimizer=self.save_optimizer,
+                save_scheduler=self.save_scheduler,
             )
             self.saved_this_run = True
 
@@ -109,9 +113,10 @@ class SaveTrainingStateCallback(TrainerCallback):
     """Saves full training states, from which ``train(..., resume_from=...)`` continues a run
     exactly (see [save_training_state][trainwright.trainer.Trainer.save_training_state]).
 
-    States are directories named ``state-<optimizer updates>`` inside ``save_dir``, each
-    written atomically (complete or absent) with a manifest of checksums that a resume
-    verifies. They are saved:
+    States are directories named ``state-<optimizer updates>`` inside ``save_dir`` (default
+    ``"training_states"``, as in pytorch-accelerated, so the class itself can be given in
+    ``callbacks=[...]``), each written atomically (complete or absent) with a manifest of
+    checksums that a resume verifies. They are saved:
 
     - every ``save_every_n_steps`` optimizer updates, at the end of the step that performed
       the update (``on_train_step_end``);
@@ -146,7 +151,7 @@ class SaveTrainingStateCallback(TrainerCallback):
 
     def __init__(
         self,
-        save_dir: str | os.PathLike,
+        save_dir: str | os.PathLike = "training_states",
         save_every_n_epochs: int | None = None,
         save_every_n_steps: int | None = None,
         save_at_end: bool = True,
@@ -245,9 +250,15 @@ class WSDCheckpointCallback(TrainerCallback):
     Saves happen at the end of the step that performed the update (``on_train_step_end``).
 
     Args:
-        save_dir: the directory to save into.
+        save_dir: the directory to save into (default ``"checkpoints"``).
         save_pre_decay_states: save the training states before each decay.
         save_post_decay_models: save the model exports at each checkpoint.
+        save_optimizer: include the optimizer state in the model exports.
+        save_scheduler: include the scheduler state in the model exports.
+        initial_checkpoint: a model export (``.pt`` file, e.g. a ``post-decay-*.pt``) whose
+            weights and optimizer state are loaded when training starts, to continue from
+            it (WSD-S). To continue from a pre-decay training state (a directory), pass it
+            to ``train(..., resume_from=...)`` instead, which restores the exact position.
 
     Example::
 
@@ -261,9 +272,12 @@ class WSDCheckpointCallback(TrainerCallback):
 
     def __init__(
         self,
-        save_dir: str | os.PathLike,
+        save_dir: str | os.PathLike = "checkpoints",
         save_pre_decay_states: bool = True,
         save_post_decay_models: bool = True,
+        save_optimizer: bool = True,
+        save_scheduler: bool = True,
+        initial_checkpoint: str | os.PathLike | None = None,
     ) -> None:
         check_path("save_dir", save_dir)
         check_bool("save_pre_decay_states", save_pre_decay_states)
@@ -271,6 +285,16 @@ class WSDCheckpointCallback(TrainerCallback):
         self.save_dir = Path(save_dir)
         self.save_pre_decay_states = save_pre_decay_states
         self.save_post_decay_models = save_post_decay_models
+        self.save_optimizer = save_optimizer
+        self.save_scheduler = save_scheduler
+        self.initial_checkpoint = Path(initial_checkpoint) if initial_checkpoint else None
+        if self.initial_checkpoint is not None and self.initial_checkpoint.is_dir():
+            raise ValueError(
+                f"initial_checkpoint={str(self.initial_checkpoint)!r} is a directory (a "
+                "training state): continue from it with train(..., resume_from="
+                f"{str(self.initial_checkpoint)!r}), which restores the exact position; "
+                "initial_checkpoint takes a model export (.pt file)."
+            )
         self._updates_at_last_check = 0
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -284,6 +308,9 @@ class WSDCheckpointCallback(TrainerCallback):
             )
         check_writable_directory(self.save_dir, "WSDCheckpointCallback save_dir")
         self._updates_at_last_check = trainer.progress.num_update_steps
+        if self.initial_checkpoint is not None:
+            trainer.print(f"Loading the model and optimizer from {self.initial_checkpoint}")
+            trainer.load_checkpoint(self.initial_checkpoint, load_scheduler=False)
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
         updates = trainer.progress.num_update_steps
@@ -294,4 +321,8 @@ class WSDCheckpointCallback(TrainerCallback):
         if self.save_pre_decay_states and scheduler.is_decay_phase_start(updates):
             trainer.save_training_state(self.save_dir / f"pre-decay-{updates:09d}")
         if self.save_post_decay_models and scheduler.is_checkpoint_step(updates):
-            trainer.save_checkpoint(self.save_dir / f"post-decay-{updates:09d}.pt")
+            trainer.save_checkpoint(
+                self.save_dir / f"post-decay-{updates:09d}.pt",
+                save_optimizer=self.save_optimizer,
+                save_scheduler=self.save_scheduler,
+            )
