@@ -432,6 +432,33 @@ def process_helpers(shared_dir: str) -> dict[str, Any]:
     }
 
 
+def pytorch_accelerated_utils() -> dict[str, Any]:
+    """pytorch-accelerated's padded gather and process decorators: process ``r`` gathers
+    ``r + 1`` rows of value ``r``, padded with -1 to the longest; the decorated functions
+    return the process index where they run."""
+    from trainwright.utils import local_process_zero_only, remove_padding, world_process_zero_only
+
+    trainer = make_trainer(lr=0.1)
+    rank = trainer.accelerator.process_index
+    rows = torch.full((rank + 1, 2), float(rank))
+    gathered = trainer.gather(rows, padding_value=-1)
+
+    @world_process_zero_only
+    def on_world_zero() -> int:
+        return rank
+
+    @local_process_zero_only
+    def on_local_zero() -> int:
+        return rank
+
+    return {
+        "gathered": gathered.tolist(),
+        "without_padding": remove_padding(gathered, -1).tolist(),
+        "world_zero_only": on_world_zero(),
+        "local_zero_only": on_local_zero(),
+    }
+
+
 def sync_batchnorm_on_cpu() -> dict[str, Any]:
     """ConvertSyncBatchNormCallback in a CPU multi-process run: the error it raises."""
     try:
@@ -606,6 +633,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "nan_loss_on_one_process": nan_loss_on_one_process,
     "control_on_one_process": control_on_one_process,
     "process_helpers": process_helpers,
+    "pytorch_accelerated_utils": pytorch_accelerated_utils,
     "sync_batchnorm_on_cpu": sync_batchnorm_on_cpu,
     "tiny_datasets": tiny_datasets,
     "indivisible_split_batch": indivisible_split_batch,

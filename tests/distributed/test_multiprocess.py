@@ -89,6 +89,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             for k in CONTROL_ACCUMULATION_STEPS
         ),
         ("process_helpers", "process_helpers", {"shared_dir": str(helpers_dir)}),
+        ("pytorch_accelerated_utils", "pytorch_accelerated_utils", {}),
         ("sync_batchnorm_on_cpu", "sync_batchnorm_on_cpu", {}),
         ("tiny_datasets", "tiny_datasets", {}),
         ("indivisible_split_batch", "indivisible_split_batch", {}),
@@ -298,6 +299,18 @@ def test_process_helpers_print_and_run_on_the_main_process_only(
     expected = {"main_process_first": True, "local_main_process_first": True}
     assert main["saw_main_first"] == {name: False for name in expected}
     assert other["saw_main_first"] == expected
+
+
+def test_padded_gather_and_process_decorators_of_pytorch_accelerated(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    main, other = (rank["pytorch_accelerated_utils"] for rank in two_process_results)
+    # rank 0 has 1 row of 0s, rank 1 2 rows of 1s: rank 0's is padded with a row of -1
+    expected = [[0.0, 0.0], [-1.0, -1.0], [1.0, 1.0], [1.0, 1.0]]
+    assert main["gathered"] == other["gathered"] == expected
+    assert main["without_padding"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert (main["world_zero_only"], other["world_zero_only"]) == (0, None)
+    assert (main["local_zero_only"], other["local_zero_only"]) == (0, None)
 
 
 def test_sync_batchnorm_conversion_is_refused_on_cpu_processes(
