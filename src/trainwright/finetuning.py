@@ -90,7 +90,7 @@ class UnfrozenParameters(dict):
         >>> freezer = ModelFreezer(model)
         >>> freezer.freeze()
         >>> optimizer = torch.optim.SGD(freezer.get_trainable_parameters(), lr=0.1)
-        >>> for index, param_group in freezer.unfreeze().items():
+        >>> for param_group in freezer.unfreeze().values():
         ...     optimizer.add_param_group({**param_group, "lr": 0.01})
         >>> len(optimizer.param_groups)
         2
@@ -135,8 +135,8 @@ class ModelFreezer:
         >>> freezer.freeze()  # all but the last group
         >>> optimizer = torch.optim.SGD(freezer.get_trainable_parameters(), lr=0.1)
         >>> # ... later, unfreeze the middle group with a lower LR:
-        >>> param_group = freezer.unfreeze(from_index=1, to_index=1)
-        >>> optimizer.add_param_group({**param_group, "lr": 0.01})
+        >>> unfrozen = freezer.unfreeze(from_index=1, to_index=1)
+        >>> optimizer.add_param_group({**unfrozen[1], "lr": 0.01})
     """
 
     def __init__(self, model: nn.Module, freeze_batch_norms: bool = False) -> None:
