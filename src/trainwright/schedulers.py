@@ -33,6 +33,7 @@ import copy
 import functools
 import itertools
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -98,7 +99,7 @@ class _LrSchedulerBase:
         resumed run follows the saved curve exactly.
         """
         state = copy.deepcopy(dict(state_dict))
-        if "current_iteration_number" in state:  # saved by pytorch-accelerated
+        if "update_step" not in state and "scheduler_class" not in state:
             state = self._state_from_pytorch_accelerated(state)
         saved_class = state.pop("scheduler_class", type(self).__name__)
         if saved_class != type(self).__name__:
@@ -120,8 +121,24 @@ class _LrSchedulerBase:
 
     def _state_from_pytorch_accelerated(self, state: dict[str, Any]) -> dict[str, Any]:
         """A pytorch-accelerated scheduler's state dict: its update count and base LRs
-        continue this scheduler; the schedule's settings stay those it was built with."""
-        update_step = int(state["current_iteration_number"])
+        continue this scheduler; the schedule's settings stay those it was built with.
+
+        Its count is ``num_updates`` (one less than the updates done; ``_num_updates`` in
+        its attributes) or, in older versions, ``current_iteration_number`` (the updates
+        done). Its ``WSDLrScheduler`` saves no count: the count then stays, with a warning.
+        """
+        if "current_iteration_number" in state:
+            update_step = int(state["current_iteration_number"])
+        elif "num_updates" in state or "_num_updates" in state:
+            update_step = int(state.get("num_updates", state.get("_num_updates"))) + 1
+        else:
+            warnings.warn(
+                "This scheduler state dict (saved by pytorch-accelerated) holds no update "
+                f"count, so the schedule stays at update {self.update_step}. Call "
+                "scheduler.step(update_step=...) with the updates done to move it.",
+                stacklevel=3,
+            )
+            update_step = self.update_step
         base_lrs = [float(lr) for lr in state.get("base_lr_values", self.base_lrs)]
         converted = {
             key: value
@@ -192,6 +209,10 @@ class StatelessLrScheduler(_LrSchedulerBase, ABC):
             trainer.train(dataset, num_epochs=10, create_scheduler_fn=(
                 CosineLrScheduler.create_scheduler_fn(num_warmup_steps=0.05)))
         """
+        if _PYTORCH_ACCELERATED_EPOCH_COUNTS.intersection(kwargs):
+            kwargs.setdefault(
+                "num_update_steps_per_epoch", TrainerPlaceholderValues.NUM_UPDATE_STEPS_PER_EPOCH
+            )
         if not _PYTORCH_ACCELERATED_TOTALS.intersection(kwargs):
             kwargs.setdefault("total_num_steps", TrainerPlaceholderValues.NUM_UPDATE_STEPS)
         return functools.partial(cls, **kwargs)
@@ -313,8 +334,9 @@ class CosineLrScheduler(_WarmupThenDecayScheduler):
         k_decay: exponent on the decay progress (k-decay); above 1 keeps the LR high for
             longer, below 1 drops it sooner.
         total_num_epochs: pytorch-accelerated's way to give the length, with
-            ``num_update_steps_per_epoch``: ``total_num_steps`` is their product. The minimum
-            LR then defaults to pytorch-accelerated's ``lr_min`` of 1e-6.
+            ``num_update_steps_per_epoch``: ``total_num_steps`` is their product. With it
+            (or another ``*_epochs`` argument) the minimum LR defaults to
+            pytorch-accelerated's ``lr_min`` of 1e-6.
         num_update_steps_per_epoch: optimizer updates per epoch, for the ``*_epochs``
             arguments.
         num_warmup_epochs: ``num_warmup_steps`` in epochs (pytorch-accelerated's argument).
@@ -352,7 +374,10 @@ class CosineLrScheduler(_WarmupThenDecayScheduler):
         lr_min: float | None = None,
         min_lr_ratio: float | None = None,
     ) -> None:
-        is_epoch_based = total_num_epochs is not None
+        is_epoch_based = any(
+            value is not None
+            for value in (total_num_epochs, num_warmup_epochs, num_cooldown_epochs)
+        )
         total_num_steps = _total_from_epochs(
             total_num_steps, total_num_epochs, num_update_steps_per_epoch, "total_num_epochs"
         )
@@ -454,10 +479,10 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
         num_checkpoints: this many checkpoints, placed by ``checkpoint_spacing``. Default 1.
         checkpoint_steps: explicit, strictly increasing checkpoint steps (updates done);
             ``total_num_steps`` is added if missing. Give this or ``num_checkpoints``.
-        checkpoint_spacing: ``"geometric"`` (default, as pytorch-accelerated): each
-            checkpoint at half the next one, ``C_j = floor(T / 2**(m - j))``, e.g.
-            ``[250, 500, 1000]`` for 3 checkpoints of 1000 updates; ``"even"``: equal
-            segments, ``C_j = floor(j * T / m)``.
+        checkpoint_spacing: ``"geometric"`` (default, as pytorch-accelerated documents it):
+            each checkpoint at half the next one, ``C_j = floor(T / 2**(m - j))``, e.g.
+            ``[250, 500, 1000]`` for 3 checkpoints of 1000 updates and ``[500, 1000]`` for 2;
+            ``"even"``: equal segments, ``C_j = floor(j * T / m)``.
         num_epochs: pytorch-accelerated's way to give the length, with
             ``num_update_steps_per_epoch`` (their product) or ``total_steps``. The minimum
             ratio then defaults to pytorch-accelerated's ``lr_min`` of 1e-6.
@@ -465,6 +490,7 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
             ``create_scheduler_fn``.
         num_update_steps_per_epoch: optimizer updates per epoch, with ``num_epochs``.
         total_steps: pytorch-accelerated's name of ``total_num_steps``.
+        num_warmup_epochs: ``num_warmup_steps`` in epochs (needs ``num_update_steps_per_epoch``).
         lr_min: pytorch-accelerated's name of ``lr_min_ratio`` (a ratio there too).
         use_inverse_sqrt_decay: pytorch-accelerated's switch: True is ``decay_shape="sqrt"``,
             False ``"inverse_proportional"``.
@@ -508,6 +534,7 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
         total_num_epochs: int | None = None,
         num_update_steps_per_epoch: int | None = None,
         total_steps: int | None = None,
+        num_warmup_epochs: int | None = None,
         lr_min: float | None = None,
         use_inverse_sqrt_decay: bool | None = None,
         is_continuation_from_checkpoint: bool = False,
@@ -528,6 +555,8 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
         total_num_steps = _total_from_epochs(
             total_num_steps, num_epochs, num_update_steps_per_epoch, "num_epochs"
         )
+        if num_warmup_epochs is not None:
+            num_warmup_steps = _epochs_to_steps(num_warmup_epochs, num_update_steps_per_epoch)
         if num_warmup_steps is None:  # pytorch-accelerated's create_scheduler_fn default
             num_warmup_steps = 0.01
         if lr_min is not None:  # a ratio in pytorch-accelerated's WSDLrScheduler
@@ -695,9 +724,8 @@ def _phase_progress(update_step: int, phase_start: int, phase_length: int) -> fl
 
 
 # Arguments that give a run's length the pytorch-accelerated way, and its default minimums.
-_PYTORCH_ACCELERATED_TOTALS = frozenset(
-    {"total_num_epochs", "num_epochs", "num_update_steps_per_epoch", "total_steps"}
-)
+_PYTORCH_ACCELERATED_TOTALS = frozenset({"total_num_epochs", "num_epochs", "total_steps"})
+_PYTORCH_ACCELERATED_EPOCH_COUNTS = frozenset({"num_warmup_epochs", "num_cooldown_epochs"})
 _PYTORCH_ACCELERATED_COSINE_LR_MIN = 1e-6  # an absolute LR
 _PYTORCH_ACCELERATED_WSD_LR_MIN = 1e-6  # a ratio of the base LR
 

@@ -302,8 +302,10 @@ def test_wsd_accepts_pytorch_accelerated_arguments_and_places_checkpoints_geomet
     assert scheduler.get_checkpoint_steps() == [250, 500, 1000]
     assert scheduler.decay_shape == "inverse_proportional"
     assert scheduler.lr_min_ratios == [1e-6]  # its default lr_min, a ratio there too
-    by_epochs = WSDLrScheduler(make_optimizer(), num_epochs=4, num_update_steps_per_epoch=25)
-    assert by_epochs.total_num_steps == 100
+    by_epochs = WSDLrScheduler(
+        make_optimizer(), num_epochs=4, num_update_steps_per_epoch=25, num_warmup_epochs=1
+    )
+    assert (by_epochs.total_num_steps, by_epochs.num_warmup_steps) == (100, 25)
     even = WSDLrScheduler(make_optimizer(), 1000, num_checkpoints=3, checkpoint_spacing="even")
     assert even.checkpoint_steps == [333, 666, 1000]
     with pytest.raises(ValueError, match="resume_from"):
@@ -336,24 +338,30 @@ def test_wsd_getters():
 
 def test_scheduler_state_saved_by_pytorch_accelerated_loads():
     scheduler = CosineLrScheduler(make_optimizer(0.1), 20, num_warmup_steps=4)
-    saved = {  # the keys of a pytorch-accelerated CosineLrScheduler.state_dict()
-        "param_group_field": "lr",
-        "_initial_param_group_field": "initial_lr",
-        "base_lr_values": [0.1],
-        "current_iteration_number": 7,
+    saved = {  # pytorch-accelerated 0.1.61's CosineLrScheduler.state_dict() after 7 steps
         "total_iterations": 20,
         "lr_min_ratio": None,
-        "lr_min": 0.0,
+        "lr_min": 1e-6,
         "warmup_iterations": 4,
-        "warmup_lr_init": 0,
+        "warmup_lr_init": 1e-6,
+        "warmup_lr_ratio": None,
         "k_decay": 1.0,
         "num_cooldown_iterations": 0,
+        "num_updates": 6,  # its count starts at -1
     }
     scheduler.load_state_dict(saved)
     assert scheduler.update_step == 7
     assert scheduler.optimizer.param_groups[0]["lr"] == scheduler.get_lr(7)[0]
     scheduler.step()
     assert scheduler.update_step == 8
+    older = CosineLrScheduler(make_optimizer(0.1), 20)
+    older.load_state_dict({"current_iteration_number": 5, "base_lr_values": [0.1]})
+    assert older.update_step == 5
+    # its WSDLrScheduler saves no count: said, not silently guessed
+    wsd = WSDLrScheduler(make_optimizer(0.1), 20)
+    with pytest.warns(UserWarning, match="holds no update count"):
+        wsd.load_state_dict({"total_steps": 20, "base_lr_values": [0.1], "lr_min": 1e-6})
+    assert wsd.update_step == 0
 
 
 def test_scheduler_factory_with_pytorch_accelerated_arguments_in_the_trainer():
@@ -368,6 +376,12 @@ def test_scheduler_factory_with_pytorch_accelerated_arguments_in_the_trainer():
     )
     assert trainer.scheduler.total_num_steps == trainer.run_config.num_update_steps == 8
     assert trainer.scheduler.update_step == 8
+    cosine = CosineLrScheduler.create_scheduler_fn(num_warmup_epochs=1)  # as in its docs
+    trainer.train(
+        make_dataset(8), num_epochs=2, per_device_batch_size=2, create_scheduler_fn=cosine
+    )
+    assert (trainer.scheduler.total_num_steps, trainer.scheduler.num_warmup_steps) == (8, 4)
+    assert trainer.scheduler.get_lr(7) == pytest.approx([1e-6])  # its default lr_min
 
 
 # 7. Saving callbacks: save_scheduler, usable as classes, pytorch-accelerated's state names
