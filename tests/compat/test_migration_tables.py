@@ -97,8 +97,8 @@ SIGNATURES = [
             "greater_is_better",
             "reset_on_train",
             "save_optimizer",
-            "load_saved_checkpoint",
             "save_scheduler",
+            "load_saved_checkpoint",
         ],
     ),
     (

@@ -43,8 +43,8 @@ class SaveBestModelCallback(MonitorCallback):
         greater_is_better: bool = False,
         reset_on_train: bool = True,
         save_optimizer: bool = True,
-        load_saved_checkpoint: bool = True,
         save_scheduler: bool = True,
+        load_saved_checkpoint: bool = True,
     ) -> None:
         """
         Args:
@@ -53,8 +53,8 @@ class SaveBestModelCallback(MonitorCallback):
             greater_is_better: whether higher values of the metric are better.
             reset_on_train: forget the best value at the start of every ``train()``.
             save_optimizer: include the optimizer state in the checkpoint.
-            load_saved_checkpoint: reload the best checkpoint's weights when training ends.
             save_scheduler: include the scheduler state, when there is a scheduler.
+            load_saved_checkpoint: reload the best checkpoint's weights when training ends.
 
         Example::
 
