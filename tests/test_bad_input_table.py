@@ -71,7 +71,7 @@ TRAINER_CASES = [
     ("model", "not a model"),
     ("model", None),
     ("loss_func", 3),
-    ("loss_func", None),
+    # loss_func=None is valid: the batch-loss hooks then compute the loss (pytorch-accelerated)
     ("optimizer", "sgd"),
     ("optimizer", None),
     ("optimizer", sgd_over_another_model),

@@ -2536,7 +2536,11 @@ def _check_trainer_arguments(
     profile_callbacks: Any,
 ) -> None:
     check_type("model", model, nn.Module, "a torch.nn.Module")
-    check_callable("loss_func", loss_func, "a loss: a function of (model_outputs, targets)")
+    # None: the batch-loss hooks compute the loss (a transformers model returning its own,
+    # as in pytorch-accelerated's Hugging Face example).
+    check_callable(
+        "loss_func", loss_func, "a loss: a function of (model_outputs, targets)", optional=True
+    )
     check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
     model_parameters = {id(parameter) for parameter in model.parameters()}
     if isinstance(loss_func, nn.Module):  # a loss with learnable parameters of its own

@@ -21,6 +21,7 @@ from trainwright.callbacks import (
     WSDCheckpointCallback,
     get_default_callbacks,
 )
+from trainwright.checkpointing import training_states
 from trainwright.ema import ModelEma
 from trainwright.finetuning import ModelFreezer
 from trainwright.schedulers import CosineLrScheduler, WSDLrScheduler
@@ -424,13 +425,14 @@ def test_resume_from_a_directory_in_pytorch_accelerated_layout(tmp_path):
         )
         return trainer
 
-    first = run(num_epochs=1)
+    first = run(num_epochs=2)
     states = tmp_path / "states"
-    first.save_training_state(states / "epoch_1")
-    second = run(resume_from=states / "epoch_1")
-    second.save_training_state(states / "final")
-    second.save_training_state(states / "step_3")  # newer, but "final" is the run's end
-    assert run(resume_from=states).progress.num_update_steps == second.progress.num_update_steps
+    first.save_training_state(states / "epoch_2")
+    first.save_training_state(states / "final")
+    first.save_training_state(states / "step_8")  # the newest, but "final" ends the run
+    assert [path.name for path in training_states(states)] == ["final", "step_8", "epoch_2"]
+    resumed = run(resume_from=states, num_epochs=2)
+    assert resumed.progress.num_update_steps == first.progress.num_update_steps == 8
 
 
 def test_wsd_checkpoint_callback_initial_checkpoint(tmp_path):
