@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from digits import NUM_FEATURES, load_digits_splits, make_classifier
+from digits import NUM_FEATURES, exit_if_interrupted, load_digits_splits, make_classifier
 from torch import nn
 
 from trainwright import Trainer, TrainerCallback
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         per_device_batch_size=32,
         train_dataloader_kwargs={"drop_last": True},
     )
+    exit_if_interrupted(trainer)
     result = {
         "num_batches_checked": shape_checker.num_batches_checked,
         "num_train_batches": trainer.run_config.train_dataloader_len * args.num_epochs,

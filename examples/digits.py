@@ -1,4 +1,5 @@
-"""The data and model the examples share: scikit-learn's 8x8 handwritten digits and an MLP.
+"""What the examples share: scikit-learn's 8x8 handwritten digits, an MLP, and the exit
+status of an interrupted run.
 
 ``load_digits`` ships with scikit-learn, so nothing is downloaded. The 1,797 images are split
 into train / validation / test sets (stratified, with a fixed seed), and each of the 64
@@ -8,6 +9,8 @@ statistic of the held-out splits leaks into training.
 
 from __future__ import annotations
 
+import signal
+import sys
 from typing import NamedTuple
 
 import torch
@@ -16,6 +19,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from trainwright import Trainer
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10
@@ -73,3 +78,13 @@ def make_classifier(hidden_size: int = 128, dropout: float = 0.1) -> nn.Module:
         nn.Dropout(dropout),
         nn.Linear(hidden_size, NUM_CLASSES),
     )
+
+
+def exit_if_interrupted(trainer: Trainer) -> None:
+    """Ends the script when SIGTERM or SIGINT interrupted ``trainer.train()``, with status 128
+    + the signal's number (143, 130), as a shell reports a job the signal killed: the run did
+    not finish, and a job scheduler or script must not take it for a success. The library
+    itself never exits; ``train()`` returns after the current step (and any state saving)."""
+    if trainer.interrupt_signal is not None:
+        trainer.print(f"Interrupted by {trainer.interrupt_signal}: the run did not finish.")
+        sys.exit(128 + signal.Signals[trainer.interrupt_signal])

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from digits import NUM_CLASSES, load_digits_splits, make_classifier
+from digits import NUM_CLASSES, exit_if_interrupted, load_digits_splits, make_classifier
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> RunHistory:
         per_device_batch_size=32,
         eval_per_device_batch_size=256,
     )
+    exit_if_interrupted(trainer)
 
     accuracies = ", ".join(f"{value:.4f}" for value in history.get_metric_values("accuracy"))
     trainer.print(f"\nValidation accuracy per epoch: {accuracies}")

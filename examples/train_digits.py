@@ -11,22 +11,27 @@ Run it with::
 
     python examples/train_digits.py --num-epochs 30 --output-dir runs/digits
     accelerate launch examples/train_digits.py --mixed-precision bf16
+
+Interrupted by Ctrl-C or SIGTERM, it stops after the current step and exits with status 130
+or 143 (128 + the signal's number, as a shell reports a job the signal killed), so that a
+job scheduler or a script sees that the run did not finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from digits import NUM_CLASSES, load_digits_splits, make_classifier
+from digits import NUM_CLASSES, exit_if_interrupted, load_digits_splits, make_classifier
 from metrics import AccuracyCallback
 from torch import nn
 
-from trainwright import Trainer
+from trainwright import Trainer, TrainerCallback
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
     EarlyStoppingCallback,
@@ -57,8 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Trains, tests, prints a summary and returns it as a dictionary."""
+def main(
+    argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = ()
+) -> dict[str, Any]:
+    """Trains, tests, prints a summary and returns it as a dictionary.
+
+    Exits (``SystemExit``) with status 128 + the signal's number when SIGTERM or SIGINT
+    interrupted the training. ``extra_callbacks`` are added to the trainer's callbacks.
+    """
     args = parse_args(argv)
     # Seed before building the model: it fixes the initial weights, dropout and data order.
     set_seed(SEED)
@@ -81,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             SaveBestModelCallback(checkpoint_path),
             EarlyStoppingCallback(early_stopping_patience=3, early_stopping_threshold=1e-3),
             SavePlotCallback(plot_path),  # every metric per epoch, as a PNG (matplotlib)
+            *extra_callbacks,
         ],
         mixed_precision=args.mixed_precision,
     )
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_device_batch_size=32,
         eval_per_device_batch_size=256,
     )
+    exit_if_interrupted(trainer)
     eval_losses = history.get_metric_values("eval_loss_epoch")
     best_epoch = min(range(len(eval_losses)), key=eval_losses.__getitem__) + 1
 

@@ -72,6 +72,17 @@ for _event in EVENTS:
     setattr(RecorderCallback, _event, _make_recording_method(_event))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Runs tiny models on one thread. Their operations take microseconds, so a second
+    thread only adds hand-offs; on a busy 2-core machine each hand-off can wait for a
+    descheduled thread, which made such tests several times slower."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test starts with Accelerate's process-wide state unset, as a new script would."""

@@ -1,5 +1,5 @@
-"""Default DataLoader settings (workers from the CPUs per process, pinning only with CUDA),
-and data randomness that a resume replays exactly."""
+"""DataLoader settings (workers from the CPUs per process, pinning only with CUDA, the user's
+kwargs, collate_fn and samplers merged in), and data randomness that a resume replays exactly."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import resume_job
 import torch
 from conftest import make_dataset, make_model, make_trainer
 from test_resume import assert_same_run
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset, SequentialSampler, WeightedRandomSampler
 
 import trainwright.data
+from trainwright import Trainer
 from trainwright.data import default_dataloader_kwargs, default_num_workers
 
 
@@ -27,10 +28,9 @@ def test_workers_come_from_the_cpus_available_per_local_process():
         assert workers <= max(cpus // processes - 1, 0)  # never every CPU for each process
 
 
-def test_pinning_only_with_cuda_and_persistent_workers_only_with_workers():
+def test_pinning_only_with_cuda():
     cpu = default_dataloader_kwargs(shuffle=True, device=torch.device("cpu"))
     assert cpu["pin_memory"] is False and cpu["shuffle"] is True
-    assert cpu["persistent_workers"] == (cpu["num_workers"] > 0)
     cuda = default_dataloader_kwargs(shuffle=False, device=torch.device("cuda"))
     assert cuda["pin_memory"] is True and cuda["shuffle"] is False
 
@@ -47,6 +47,123 @@ def test_the_trainer_uses_the_defaults_and_the_overrides():
     )
     assert trainer.run_config.train_dl_kwargs["num_workers"] == 1
     assert trainer.run_config.train_dl_kwargs["persistent_workers"] is True
+
+
+@pytest.fixture
+def eight_cpus(monkeypatch):
+    """A machine with 8 CPUs (CI has 2): the defaults then use 4 workers."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+
+
+def test_persistent_workers_follow_the_workers_after_the_users_kwargs(eight_cpus):
+    # in train(), evaluate() and predict()
+    assert default_num_workers(1) == 4
+    trainer = make_trainer()
+    no_workers = {"num_workers": 0}  # what pytorch-accelerated's HF example passes
+    trainer.train(
+        make_dataset(8),
+        num_epochs=1,
+        eval_dataset=make_dataset(4),
+        per_device_batch_size=4,
+        train_dataloader_kwargs=no_workers,
+        eval_dataloader_kwargs=no_workers,
+    )
+    assert trainer.run_config.train_dl_kwargs["persistent_workers"] is False
+    trainer.evaluate(make_dataset(4), dataloader_kwargs=no_workers)
+    assert len(trainer.run_history.get_metric_values("evaluation_loss")) == 1
+    predictions = trainer.predict(make_dataset(4), dataloader_kwargs=no_workers)
+    assert predictions.shape == (4, 3)
+    dataloader = trainer.create_train_dataloader(4)  # not iterated: no workers start
+    assert dataloader.num_workers == 4 and dataloader.persistent_workers is True
+
+
+def test_workers_asked_for_on_a_small_machine_persist(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    trainer = make_trainer()
+    trainer.train_dataset = make_dataset(8)
+    dataloader = trainer.create_train_dataloader(4, {"num_workers": 1})
+    assert dataloader.persistent_workers is True
+    dataloader = trainer.create_train_dataloader(4, {"num_workers": 1, "persistent_workers": False})
+    assert dataloader.persistent_workers is False
+
+
+def test_a_sampler_replaces_the_default_shuffling():
+    dataset = make_dataset(8)
+    sampler = WeightedRandomSampler([0.0] * 7 + [1.0], num_samples=8)  # always sample 7
+    seen = []
+
+    def collect(batch):
+        seen.extend(index for index, _ in batch)
+        return torch.stack([dataset[index][0] for index, _ in batch]), torch.stack(
+            [dataset[index][1] for index, _ in batch]
+        )
+
+    indexed = [(index, index) for index in range(8)]
+    trainer = make_trainer()
+    trainer.train(
+        indexed,
+        num_epochs=1,
+        per_device_batch_size=4,
+        collate_fn=collect,
+        train_dataloader_kwargs={"sampler": sampler, "num_workers": 0},
+    )
+    assert seen == [7] * 8
+
+
+def test_a_batch_sampler_replaces_the_default_batching():
+    batches = BatchSampler(SequentialSampler(range(10)), batch_size=3, drop_last=False)
+    trainer = make_trainer()
+    trainer.train(
+        make_dataset(10),
+        num_epochs=1,
+        per_device_batch_size=8,
+        train_dataloader_kwargs={"batch_sampler": batches, "num_workers": 0},
+    )
+    assert trainer.run_config.train_dataloader_len == 4
+    assert trainer.run_config.train_per_device_batch_size == 3
+
+
+class _DropLastTrainer(Trainer):
+    def get_default_train_dl_kwargs(self, batch_size):
+        return {"batch_size": batch_size, "shuffle": True, "drop_last": True, "num_workers": 0}
+
+
+def test_an_overridden_train_default_keeps_collate_fn_and_stays_out_of_evaluation():
+    calls = []
+
+    def collate(samples):
+        calls.append(len(samples))
+        return torch.utils.data.default_collate(samples)
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = _DropLastTrainer(model, torch.nn.CrossEntropyLoss(), optimizer, callbacks=())
+    trainer.train(
+        make_dataset(8),
+        num_epochs=1,
+        eval_dataset=make_dataset(5),
+        per_device_batch_size=4,
+        collate_fn=collate,
+    )
+    # train()'s check of one evaluation batch, training (drop_last is training's own), then
+    # all 5 evaluation samples
+    assert calls == [4, 4, 4, 4, 1]
+    assert trainer.run_config.train_dl_kwargs["drop_last"] is True
+    assert trainer.run_config.eval_dl_kwargs["drop_last"] is False
+    assert trainer.run_config.eval_dataloader_len == 2
+
+
+def test_two_different_collate_functions_are_refused():
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match="Two collate functions"):
+        trainer.train(
+            make_dataset(8),
+            num_epochs=1,
+            collate_fn=torch.utils.data.default_collate,
+            train_dataloader_kwargs={"collate_fn": lambda samples: samples},
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,20 +21,13 @@ import torch
 from conftest import make_dataset
 from torch import nn
 
+from trainwright import TrainerCallback
 from trainwright.checkpointing import MODEL_STATE_KEY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Runs the examples' tiny models on one thread. Their operations take microseconds, so
-    a second thread only adds hand-offs; on a busy 2-core machine each hand-off can wait
-    for a descheduled thread, which made these tests several times slower."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -133,3 +127,20 @@ def test_custom_event_callback_rejects_a_short_last_batch(load_example):
     # 10 samples in batches of 4 leave a last batch of 2 when it is not dropped.
     with pytest.raises(ValueError, match=r"shape \(4, 4\).*got \(2, 4\)"):
         trainer.train(make_dataset(num_samples=10), num_epochs=1, per_device_batch_size=4)
+
+
+class _Preempt(TrainerCallback):
+    """Sends this process a SIGTERM after the second step, as a cluster scheduler would."""
+
+    def on_train_step_end(self, trainer, step, **kwargs):
+        if step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_train_digits_exits_non_zero_after_an_interruption(load_example, tmp_path, capsys):
+    train_digits = load_example("train_digits")
+    argv = ["--num-epochs", "2", "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_digits.main(argv, extra_callbacks=[_Preempt()])
+    assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a killed job
+    assert "Interrupted by SIGTERM" in capsys.readouterr().out

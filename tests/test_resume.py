@@ -338,3 +338,27 @@ def test_a_second_ctrl_c_interrupts_at_once():
     trainer = make_trainer(callbacks=[SendSignal(signal.SIGINT, at_step=1, times=2)])
     with pytest.raises(KeyboardInterrupt):
         trainer.train(make_dataset(20), num_epochs=1, per_device_batch_size=2)
+
+
+def test_a_checkpoint_file_as_resume_from_names_load_checkpoint(tmp_path):
+    trainer = make_trainer()
+    trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=4)
+    trainer.save_checkpoint(tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"training-state directory.*load_checkpoint") as error:
+        trainer.train(make_dataset(8), num_epochs=1, resume_from=tmp_path / "model.pt")
+    assert "model.pt" in str(error.value)
+
+
+def test_a_resumed_run_says_where_it_resumed(tmp_path, capsys):
+    sender = SendSignal(signal.SIGTERM, at_step=2)
+    settings = dict(num_epochs=2, per_device_batch_size=2, resume_from="latest")
+    first = make_trainer(callbacks=[SaveTrainingStateCallback(tmp_path), sender])
+    first.train(make_dataset(10), **settings)
+    assert first.interrupt_signal == "SIGTERM"
+    capsys.readouterr()
+    second = make_trainer(callbacks=[SaveTrainingStateCallback(tmp_path)])
+    second.train(make_dataset(10), **settings)
+    state = tmp_path / "state-000000003"
+    assert f"Resumed from {str(state)!r} at epoch 1, update 3 (3 batches into the epoch)." in (
+        capsys.readouterr().out
+    )

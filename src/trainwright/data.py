@@ -41,14 +41,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 __all__ = [
+    "dataloader_batch_size",
     "dataloader_length",
     "default_dataloader_kwargs",
     "draw_data_seed",
     "inexact_resume_reason",
+    "merge_dataloader_kwargs",
     "rngs_seeded",
     "seeded_dataloader",
     "seeded_epoch",
-    "with_overrides",
 ]
 
 
@@ -76,28 +77,96 @@ def default_dataloader_kwargs(
     - ``num_workers``: from the CPUs available per local process (see
       :func:`default_num_workers`), never every CPU per device.
     - ``pin_memory``: only when training on CUDA.
-    - ``persistent_workers``: when workers are used, so they are not restarted every epoch.
 
     Any of these can be overridden with ``train_dataloader_kwargs`` /
-    ``eval_dataloader_kwargs``.
+    ``eval_dataloader_kwargs``. Settings that depend on the number of workers
+    (``persistent_workers``) are decided once those are merged in, by
+    `merge_dataloader_kwargs`.
     """
-    num_workers = default_num_workers(num_local_processes)
     return {
         "shuffle": shuffle,
-        "num_workers": num_workers,
+        "num_workers": default_num_workers(num_local_processes),
         "pin_memory": device.type == "cuda",
-        "persistent_workers": num_workers > 0,
     }
 
 
-def with_overrides(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The default DataLoader keyword arguments with the user's ``overrides`` applied. The
-    default ``persistent_workers`` follows an overridden ``num_workers`` (DataLoader refuses
-    persistent workers without workers)."""
-    kwargs = {**defaults, **(overrides or {})}
-    if overrides and "num_workers" in overrides and "persistent_workers" not in overrides:
-        kwargs["persistent_workers"] = kwargs["num_workers"] > 0
+#: ``DataLoader`` arguments that only mean something with worker processes: torch rejects
+#: them with ``num_workers=0``.
+_WORKER_ONLY_KWARGS = ("persistent_workers", "prefetch_factor", "multiprocessing_context")
+
+#: Default arguments that a ``sampler`` / ``batch_sampler`` given by the user replaces (torch
+#: rejects them together).
+_REPLACED_BY_SAMPLER = ("shuffle",)
+_REPLACED_BY_BATCH_SAMPLER = ("batch_size", "shuffle", "sampler", "drop_last")
+
+
+def merge_dataloader_kwargs(
+    defaults: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    collate_fn: Callable | None = None,
+) -> dict[str, Any]:
+    """The ``DataLoader`` keyword arguments from the defaults, the ``collate_fn`` given to
+    ``train()`` / ``evaluate()`` and the user's overrides, in that order of precedence.
+
+    - A ``sampler`` in ``overrides`` replaces the default shuffling, a ``batch_sampler`` the
+      default batching too (``batch_size``, ``shuffle``, ``sampler``, ``drop_last``).
+    - Settings that depend on the number of workers are decided after the merge: with
+      ``num_workers=0`` the worker-only settings of the defaults (``persistent_workers``,
+      ``prefetch_factor``, ``multiprocessing_context``) are dropped; with workers,
+      ``persistent_workers`` defaults to ``True`` (workers are not restarted every epoch).
+      Settings given in ``overrides`` are always kept as given.
+
+    Args:
+        defaults: e.g. ``Trainer.get_default_train_dl_kwargs(batch_size)``.
+        overrides: e.g. ``train_dataloader_kwargs``.
+        collate_fn: applied over the defaults when not ``None``.
+
+    Raises:
+        ValueError: if ``collate_fn`` and ``overrides["collate_fn"]`` are two different
+            functions (one would be silently ignored).
+
+    Example:
+        ```python
+        from trainwright.data import merge_dataloader_kwargs
+
+        kwargs = merge_dataloader_kwargs(
+            {"batch_size": 8, "shuffle": True, "num_workers": 4}, {"num_workers": 0}
+        )
+        assert "persistent_workers" not in kwargs
+        ```
+    """
+    overrides = dict(overrides or {})
+    if collate_fn is not None and overrides.get("collate_fn", collate_fn) is not collate_fn:
+        raise ValueError(
+            "Two collate functions were given: collate_fn and a 'collate_fn' in the dataloader "
+            "kwargs. Pass only one of them."
+        )
+    replaced: tuple[str, ...] = ()
+    if overrides.get("batch_sampler") is not None:
+        replaced = _REPLACED_BY_BATCH_SAMPLER
+    elif overrides.get("sampler") is not None:
+        replaced = _REPLACED_BY_SAMPLER
+    kwargs = {name: value for name, value in defaults.items() if name not in replaced}
+    if collate_fn is not None:
+        kwargs["collate_fn"] = collate_fn
+    kwargs.update(overrides)
+    if kwargs.get("num_workers", 0) == 0:
+        for name in _WORKER_ONLY_KWARGS:
+            if name not in overrides:
+                kwargs.pop(name, None)
+    else:
+        kwargs.setdefault("persistent_workers", True)
     return kwargs
+
+
+def dataloader_batch_size(dataloader: Any) -> int | None:
+    """The number of samples in each batch of a ``DataLoader`` (its ``batch_size``, or that of
+    its ``batch_sampler``), or ``None`` when its batches have no fixed size (a batch sampler
+    without a ``batch_size``, or ``batch_size=None`` for data that comes batched)."""
+    batch_size = getattr(dataloader, "batch_size", None)
+    if batch_size is None:
+        batch_size = getattr(getattr(dataloader, "batch_sampler", None), "batch_size", None)
+    return batch_size if isinstance(batch_size, int) else None
 
 
 def dataloader_length(dataloader: Any) -> int | None:

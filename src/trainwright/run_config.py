@@ -13,7 +13,7 @@ __all__ = ["RunConfig", "TrainerRunConfig"]
 @dataclass(frozen=True)
 class RunConfig(Mapping):
     """The configuration of a training run, built by ``Trainer.train()`` before
-    ``on_training_run_start``.
+    ``on_training_run_start`` (and by ``Trainer.evaluate()`` for its evaluation).
 
     It is a frozen dataclass that can also be read like a mapping, so both
     ``trainer.run_config.num_epochs`` and ``trainer.run_config["num_epochs"]`` work, and
@@ -29,6 +29,14 @@ class RunConfig(Mapping):
     ``max_num_train_steps`` (``None`` without it); ``num_epochs`` is as given to ``train()``,
     or ``None`` with ``max_num_train_steps``, meaning epochs repeat until that many updates.
 
+    Every fact is read from the DataLoaders actually built, so a ``batch_size`` in
+    ``train_dataloader_kwargs`` (or a ``batch_sampler``, or an overridden
+    ``create_train_dataloader``) is what the batch sizes say.
+
+    While ``Trainer.evaluate()`` runs, ``run_config`` describes that evaluation: the
+    ``eval_*`` fields, processes and device are set, and every training field
+    (``num_epochs`` to ``max_grad_norm``, ``train_dl_kwargs``) is ``None``.
+
     Attributes:
         num_epochs: epochs that will run (fewer than asked when ``max_num_train_steps`` ends
             the run earlier); ``None``: until ``max_num_train_steps`` (data without a length).
@@ -37,12 +45,15 @@ class RunConfig(Mapping):
         num_update_steps: optimizer updates the whole run will perform; ``None`` for data
             without a length and no ``max_num_train_steps``.
         max_num_train_steps: the limit given to ``train()``, or ``None``.
-        train_per_device_batch_size: batch size of each process's training batches.
+        train_per_device_batch_size: batch size of each process's training batches (``None``
+            when the batches have no fixed size, e.g. a ``batch_sampler`` without a
+            ``batch_size``).
         train_total_batch_size: samples per optimizer update over all processes and
-            accumulated micro-steps.
+            accumulated micro-steps (``None`` when the batches have no fixed size).
         train_dataloader_len: training batches per epoch on each process; ``None`` for data
             without a length.
-        eval_per_device_batch_size: batch size of each process's evaluation batches.
+        eval_per_device_batch_size: batch size of each process's evaluation batches
+            (``None`` without evaluation data, or when the batches have no fixed size).
         eval_dataloader_len: evaluation batches per epoch on each process (``None`` without
             evaluation data, or for evaluation data without a length).
         gradient_accumulation_steps: micro-steps per optimizer update.
@@ -56,8 +67,9 @@ class RunConfig(Mapping):
         is_distributed: whether more than one process takes part.
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``.
         device: the device this process trains on, as a string.
-        train_dl_kwargs: keyword arguments used to build the training dataloader.
-        eval_dl_kwargs: keyword arguments used to build the evaluation dataloader.
+        train_dl_kwargs: settings of the training dataloader as built (``batch_size``,
+            ``num_workers``, ``pin_memory``, ``drop_last``, ``persistent_workers``).
+        eval_dl_kwargs: the same for the evaluation dataloader (``None`` without one).
         max_num_train_batches_per_epoch: the batch limit that cuts every training epoch
             short (``train()``'s argument or a `BatchLimitsCallback`), or ``None`` when
             every epoch runs over all the training data.
@@ -76,12 +88,12 @@ class RunConfig(Mapping):
     num_update_steps_per_epoch: int | None
     num_update_steps: int | None
     max_num_train_steps: int | None
-    train_per_device_batch_size: int
-    train_total_batch_size: int
+    train_per_device_batch_size: int | None
+    train_total_batch_size: int | None
     train_dataloader_len: int | None
     eval_per_device_batch_size: int | None
     eval_dataloader_len: int | None
-    gradient_accumulation_steps: int
+    gradient_accumulation_steps: int | None
     gradient_clip_value: float | None
     max_grad_norm: float | None
     num_processes: int
@@ -92,7 +104,7 @@ class RunConfig(Mapping):
     is_distributed: bool
     mixed_precision: str
     device: str
-    train_dl_kwargs: dict[str, Any]
+    train_dl_kwargs: dict[str, Any] | None
     eval_dl_kwargs: dict[str, Any] | None
     max_num_train_batches_per_epoch: int | None = None
     max_num_eval_batches: int | None = None

@@ -26,7 +26,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, send_to_device, slice_tensors
+from accelerate.utils import (
+    DistributedType,
+    gather_object,
+    is_compiled_module,
+    send_to_device,
+    slice_tensors,
+)
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -62,14 +68,15 @@ from trainwright.checkpointing import (
 )
 from trainwright.checkpointing import save_training_state as _save_training_state_directory
 from trainwright.data import (
+    dataloader_batch_size,
     dataloader_length,
     default_dataloader_kwargs,
     draw_data_seed,
     inexact_resume_reason,
+    merge_dataloader_kwargs,
     rngs_seeded,
     seeded_dataloader,
     seeded_epoch,
-    with_overrides,
 )
 from trainwright.distributed import (
     END_EPOCH,
@@ -492,13 +499,25 @@ class Trainer:
         return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
 
     def get_model(self, keep_torch_compile: bool = False) -> nn.Module:
-        """The model without any wrapper added for distributed or compiled training.
+        """The model without any wrapper added for distributed or compiled training: the
+        plain module, also when it was compiled with ``torch.compile`` (by you or through
+        Accelerate's ``dynamo_backend``), whose parameters the compiled model shares.
 
         Args:
             keep_torch_compile: return the `torch.compile` wrapper of a compiled model
-                instead of the plain module (pytorch-accelerated's default).
+                instead of the plain module (pytorch-accelerated's default), where it wraps
+                the plain module itself; one compiled around a distributed wrapper gives the
+                plain module.
         """
-        return self.accelerator.unwrap_model(self.model, keep_torch_compile=keep_torch_compile)
+        # keep_torch_compile=False: Accelerate keeping the compiled wrapper would also put it
+        # back around the unwrapped model, dropping a DDP wrapper from the one being trained.
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        plain = _without_compile_wrappers(model)  # compiled before a DDP wrapper was added
+        if keep_torch_compile:
+            compiled = self.model if is_compiled_module(self.model) else model
+            if is_compiled_module(compiled) and compiled._orig_mod is plain:
+                return compiled
+        return plain
 
     def add_callback(self, callback: CallbackLike) -> TrainerCallback:
         """Adds a callback (a class is instantiated with no arguments) and returns the
@@ -739,7 +758,7 @@ class Trainer:
             trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
         """
         is_sharded = self._is_sharded()
-        checkpoint = {MODEL_STATE_KEY: self.accelerator.get_state_dict(self.model)}
+        checkpoint = {MODEL_STATE_KEY: self._portable_model_state_dict()}
         if save_optimizer:
             checkpoint[OPTIMIZER_STATE_KEY] = (
                 full_optimizer_state_dict(self.model, self.optimizer)
@@ -760,6 +779,14 @@ class Trainer:
         if is_writer:
             atomic_save(checkpoint, save_path)
         self.accelerator.wait_for_everyone()
+
+    def _portable_model_state_dict(self) -> dict[str, Any]:
+        """The plain model's weights: keys as in the uncompiled, unwrapped model."""
+        if can_forward_alone(self.accelerator):  # every process holds the whole model
+            return self.get_model().state_dict()
+        # Sharded weights (FSDP, DeepSpeed) are gathered by Accelerate, from the model
+        # without its torch.compile wrapper, whose key prefix the plain model lacks.
+        return self.accelerator.get_state_dict(_without_compile_wrappers(self.model))
 
     def load_checkpoint(
         self,
@@ -939,6 +966,13 @@ class Trainer:
             target = savers[0].save_dir
         else:
             target = Path(resume_from)
+            if target.is_file():
+                raise ValueError(
+                    f"resume_from takes a training-state directory (written by "
+                    f"save_training_state or SaveTrainingStateCallback), but {str(target)!r} "
+                    "is a file. To start training from the weights of a checkpoint file, call "
+                    f"trainer.load_checkpoint({str(target)!r}) before train() instead."
+                )
         # Leftovers of killed saves go first: a state moved aside by a re-save comes back.
         if self.accelerator.is_main_process:
             if not is_latest:
@@ -1063,6 +1097,18 @@ class Trainer:
                 "train_loss": state["train_loss"],
                 "epoch_start": state["epoch_start"],
             }
+
+    def _report_resume(self, directory: Path) -> None:
+        progress = self.progress
+        within_epoch = (
+            f" ({progress.num_batches_done} batches into the epoch)"
+            if progress.num_batches_done
+            else ""
+        )
+        self.print(
+            f"Resumed from {str(directory)!r} at epoch {progress.epoch + 1}, update "
+            f"{progress.num_update_steps}{within_epoch}."
+        )
 
     @contextlib.contextmanager
     def _interruptible(self) -> Iterator[None]:
@@ -1285,8 +1331,6 @@ class Trainer:
             )
         self.run_config = self._create_run_config(
             num_epochs,
-            per_device_batch_size,
-            eval_batch_size,
             max_num_train_steps,
             gradient_accumulation_steps,
             gradient_clip_value,
@@ -1307,6 +1351,7 @@ class Trainer:
         if resume_state is not None:
             self._check_resume_matches_run(resume_dir, resume_state)
             self._restore_training_state(resume_dir, resume_state)
+            self._report_resume(resume_dir)
         try:
             self._run_training(resume_state)
         except BaseException as exception:  # KeyboardInterrupt included: cleanup, then raise
@@ -1682,9 +1727,10 @@ class Trainer:
     ) -> RunHistory:
         """Runs one evaluation epoch over ``dataset`` and records ``evaluation_loss``.
 
-        While it runs, :attr:`eval_dataloader` is the dataloader over ``dataset``; the
-        previous one is restored afterwards, so this can be called from a callback during
-        training.
+        While it runs, :attr:`eval_dataloader` is the dataloader over ``dataset`` and
+        `run_config` describes this evaluation (its ``eval_*`` fields, processes and device;
+        the training fields are ``None``); the previous ones are restored afterwards, so this
+        can be called before any ``train()`` and from a callback during training.
 
         Args:
             dataset: the data to evaluate on.
@@ -1702,28 +1748,38 @@ class Trainer:
         _check_data_arguments(
             "dataset", dataset, per_device_batch_size, dataloader_kwargs, collate_fn
         )
-        previous = (self.eval_dataset, self.eval_dataloader, self.collate_fn)
+        previous = (
+            self.eval_dataset,
+            self.eval_dataloader,
+            self.collate_fn,
+            self.run_config,
+            self._dataloader_settings.get("eval"),
+        )
         self.eval_dataset, self.collate_fn = dataset, collate_fn
         self._prepare_model_and_optimizer()
         self.eval_dataloader = self._prepare_dataloader(
             self.create_eval_dataloader(per_device_batch_size, dataloader_kwargs), "eval"
         )
+        _, max_num_batches, _ = self._batch_limits(None, None)
+        max_num_batches = _limit_that_cuts(max_num_batches, self.eval_dataloader)
+        self.run_config = self._create_evaluation_run_config(max_num_batches)
         try:
             self.evaluation_run_start()
             self.callback_handler.call_event("on_evaluation_run_start", self)
-            _, max_num_batches, _ = self._batch_limits(None, None)
-            self._run_eval_epoch(
-                self.eval_dataloader,
-                "evaluation_loss",
-                _limit_that_cuts(max_num_batches, self.eval_dataloader),
-            )
+            self._run_eval_epoch(self.eval_dataloader, "evaluation_loss", max_num_batches)
             self.evaluation_run_end()
             self.callback_handler.call_event("on_evaluation_run_end", self)
         except BaseException as exception:  # KeyboardInterrupt included: cleanup, then raise
             self._report_exception(exception)
             raise
         finally:
-            self.eval_dataset, self.eval_dataloader, self.collate_fn = previous
+            (
+                self.eval_dataset,
+                self.eval_dataloader,
+                self.collate_fn,
+                self.run_config,
+                self._dataloader_settings["eval"],
+            ) = previous
         return self.run_history
 
     def evaluate_model(
@@ -1839,16 +1895,12 @@ class Trainer:
             "dataset", dataset, per_device_batch_size, dataloader_kwargs, collate_fn
         )
         self._prepare_model_and_optimizer()
-        dataloader_kwargs = {**(dataloader_kwargs or {}), "shuffle": False}
-        if collate_fn is not None:
-            dataloader_kwargs["collate_fn"] = collate_fn
-        dataloader = self._prepare_dataloader(
-            DataLoader(
-                dataset,
-                **{**self.get_default_eval_dl_kwargs(per_device_batch_size), **dataloader_kwargs},
-            ),
-            "predict",
+        kwargs = merge_dataloader_kwargs(
+            self.get_default_eval_dl_kwargs(per_device_batch_size),
+            {**(dataloader_kwargs or {}), "shuffle": False},
+            collate_fn,
         )
+        dataloader = self._prepare_dataloader(DataLoader(dataset, **kwargs), "predict")
         was_training = self.model.training
         self.model.eval()
         outputs = []
@@ -2115,8 +2167,6 @@ class Trainer:
     def _create_run_config(
         self,
         num_epochs: int,
-        per_device_batch_size: int,
-        eval_batch_size: int,
         max_num_train_steps: int | None,
         gradient_accumulation_steps: int,
         gradient_clip_value: float | None,
@@ -2149,44 +2199,75 @@ class Trainer:
             num_update_steps = num_update_steps_per_epoch * num_epochs
         else:
             num_update_steps = None
-        accelerator = self.accelerator
-        has_eval = self.eval_dataloader is not None  # not bool(): that calls len()
-        if accelerator.split_batches:  # the batch size given is that of all processes together
-            per_device_batch_size //= accelerator.num_processes
-            eval_batch_size //= accelerator.num_processes
+        train_batch_size = self._per_device_batch_size("train")
         return RunConfig(
             num_epochs=num_epochs,
             num_update_steps_per_epoch=num_update_steps_per_epoch,
             num_update_steps=num_update_steps,
             max_num_train_steps=max_num_train_steps,
-            train_per_device_batch_size=per_device_batch_size,
+            train_per_device_batch_size=train_batch_size,
             train_total_batch_size=(
-                per_device_batch_size * accelerator.num_processes * gradient_accumulation_steps
+                None
+                if train_batch_size is None
+                else train_batch_size * self.accelerator.num_processes * gradient_accumulation_steps
             ),
             train_dataloader_len=self._num_train_batches,
-            eval_per_device_batch_size=eval_batch_size if has_eval else None,
-            eval_dataloader_len=(
-                _limit_or_none(dataloader_length(self.eval_dataloader), self._max_num_eval_batches)
-                if has_eval
-                else None
-            ),
             gradient_accumulation_steps=gradient_accumulation_steps,
             gradient_clip_value=gradient_clip_value,
             max_grad_norm=max_grad_norm,
-            num_processes=accelerator.num_processes,
-            process_index=accelerator.process_index,
-            local_process_index=accelerator.local_process_index,
-            is_world_process_zero=accelerator.is_main_process,
-            is_local_process_zero=accelerator.is_local_main_process,
-            is_distributed=accelerator.num_processes > 1,
-            mixed_precision=str(accelerator.mixed_precision),
-            device=str(accelerator.device),
             train_dl_kwargs=self._dataloader_settings["train"],
-            eval_dl_kwargs=self._dataloader_settings["eval"] if has_eval else None,
             max_num_train_batches_per_epoch=self._max_num_train_batches_per_epoch,
             max_num_eval_batches=self._max_num_eval_batches,
             max_num_intermediate_eval_batches=self._max_num_intermediate_eval_batches,
+            **self._eval_and_process_facts(self._max_num_eval_batches),
         )
+
+    def _create_evaluation_run_config(self, max_num_batches: int | None) -> RunConfig:
+        """The run config of an ``evaluate()``: its evaluation facts, no training ones."""
+        return RunConfig(
+            num_epochs=None,
+            num_update_steps_per_epoch=None,
+            num_update_steps=None,
+            max_num_train_steps=None,
+            train_per_device_batch_size=None,
+            train_total_batch_size=None,
+            train_dataloader_len=None,
+            gradient_accumulation_steps=None,
+            gradient_clip_value=None,
+            max_grad_norm=None,
+            train_dl_kwargs=None,
+            max_num_eval_batches=max_num_batches,
+            **self._eval_and_process_facts(max_num_batches),
+        )
+
+    def _eval_and_process_facts(self, max_num_eval_batches: int | None) -> dict[str, Any]:
+        """The run config's facts about the evaluation dataloader, processes and device."""
+        accelerator = self.accelerator
+        has_eval = self.eval_dataloader is not None  # not bool(): that calls len()
+        return {
+            "eval_per_device_batch_size": self._per_device_batch_size("eval") if has_eval else None,
+            "eval_dataloader_len": (
+                _limit_or_none(dataloader_length(self.eval_dataloader), max_num_eval_batches)
+                if has_eval
+                else None
+            ),
+            "eval_dl_kwargs": self._dataloader_settings["eval"] if has_eval else None,
+            "num_processes": accelerator.num_processes,
+            "process_index": accelerator.process_index,
+            "local_process_index": accelerator.local_process_index,
+            "is_world_process_zero": accelerator.is_main_process,
+            "is_local_process_zero": accelerator.is_local_main_process,
+            "is_distributed": accelerator.num_processes > 1,
+            "mixed_precision": str(accelerator.mixed_precision),
+            "device": str(accelerator.device),
+        }
+
+    def _per_device_batch_size(self, role: str) -> int | None:
+        """The batch size of each process, from the ``role`` dataloader as built."""
+        batch_size = self._dataloader_settings[role]["batch_size"]
+        if batch_size is not None and self.accelerator.split_batches:
+            batch_size //= self.accelerator.num_processes  # split among the processes
+        return batch_size
 
     def _check_train_arguments(
         self,
@@ -2230,11 +2311,39 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
 
     def get_default_train_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
-        """The training ``DataLoader`` settings before ``train_dataloader_kwargs`` are applied
-        (shuffled, except an ``IterableDataset``, whose order is its own: ``DataLoader``
-        rejects ``shuffle=True`` for one; see
-        :func:`trainwright.data.default_dataloader_kwargs`)."""
-        is_shuffled = not isinstance(self.train_dataset, IterableDataset)
+        """The training ``DataLoader`` settings before the ``collate_fn`` and
+        ``train_dataloader_kwargs`` given to ``train()`` are applied: shuffled, except an
+        ``IterableDataset``, whose order is its own (``DataLoader`` rejects ``shuffle=True``
+        for one); see `trainwright.data.default_dataloader_kwargs`.
+
+        An override may return any settings: ``train()``'s ``collate_fn`` still applies, and
+        ``persistent_workers`` is decided from the final ``num_workers`` (see
+        `trainwright.data.merge_dataloader_kwargs`). It does not change the evaluation
+        defaults (`get_default_eval_dl_kwargs`).
+
+        Example:
+            ```python
+            from trainwright import Trainer
+
+
+            class NoShuffleTrainer(Trainer):
+                def get_default_train_dl_kwargs(self, batch_size):
+                    return {**super().get_default_train_dl_kwargs(batch_size), "shuffle": False}
+            ```
+        """
+        return self._default_dl_kwargs(
+            batch_size, is_shuffled=not isinstance(self.train_dataset, IterableDataset)
+        )
+
+    def get_default_eval_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """The evaluation ``DataLoader`` settings before the ``collate_fn`` and
+        ``eval_dataloader_kwargs`` (``dataloader_kwargs`` of ``evaluate()``) are applied: not
+        shuffled, every sample kept. Independent of `get_default_train_dl_kwargs`, so that
+        training-only settings of an override (``drop_last``, a sampler) never reach
+        evaluation."""
+        return self._default_dl_kwargs(batch_size, is_shuffled=False)
+
+    def _default_dl_kwargs(self, batch_size: int, is_shuffled: bool) -> dict[str, Any]:
         return {
             "batch_size": batch_size,
             "collate_fn": self.collate_fn,
@@ -2243,24 +2352,27 @@ class Trainer:
             ),
         }
 
-    def get_default_eval_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
-        """The evaluation ``DataLoader`` settings before ``eval_dataloader_kwargs`` are
-        applied (not shuffled)."""
-        return {**self.get_default_train_dl_kwargs(batch_size), "shuffle": False}
-
     def create_train_dataloader(
         self, batch_size: int, train_dl_kwargs: dict[str, Any] | None = None
     ) -> DataLoader:
-        """Builds the training ``DataLoader`` over :attr:`train_dataset` (before Accelerate
-        prepares it for the device and processes)."""
-        kwargs = with_overrides(self.get_default_train_dl_kwargs(batch_size), train_dl_kwargs)
+        """Builds the training ``DataLoader`` over `train_dataset` (before Accelerate
+        prepares it for the device and processes), from `get_default_train_dl_kwargs`,
+        ``train()``'s ``collate_fn`` and ``train_dl_kwargs`` (see
+        `trainwright.data.merge_dataloader_kwargs`: a ``sampler`` or ``batch_sampler``
+        there replaces the default shuffling and batching)."""
+        kwargs = merge_dataloader_kwargs(
+            self.get_default_train_dl_kwargs(batch_size), train_dl_kwargs, self.collate_fn
+        )
         return DataLoader(self.train_dataset, **kwargs)
 
     def create_eval_dataloader(
         self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
     ) -> DataLoader:
-        """Builds the evaluation ``DataLoader`` over :attr:`eval_dataset`."""
-        kwargs = with_overrides(self.get_default_eval_dl_kwargs(batch_size), eval_dl_kwargs)
+        """Builds the evaluation ``DataLoader`` over `eval_dataset`, like
+        `create_train_dataloader` from `get_default_eval_dl_kwargs`."""
+        kwargs = merge_dataloader_kwargs(
+            self.get_default_eval_dl_kwargs(batch_size), eval_dl_kwargs, self.collate_fn
+        )
         return DataLoader(self.eval_dataset, **kwargs)
 
     def create_scheduler(
@@ -2645,13 +2757,23 @@ def _set_generator_state(dataloader: DataLoader | None, state: torch.Tensor | No
         generator.set_state(state)
 
 
+def _without_compile_wrappers(model: nn.Module) -> nn.Module:
+    """``model`` without the ``torch.compile`` wrappers around it (``OptimizedModule``)."""
+    while is_compiled_module(model):
+        model = model._orig_mod
+    return model
+
+
 def _model_signature(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(value.shape) for name, value in model.state_dict().items()}
 
 
 def _dataloader_settings(dataloader: DataLoader) -> dict[str, Any]:
-    names = ("batch_size", "num_workers", "pin_memory", "drop_last", "persistent_workers")
-    return {name: getattr(dataloader, name) for name in names}
+    names = ("num_workers", "pin_memory", "drop_last", "persistent_workers")
+    return {
+        "batch_size": dataloader_batch_size(dataloader),
+        **{name: getattr(dataloader, name) for name in names},
+    }
 
 
 def _num_local_processes() -> int:

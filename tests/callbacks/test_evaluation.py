@@ -7,7 +7,7 @@ import torch
 from conftest import make_dataset, make_trainer
 from torch import nn
 
-from trainwright import TrainerCallback
+from trainwright import Trainer, TrainerCallback
 from trainwright.callbacks import DEFAULT_CALLBACKS, StepBasedEvaluationCallback
 
 
@@ -89,3 +89,26 @@ def test_no_data_to_evaluate_on_fails_at_train_start():
     assert watcher.modes == []
     with pytest.raises(ValueError, match="positive integer"):
         StepBasedEvaluationCallback(0)
+
+
+class _PlainEvalDefaultsTrainer(Trainer):
+    def get_default_eval_dl_kwargs(self, batch_size):
+        return {"batch_size": batch_size, "shuffle": False, "num_workers": 0}  # no collate_fn
+
+
+def test_its_own_eval_data_gets_the_collate_fn_given_to_train():
+    batch_sizes = []
+
+    def collate(samples):
+        batch_sizes.append(len(samples))
+        return torch.utils.data.default_collate(samples)
+
+    model = nn.Linear(4, 3)
+    trainer = _PlainEvalDefaultsTrainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=[StepBasedEvaluationCallback(2, eval_dataset=make_dataset(3, seed=2))],
+    )
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2, collate_fn=collate)
+    assert batch_sizes == [2, 2, 2, 1]  # two training batches, then the 3 evaluation samples

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.data import merge_dataloader_kwargs
 from trainwright.validation import check_dataset, check_positive_int, check_type
 
 if TYPE_CHECKING:
@@ -92,7 +93,10 @@ class StepBasedEvaluationCallback(TrainerCallback):
             return
         run_config = trainer.run_config
         batch_size = run_config.eval_per_device_batch_size or run_config.train_per_device_batch_size
-        dataloader = DataLoader(self.eval_dataset, **trainer.get_default_eval_dl_kwargs(batch_size))
+        kwargs = merge_dataloader_kwargs(
+            trainer.get_default_eval_dl_kwargs(batch_size), collate_fn=trainer.collate_fn
+        )
+        dataloader = DataLoader(self.eval_dataset, **kwargs)
         self._dataloader = trainer.accelerator.prepare(dataloader)
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
