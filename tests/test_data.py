@@ -12,11 +12,24 @@ import resume_job
 import torch
 from conftest import make_dataset, make_model, make_trainer
 from test_resume import assert_same_run
-from torch.utils.data import BatchSampler, Dataset, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    SequentialSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+    default_collate,
+)
 
 import trainwright.data
 from trainwright import Trainer
-from trainwright.data import default_dataloader_kwargs, default_num_workers
+from trainwright.data import (
+    BatchedTensorDataset,
+    create_dataloader,
+    default_dataloader_kwargs,
+    default_num_workers,
+)
 
 
 def test_workers_come_from_the_cpus_available_per_local_process():
@@ -243,3 +256,57 @@ def test_runs_with_the_same_seed_are_identical_and_other_seeds_differ():
     first, again, other = weights(1), weights(1), weights(2)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def _batches(dataloader) -> list:
+    return [tuple(batch) for batch in dataloader]
+
+
+def _assert_same_batches(expected: list, actual: list) -> None:
+    assert len(expected) == len(actual)
+    for want, got in zip(expected, actual):
+        assert len(want) == len(got)
+        for a, b in zip(want, got):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batched_fetching_gives_the_batches_of_the_plain_loader(num_workers):
+    dataset = TensorDataset(
+        torch.randn(21, 3), torch.arange(21), torch.randn(5, 21).t(), torch.rand(21) > 0.5
+    )
+    kwargs = {"batch_size": 4, "shuffle": True, "num_workers": num_workers}
+    torch.manual_seed(7)
+    plain = DataLoader(dataset, **kwargs)
+    plain_batches = _batches(plain)
+    torch.manual_seed(7)
+    batched = create_dataloader(dataset, **kwargs)
+    assert isinstance(batched.dataset, BatchedTensorDataset)
+    assert batched.dataset.tensors == dataset.tensors and batched.dataset.source is dataset
+    first = next(iter(batched))
+    assert type(first) is type(next(iter(plain))) is list  # default_collate's type
+    torch.manual_seed(7)
+    _assert_same_batches(plain_batches, _batches(batched))
+
+
+class Doubled(TensorDataset):
+    def __getitem__(self, index):
+        return tuple(2 * tensor[index] for tensor in self.tensors)
+
+
+class AlreadyBatched(TensorDataset):
+    def __getitems__(self, indices):
+        return [self[i] for i in indices]
+
+
+def test_batched_fetching_only_where_exact():
+    dataset = TensorDataset(torch.randn(8, 3))
+    assert isinstance(create_dataloader(dataset, batch_size=2).dataset, BatchedTensorDataset)
+    assert create_dataloader(dataset, batch_size=2, collate_fn=default_collate).dataset is dataset
+    assert create_dataloader(dataset, batch_size=None).dataset is dataset
+    for custom in (Doubled(torch.randn(8, 3)), AlreadyBatched(torch.randn(8, 3))):
+        assert create_dataloader(custom, batch_size=2).dataset is custom
+    _assert_same_batches(
+        _batches(DataLoader(Doubled(dataset.tensors[0]), batch_size=3)),
+        _batches(create_dataloader(Doubled(dataset.tensors[0]), batch_size=3)),
+    )

@@ -22,6 +22,12 @@ So ``torch.manual_seed`` (or ``accelerate.utils.set_seed``) before ``train()`` f
 order and every augmentation, runs with the same seed are identical, and a resumed run
 continues bit for bit. An ``IterableDataset`` is not wrapped: its own iteration decides its
 randomness (see docs/checkpoints.md).
+
+Batched fetching: a plain ``DataLoader`` over a ``TensorDataset`` reads each batch sample by
+sample (``dataset[i]`` for every index, then ``default_collate`` stacks them), which is most of
+a step for a small model. `create_dataloader` builds the loader over `BatchedTensorDataset`
+instead, which reads the whole batch with one indexing call per tensor: same sampler, same
+order, bit-identical values (the seeded fetch above then calls it once per batch).
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
 
 __all__ = [
+    "BatchedTensorDataset",
+    "create_dataloader",
     "dataloader_batch_size",
     "dataloader_length",
     "default_dataloader_kwargs",
@@ -51,6 +59,89 @@ __all__ = [
     "seeded_dataloader",
     "seeded_epoch",
 ]
+
+
+class BatchedTensorDataset(TensorDataset):
+    """A `TensorDataset` over the same tensors whose batches are read with one indexing call.
+
+    PyTorch's ``DataLoader`` hands a dataset that defines ``__getitems__`` the whole batch of
+    indices from its sampler, then applies its ``collate_fn`` to the result. Here
+    ``__getitems__`` returns what ``default_collate`` makes of the samples of a
+    `TensorDataset`: a list with one tensor per dataset tensor, the rows at those indices,
+    stacked in order (contiguous, same dtype, same values bit for bit), so the loader's
+    ``collate_fn`` must pass it through unchanged (`create_dataloader` sets that up).
+
+    Indexing one sample (``dataset[i]``), ``len()`` and ``tensors`` are `TensorDataset`'s own;
+    `source` is the dataset it was made from.
+
+    Args:
+        dataset: the `TensorDataset` to read from (its tensors are shared, not copied).
+    """
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        super().__init__(*dataset.tensors)
+        self.source = dataset
+
+    def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The batch at ``indices``: one stacked tensor per dataset tensor, as a list."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [tensor[index].contiguous() for tensor in self.tensors]
+
+
+def _collated(batch: Any) -> Any:
+    """The ``collate_fn`` of a loader over a `BatchedTensorDataset`: the batch is collated."""
+    return batch
+
+
+def is_batched_fetch_exact(dataset: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a ``DataLoader(dataset, **kwargs)`` can read each batch with one indexing call
+    and produce exactly what it produces sample by sample.
+
+    True for a `TensorDataset` (or a subclass that changes neither ``__getitem__`` nor adds
+    ``__getitems__``), batched by the loader (``batch_size`` not None, or a ``batch_sampler``),
+    with no ``collate_fn`` (PyTorch's ``default_collate``). Passing any ``collate_fn``,
+    ``torch.utils.data.default_collate`` included, keeps the sample-by-sample path.
+    """
+    dataset_type = type(dataset)
+    return (
+        isinstance(dataset, TensorDataset)
+        and not isinstance(dataset, BatchedTensorDataset)
+        and dataset_type.__getitem__ is TensorDataset.__getitem__
+        and getattr(dataset_type, "__getitems__", None) is None
+        and kwargs.get("collate_fn") is None
+        and (kwargs.get("batch_size", 1) is not None or kwargs.get("batch_sampler") is not None)
+    )
+
+
+def create_dataloader(dataset: Dataset, **kwargs: Any) -> DataLoader:
+    """``DataLoader(dataset, **kwargs)``, reading each batch with one indexing call where that
+    is exact (see `is_batched_fetch_exact`): the loader's ``dataset`` is then a
+    `BatchedTensorDataset` over the same tensors and its ``collate_fn`` passes batches through.
+
+    Same sampler, same order, same values and dtypes as the sample-by-sample loader, with
+    workers, pinned memory and Accelerate's per-process sharding (which keeps the loader's
+    dataset and ``collate_fn``). To keep the sample-by-sample path, pass
+    ``collate_fn=torch.utils.data.default_collate``.
+
+    Example:
+        ```python
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+        from trainwright.data import create_dataloader
+
+        dataset = TensorDataset(torch.randn(10, 3), torch.arange(10))
+        torch.manual_seed(0)
+        plain = list(DataLoader(dataset, batch_size=4, shuffle=True))
+        torch.manual_seed(0)
+        batched = list(create_dataloader(dataset, batch_size=4, shuffle=True))
+        assert all(
+            torch.equal(a, b) for p, q in zip(plain, batched, strict=True) for a, b in zip(p, q)
+        )
+        ```
+    """
+    if is_batched_fetch_exact(dataset, kwargs):
+        return DataLoader(BatchedTensorDataset(dataset), **{**kwargs, "collate_fn": _collated})
+    return DataLoader(dataset, **kwargs)
 
 
 def _cpus_available() -> int:

@@ -68,6 +68,7 @@ from trainwright.checkpointing import (
 )
 from trainwright.checkpointing import save_training_state as _save_training_state_directory
 from trainwright.data import (
+    create_dataloader,
     dataloader_batch_size,
     dataloader_length,
     default_dataloader_kwargs,
@@ -1900,7 +1901,7 @@ class Trainer:
             {**(dataloader_kwargs or {}), "shuffle": False},
             collate_fn,
         )
-        dataloader = self._prepare_dataloader(DataLoader(dataset, **kwargs), "predict")
+        dataloader = self._prepare_dataloader(create_dataloader(dataset, **kwargs), "predict")
         was_training = self.model.training
         self.model.eval()
         outputs = []
@@ -2359,11 +2360,13 @@ class Trainer:
         prepares it for the device and processes), from `get_default_train_dl_kwargs`,
         ``train()``'s ``collate_fn`` and ``train_dl_kwargs`` (see
         `trainwright.data.merge_dataloader_kwargs`: a ``sampler`` or ``batch_sampler``
-        there replaces the default shuffling and batching)."""
+        there replaces the default shuffling and batching). It is built with
+        `trainwright.data.create_dataloader`: a `TensorDataset` without a ``collate_fn`` is
+        read one batch per indexing call."""
         kwargs = merge_dataloader_kwargs(
             self.get_default_train_dl_kwargs(batch_size), train_dl_kwargs, self.collate_fn
         )
-        return DataLoader(self.train_dataset, **kwargs)
+        return create_dataloader(self.train_dataset, **kwargs)
 
     def create_eval_dataloader(
         self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
@@ -2373,7 +2376,7 @@ class Trainer:
         kwargs = merge_dataloader_kwargs(
             self.get_default_eval_dl_kwargs(batch_size), eval_dl_kwargs, self.collate_fn
         )
-        return DataLoader(self.eval_dataset, **kwargs)
+        return create_dataloader(self.eval_dataset, **kwargs)
 
     def create_scheduler(
         self, create_scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None = None

@@ -23,7 +23,7 @@ from accelerate import DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
 from accumulation_cases import token_weighted_run
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import TensorDataset, default_collate
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback, TrainerPlaceholderValues
 from trainwright.callbacks import (
@@ -622,6 +622,50 @@ def early_stop_counts_the_epoch() -> dict[str, Any]:
     }
 
 
+class SampleIds(TrainerCallback):
+    """Records the sample ids (``inputs[:, 0]``, see `make_dataset`) of every training batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+
+    def on_train_step_start(self, trainer: Trainer, batch: Any, **kwargs: Any) -> None:
+        self.batches.append(batch[0][:, 0].tolist())
+
+
+def _fetching_dataset_type(trainer: Trainer) -> str:
+    """The class of the dataset the training loader fetches from (inside the seeded wrapper
+    that trainwright.data puts around a map-style dataset)."""
+    dataset = trainer.train_dataloader.dataset
+    return type(getattr(dataset, "dataset", dataset)).__name__
+
+
+def batched_fetch(num_workers: int = 0) -> dict[str, Any]:
+    """Shuffled training with batched fetching (the default for a ``TensorDataset``) and
+    with the sample-by-sample path (``collate_fn=default_collate``), from the same seed: the
+    batches each saw, the final weights, and the type of the loader's dataset."""
+    runs = {}
+    for name, collate_fn in (("batched", None), ("per_sample", default_collate)):
+        sample_ids = SampleIds()
+        trainer = make_trainer(lr=0.2, callbacks=(sample_ids,))
+        trainer.train(
+            make_dataset(30),
+            num_epochs=2,
+            per_device_batch_size=4,
+            collate_fn=collate_fn,
+            train_dataloader_kwargs={
+                "num_workers": num_workers,
+                "persistent_workers": num_workers > 0,
+            },
+        )
+        weights = torch.cat([p.detach().flatten() for p in trainer.get_model().parameters()])
+        runs[name] = {
+            "batches": sample_ids.batches,
+            "weights": weights.tolist(),
+            "dataset_type": _fetching_dataset_type(trainer),
+        }
+    return runs
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "token_weighted_run": token_weighted_run,
@@ -641,4 +685,5 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "learning_rate_finder": learning_rate_finder,
     "tracker_that_cannot_start": tracker_that_cannot_start,
     "early_stop_counts_the_epoch": early_stop_counts_the_epoch,
+    "batched_fetch": batched_fetch,
 }

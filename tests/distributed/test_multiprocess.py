@@ -15,6 +15,7 @@ import pytest
 import torch
 from accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from distributed_scenarios import (
+    batched_fetch,
     control_on_one_process,
     early_stop_counts_the_epoch,
     equivalence,
@@ -101,6 +102,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             (f"token_weighted:{max_grad_norm}", "token_weighted_run", _token_run(max_grad_norm))
             for max_grad_norm in TOKEN_MAX_GRAD_NORMS
         ),
+        ("batched_fetch", "batched_fetch", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -393,3 +395,28 @@ def test_an_epoch_ended_by_early_stopping_counts_on_every_process(
     assert (reference["current_epoch"], reference["epoch"]) == (3, 2)
     for rank_results in two_process_results:
         assert rank_results["early_stop_counts_the_epoch"] == reference
+
+
+def test_batched_fetching_is_exact_on_every_process(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    seen = []
+    for rank_results in two_process_results:
+        runs = rank_results["batched_fetch"]
+        assert runs["batched"]["dataset_type"] == "BatchedTensorDataset"
+        assert runs["per_sample"]["dataset_type"] == "TensorDataset"
+        assert runs["batched"]["batches"] == runs["per_sample"]["batches"]
+        assert runs["batched"]["weights"] == runs["per_sample"]["weights"]  # bit for bit
+        seen.append({i for batch in runs["batched"]["batches"][:3] for i in batch})
+    assert seen[0].isdisjoint(seen[1])  # each process reads its own shard of the epoch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_trainer_fetches_batches_whole_with_the_plain_loop_weights(num_workers):
+    result = batched_fetch(num_workers)
+    batched, per_sample = result["batched"], result["per_sample"]
+    assert batched["dataset_type"] == "BatchedTensorDataset"
+    assert per_sample["dataset_type"] == "TensorDataset"  # collate_fn=default_collate: off
+    assert batched["batches"] == per_sample["batches"]
+    assert batched["weights"] == per_sample["weights"]  # bit for bit
+    assert sorted(i for batch in batched["batches"][:8] for i in batch) == list(range(30))

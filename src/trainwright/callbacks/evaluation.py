@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks.base import TrainerCallback
-from trainwright.data import merge_dataloader_kwargs
+from trainwright.data import create_dataloader, merge_dataloader_kwargs
 from trainwright.validation import check_dataset, check_positive_int, check_type
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class StepBasedEvaluationCallback(TrainerCallback):
         kwargs = merge_dataloader_kwargs(
             trainer.get_default_eval_dl_kwargs(batch_size), collate_fn=trainer.collate_fn
         )
-        dataloader = DataLoader(self.eval_dataset, **kwargs)
+        dataloader = create_dataloader(self.eval_dataset, **kwargs)
         self._dataloader = trainer.accelerator.prepare(dataloader)
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
