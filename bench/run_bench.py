@@ -36,6 +36,8 @@ from bench.worker import IMPLEMENTATIONS, RESULT_PREFIX  # noqa: E402
 from bench.workloads import WORKLOAD_BUILDERS, WORKLOAD_DESCRIPTIONS  # noqa: E402
 
 REFERENCE = "torch"
+# The careful hand-written loop (one indexing call per batch): the second yardstick.
+CAREFUL = "torch-batched"
 WORKER_TIMEOUT_S = 600
 
 
@@ -244,6 +246,7 @@ def table_row(
     check: dict,
     reference_check: dict,
     identical: str,
+    careful: list[dict] | None = None,
 ) -> list[str]:
     runs = [run for run in timings if "error" not in run]
     seconds = [run["train_seconds"] for run in runs]
@@ -278,6 +281,9 @@ def table_row(
         f" / {overhead('train_cpu_seconds'):+.0f}",
         f"{ratio('train_seconds'):.2f} / {best / best_reference:.2f}"
         f" / {ratio('train_cpu_seconds'):.2f}",
+        "n/a"
+        if careful is None
+        else f"{paired_median(timings, careful, 'train_seconds', lambda t, ref: t / ref):.2f}",
         rss,
         format_syncs(check),
         "yes" if is_same_order else "**no**",
@@ -293,6 +299,7 @@ TABLE_HEADER = [
     "time to first forward (ms)",
     "overhead vs `torch` (µs/step: median / best / CPU)",
     "ratio vs `torch` (median / best / CPU)",
+    f"ratio vs `{CAREFUL}` (median)",
     "peak RSS MiB (+ during training)",
     "host syncs/step (calls in the loop)",
     "same data order",
@@ -318,7 +325,13 @@ def benchmark_workload(
         if len(errors) < len(timings[impl]):
             rows.append(
                 table_row(
-                    impl, timings[impl], reference_timings, check, reference_check, identical[impl]
+                    impl,
+                    timings[impl],
+                    reference_timings,
+                    check,
+                    reference_check,
+                    identical[impl],
+                    timings.get(CAREFUL),
                 )
             )
     lines = [

@@ -38,6 +38,7 @@ Setup = Callable[[Workload], Callable[[], nn.Module]]
 # whose library is missing is reported as skipped instead of breaking the others.
 IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "torch": ("bench.impl_torch", "setup"),
+    "torch-batched": ("bench.impl_torch_batched", "setup"),
     "accelerate": ("bench.impl_accelerate", "setup"),
     "trainwright": ("bench.impl_trainwright", "setup_no_callbacks"),
     "trainwright+defaults": ("bench.impl_trainwright", "setup_default_callbacks"),
@@ -54,8 +55,11 @@ class RecordingDataset(TensorDataset):
         super().__init__(*tensors)
         self.indices_read: list[int] = []
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        self.indices_read.append(int(index))
+    def __getitem__(self, index: int | list[int]) -> tuple[torch.Tensor, ...]:
+        if isinstance(index, list):  # a whole batch (the careful loop)
+            self.indices_read.extend(index)
+        else:
+            self.indices_read.append(int(index))
         return super().__getitem__(index)
 
 
