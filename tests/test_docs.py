@@ -74,9 +74,12 @@ def test_example_runs(where, code, tmp_path, monkeypatch):
     exec(compile(code, where, "exec"), namespace)
 
 
-def test_mkdocs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory) -> Path:
+    """The site built once with ``mkdocs build --strict`` (every test here reads it)."""
+    site = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -84,5 +87,36 @@ def test_mkdocs_build_strict(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "index.html").is_file()
-    assert (tmp_path / "api" / "trainer" / "index.html").is_file()
+    return site
+
+
+def test_mkdocs_build_strict(built_site):
+    assert (built_site / "index.html").is_file()
+    assert (built_site / "api" / "trainer" / "index.html").is_file()
+    assert (built_site / "huggingface" / "index.html").is_file()
+
+
+# Sphinx markup that mkdocstrings' Google style shows as it is written
+RAW_SPHINX = re.compile(r":(?:class|meth|func|data|attr|mod|exc|obj):(?:`|<code>)|\w::(?:<|\s|$)")
+
+
+def test_api_pages_render_cross_references_and_examples(built_site):
+    pages = sorted((built_site / "api").rglob("*.html"))
+    assert len(pages) >= 10
+    raw = {}
+    for page in pages:
+        found = RAW_SPHINX.findall(page.read_text())
+        if found:
+            raw[str(page.relative_to(built_site))] = sorted(set(found))
+    assert not raw, f"raw Sphinx roles or literal blocks (`Example::`) in the API pages: {raw}"
+    callbacks = (built_site / "api" / "callbacks" / "index.html").read_text()
+    # cross-references are links, examples are highlighted code
+    assert 'href="../trainer/#trainwright.trainer.Trainer"' in callbacks
+    assert "Example::" not in callbacks and 'class="language-python' in callbacks
+
+
+def test_wide_tables_stay_within_the_page(built_site):
+    css = (built_site / "stylesheets" / "extra.css").read_text()
+    assert "overflow-x: auto" in css
+    for page in ("api/trainer/index.html", "performance/index.html"):
+        assert "stylesheets/extra.css" in (built_site / page).read_text(), page
