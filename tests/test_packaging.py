@@ -106,3 +106,16 @@ def test_the_test_extra_is_composed_of_the_others():
     # what only the tests need is listed beside the extras, not copied from them
     own = {name for name in EXTRAS["test"] if not name.startswith("trainwright")}
     assert not own & set().union(*(expand(extra) for extra in composed))
+
+
+def test_ci_runs_the_suite_on_the_declared_floors():
+    """.ci/run's second environment installs accelerate and tqdm at the floors pyproject.toml
+    declares (torch's floor is checked by hand: its old wheels are multi-GB CUDA builds)."""
+    floors = dict(requirement.split(">=") for requirement in PYPROJECT["project"]["dependencies"])
+    assert set(floors) == {"torch", "accelerate", "tqdm"}
+    floors_command = next(
+        line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "accelerate==" in line
+    )
+    for name in ("accelerate", "tqdm"):
+        assert f" {name}=={floors[name]}.0 " in floors_command, (name, floors_command)
+    assert floors_command.endswith("&& python -m pytest")
