@@ -4,7 +4,8 @@ its window, on all processes, whatever the sizes of the micro-batches.
 ``calculate_train_batch_loss`` returns each micro-batch's *mean* loss and the number of items
 it averages over (``num_items``, e.g. its target tokens, or else ``batch_size``). Dividing
 each micro-batch's loss by the number of micro-batches in the window, as a plain loop does,
-is exact only when every micro-batch holds as many items. Instead, :class:`ItemWeighting`:
+is exact only when every micro-batch holds as many items. Instead,
+[`ItemWeighting`][trainwright.accumulation.ItemWeighting]:
 
 1. back-propagates each micro-batch's loss times ``num_items / scale`` (``scale`` a number
    every process shares, only there to keep the gradients' magnitude near that of a mean),

@@ -38,15 +38,15 @@ SCHEDULER_STATE_KEY = "scheduler_state_dict"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Saves ``obj`` with :func:`torch.save` so that ``path`` is either the old file or the
+    """Saves ``obj`` with `torch.save` so that ``path`` is either the old file or the
     complete new one, never a partial write.
 
     Args:
-        obj: anything :func:`torch.save` accepts.
+        obj: anything `torch.save` accepts.
         path: the destination file; its directory is created if needed.
 
     Returns:
-        The destination as a :class:`~pathlib.Path`.
+        The destination as a `Path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def remove_stale_temporary_files(path: str | os.PathLike) -> None:
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Loads a checkpoint written by :func:`atomic_save` safely (``weights_only=True``).
+    """Loads a checkpoint written by `atomic_save` safely (``weights_only=True``).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.

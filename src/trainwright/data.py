@@ -166,7 +166,7 @@ def default_dataloader_kwargs(
 
     - ``shuffle``: ``True`` for training, ``False`` for evaluation.
     - ``num_workers``: from the CPUs available per local process (see
-      :func:`default_num_workers`), never every CPU per device.
+      [`default_num_workers`][trainwright.data.default_num_workers]), never every CPU per device.
     - ``pin_memory``: only when training on CUDA.
 
     Any of these can be overridden with ``train_dataloader_kwargs`` /

@@ -2,9 +2,9 @@
 
 Calling ``.item()`` (or ``bool()``, ``.tolist()``, printing) on a CUDA tensor blocks the
 Python thread until every queued kernel has run: done once per step it stalls the pipeline.
-:class:`DeviceValueReader` instead starts a non-blocking copy into pinned host memory and
-records a CUDA event; the value is read once the event reports the copy done, usually a step
-or two later. On the CPU the value is ready at once and nothing is copied.
+[`DeviceValueReader`][trainwright.device_values.DeviceValueReader] instead starts a non-blocking
+copy into pinned host memory and records a CUDA event; the value is read once the event reports the
+copy done, usually a step or two later. On the CPU the value is ready at once and nothing is copied.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ __all__ = ["DeviceValueReader"]
 class DeviceValueReader:
     """A queue of scalar tensors to read on the host once they are available.
 
-    Example::
-
+    Example:
+        ```python
         reader = DeviceValueReader()
         reader.submit(loss, tag=step)           # never waits
         for step, value in reader.ready():      # values whose copy has finished
             ...
         for step, value in reader.wait():       # at epoch end: everything, waiting if needed
             ...
+        ```
     """
 
     def __init__(self) -> None:

@@ -1,10 +1,11 @@
 """What the loop needs to behave the same on one process and on many.
 
-- :func:`padded_tail` finds the samples Accelerate repeats at the end of an epoch so that
-  every process gets the same number of equal batches, so the loss metrics can leave them out.
-- :class:`StopVote` lets every process stop at the same step when any one of them raises
-  :class:`~trainwright.callbacks.StopTrainingError`, end an epoch at the same step when any
-  one asks to, and agree on skipping an optimizer update.
+- [`padded_tail`][trainwright.distributed.padded_tail] finds the samples Accelerate repeats at the
+  end of an epoch so that every process gets the same number of equal batches, so the loss metrics
+  can leave them out.
+- [`StopVote`][trainwright.distributed.StopVote] lets every process stop at the same step when any
+  one of them raises [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError], end an
+  epoch at the same step when any one asks to, and agree on skipping an optimizer update.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-#: Requests for the end of a training step, combined across processes by :class:`StopVote`
+#: Requests for the end of a training step, combined across processes by `StopVote`
 #: (plain ints, so that checking for them costs nothing on the per-step path).
 END_EPOCH = 1
 EVALUATE = 2
@@ -106,10 +107,11 @@ def padded_tail(dataloader: Any, accelerator: Accelerator) -> PaddedTail | None:
 class StopVote:
     """Agrees across processes on stopping, so that every process stops at the same step.
 
-    A process that raises :class:`StopTrainingError` on its own cannot simply leave the loop:
-    the others would wait for it forever in the next gradient all-reduce. So in a run with
-    several processes, a stop request is recorded instead of ending the run (the callback
-    handler defers the ones raised by callbacks, the loop catches those raised by hooks), the
+    A process that raises [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] on its
+    own cannot simply leave the loop: the others would wait for it forever in the next gradient
+    all-reduce. So in a run with several processes, a stop request is recorded instead of ending the
+    run (the callback handler defers the ones raised by callbacks, the loop catches those raised by
+    hooks), the
     process carries on in step with the others, and the requests are combined:
 
     - after every training step, by an all-reduce started without waiting and read at the end
@@ -119,19 +121,22 @@ class StopVote:
       recorded);
     - at the end of every epoch-level event (a blocking all-reduce, a few per epoch).
 
-    Once any process asked, :meth:`end_of_step` / :meth:`agree` raise ``StopTrainingError`` on
-    every process: the requesting process's own error, and on the others an error quoting it.
-    With one process nothing is deferred or exchanged, and a raised request ends the run at
-    once (one made with :meth:`request`, e.g. by ``Trainer.request_stop``, at the end of the
-    step or epoch-level event).
+    Once any process asked, [`end_of_step`][trainwright.distributed.StopVote.end_of_step] /
+    [`agree`][trainwright.distributed.StopVote.agree] raise ``StopTrainingError`` on every process:
+    the requesting process's own error, and on the others an error quoting it. With one process
+    nothing is deferred or exchanged, and a raised request ends the run at once (one made with
+    [`request`][trainwright.distributed.StopVote.request], e.g. by ``Trainer.request_stop``, at the
+    end of the step or epoch-level event).
 
-    Requests for the end of a step (:meth:`request_at_step_end`: end the epoch, evaluate,
-    save) travel in the same all-reduce: :meth:`end_of_step` returns them on every process at
-    the same step, one step after the request (at once with one process). A request to end
-    the epoch made outside a training epoch's steps and its start is dropped at the next
-    epoch-level agreement; the others wait for the next step's end. Skipping an update needs
-    an answer before the optimizer step, so :meth:`agree_on_skip` is a blocking all-reduce,
-    which the trainer only runs when a callback declares ``may_skip_updates``.
+    Requests for the end of a step
+    ([`request_at_step_end`][trainwright.distributed.StopVote.request_at_step_end]: end the epoch,
+    evaluate, save) travel in the same all-reduce:
+    [`end_of_step`][trainwright.distributed.StopVote.end_of_step] returns them on every process at
+    the same step, one step after the request (at once with one process). A request to end the epoch
+    made outside a training epoch's steps and its start is dropped at the next epoch-level
+    agreement; the others wait for the next step's end. Skipping an update needs an answer before
+    the optimizer step, so [`agree_on_skip`][trainwright.distributed.StopVote.agree_on_skip] is a
+    blocking all-reduce, which the trainer only runs when a callback declares ``may_skip_updates``.
 
     Not covered: a ``StopTrainingError`` raised on one process only by a trainer hook (an
     overridden Trainer method) outside a training step, e.g. in ``train_epoch_end()``; it
@@ -177,15 +182,15 @@ class StopVote:
             self._request = error
 
     def request_at_step_end(self, flag: int) -> None:
-        """Records a request from this process for the end of a step: :data:`END_EPOCH`,
-        :data:`EVALUATE` or :data:`SAVE`."""
+        """Records a request from this process for the end of a step: `END_EPOCH`,
+        `EVALUATE` or `SAVE`."""
         self._requested_flags |= flag
 
     def end_of_step(self) -> int:
         """Reads the vote started at the previous step, then starts this step's vote.
 
         Returns:
-            The step-end requests (:data:`END_EPOCH` | :data:`EVALUATE` | :data:`SAVE`) to
+            The step-end requests (`END_EPOCH` | `EVALUATE` | `SAVE`) to
             act on now, the same on every process; 0 (nearly always) for none.
 
         Raises:

@@ -2,7 +2,8 @@
 
 Averaging the weights over the last stretch of training smooths out the noise of single
 updates; the averaged model often evaluates better than the raw one, at the cost of one more
-copy of the weights. Call :meth:`ModelEma.update` after every optimizer update.
+copy of the weights. Call [`ModelEma.update`][trainwright.ema.ModelEma.update] after every optimizer
+update.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ModelEma(nn.Module):
 
     Attributes:
         module: the averaged model, in eval mode and without gradients; evaluate this one.
-        num_updates: how many times :meth:`update` has run.
+        num_updates: how many times [`update`][trainwright.ema.ModelEma.update] has run.
 
     Example:
         >>> import torch

@@ -2,8 +2,8 @@
 
 ``TrainerPlaceholderValues`` members combine with ``*`` and ``+`` (with numbers or each
 other) into expressions. The trainer resolves them, without ``eval``, in the positional and
-keyword arguments of a :func:`functools.partial` scheduler factory (also inside lists and
-tuples), from the run's :class:`~trainwright.run_config.RunConfig`.
+keyword arguments of a `functools.partial` scheduler factory (also inside lists and
+tuples), from the run's [`RunConfig`][trainwright.run_config.RunConfig].
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class _PlaceholderArithmetic:
 class TrainerPlaceholderValues(_PlaceholderArithmetic, Enum):
     """Values of the run that a scheduler factory can refer to before they are known.
 
-    Each member names the :class:`~trainwright.run_config.RunConfig` field it resolves to.
+    Each member names the [`RunConfig`][trainwright.run_config.RunConfig] field it resolves to.
     All counts are per process, and the update counts are the optimizer updates that every
     process performs, so a schedule sized with them ends exactly on the run's last update on
     any number of processes.
@@ -46,14 +46,15 @@ class TrainerPlaceholderValues(_PlaceholderArithmetic, Enum):
     given (``NUM_EPOCHS`` is then the unknown one); resolving an unknown placeholder raises
     a ``ValueError`` that says so.
 
-    Example::
-
+    Example:
+        ```python
         create_scheduler_fn = functools.partial(
             torch.optim.lr_scheduler.OneCycleLR,
             max_lr=0.01,
             total_steps=TrainerPlaceholderValues.NUM_UPDATE_STEPS,
         )
         trainer.train(train_dataset, num_epochs=3, create_scheduler_fn=create_scheduler_fn)
+        ```
     """
 
     NUM_EPOCHS = "num_epochs"

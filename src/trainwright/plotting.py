@@ -72,10 +72,11 @@ def plot_run_history(history: RunHistory, metric_names: Any = None) -> Figure:
         ImportError: if matplotlib is not installed.
         ValueError: if there is no numeric metric to draw.
 
-    Example::
-
+    Example:
+        ```python
         figure = plot_run_history(trainer.run_history)   # or trainer.run_history.plot()
         figure.savefig("history.png")
+        ```
     """
     figure_class = require_matplotlib()
     series = _numeric_series(history, metric_names)
@@ -106,12 +107,13 @@ def plot_run_history(history: RunHistory, metric_names: Any = None) -> Figure:
 def save_run_history_plot(
     history: RunHistory, path: str | os.PathLike, metric_names: Any = None, dpi: int = 100
 ) -> None:
-    """Draws :func:`plot_run_history` and saves it to ``path`` (format from the suffix,
+    """Draws `plot_run_history` and saves it to ``path`` (format from the suffix,
     e.g. ``.png`` or ``.pdf``); the directory is created.
 
-    Example::
-
+    Example:
+        ```python
         save_run_history_plot(trainer.run_history, "plots/history.png")
+        ```
     """
     figure = plot_run_history(history, metric_names)
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)

@@ -17,13 +17,14 @@ index of the next update, and the LR that update ``i`` uses is ``scheduler.get_l
 
 Two kinds of scheduler:
 
-* :class:`StatelessLrScheduler`: the LR is a pure function of the update index (cosine,
+* [`StatelessLrScheduler`][trainwright.schedulers.StatelessLrScheduler]: the LR is a pure function
+  of the update index (cosine,
   warmup-stable-decay, ...). Prefer it whenever the schedule can be written down in advance:
   it can jump to any step (``step(update_step=k)``), resume from the step count alone, and be
   plotted before training.
-* :class:`StatefulLrScheduler`: the next LR depends on what happened before (reduce on
-  plateau, multiply the current LR, back off after a loss spike). It can only move forward
-  one update at a time, and resuming needs its whole state.
+* [`StatefulLrScheduler`][trainwright.schedulers.StatefulLrScheduler]: the next LR depends on what
+  happened before (reduce on plateau, multiply the current LR, back off after a loss spike). It can
+  only move forward one update at a time, and resuming needs its whole state.
 """
 
 from __future__ import annotations
@@ -170,10 +171,11 @@ class _LrSchedulerBase:
 class StatelessLrScheduler(_LrSchedulerBase, ABC):
     """Base for schedules whose LR is a pure function of the optimizer update index.
 
-    Subclasses implement :meth:`get_lr`; construction writes ``get_lr(0)`` into the optimizer
-    and each :meth:`step` writes the LRs for the next update. Use this base unless the next
-    LR depends on something other than the update index (then use
-    :class:`StatefulLrScheduler`).
+    Subclasses implement [`get_lr`][trainwright.schedulers.StatelessLrScheduler.get_lr];
+    construction writes ``get_lr(0)`` into the optimizer and each
+    [`step`][trainwright.schedulers.StatelessLrScheduler.step] writes the LRs for the next update.
+    Use this base unless the next LR depends on something other than the update index (then use
+    [`StatefulLrScheduler`][trainwright.schedulers.StatefulLrScheduler]).
 
     Args:
         optimizer: the optimizer whose param groups' ``"lr"`` this scheduler sets. Each
@@ -204,10 +206,11 @@ class StatelessLrScheduler(_LrSchedulerBase, ABC):
         optimizer update of the run, also when ``max_num_train_steps`` cuts it short), which
         the trainer resolves when training starts.
 
-        Example::
-
+        Example:
+            ```python
             trainer.train(dataset, num_epochs=10, create_scheduler_fn=(
                 CosineLrScheduler.create_scheduler_fn(num_warmup_steps=0.05)))
+            ```
         """
         if _PYTORCH_ACCELERATED_EPOCH_COUNTS.intersection(kwargs):
             kwargs.setdefault(
@@ -248,10 +251,10 @@ class StatefulLrScheduler(_LrSchedulerBase, ABC):
     Use it for schedules such as reduce-on-plateau or "multiply the current LR by a factor",
     where the LR of update ``i + 1`` is computed from the LR (or a metric) at update ``i``.
     Such a scheduler can only advance one update at a time, and resuming it needs its whole
-    :meth:`state_dict`, which holds every attribute the subclass set. Construction leaves the
+    `state_dict`, which holds every attribute the subclass set. Construction leaves the
     optimizer's LRs as they are; set different starting LRs in your ``__init__`` if needed.
 
-    Subclasses implement :meth:`get_next_lrs`.
+    Subclasses implement [`get_next_lrs`][trainwright.schedulers.StatefulLrScheduler.get_next_lrs].
 
     Args:
         optimizer: the optimizer whose param groups' ``"lr"`` this scheduler sets.
@@ -456,11 +459,12 @@ class WSDLrScheduler(_WarmupThenDecayScheduler):
     * after ``C_j`` (``j < m``) the next segment starts stable at ``base`` again; after the
       last checkpoint the LR stays at ``min_lr``.
 
-    *Pre-decay checkpoints*: when ``s_j`` updates are done (:meth:`is_decay_phase_start`),
-    no update has seen a decayed LR in segment ``j``. A model saved then can be trained on,
-    at the stable LR, towards a later checkpoint: that branch is the run a longer schedule
-    would have done. In one uninterrupted run, the weights after ``C_j`` carry the decay
-    into the next segment; resume from the pre-decay checkpoint for the exact longer run.
+    *Pre-decay checkpoints*: when ``s_j`` updates are done
+    ([`is_decay_phase_start`][trainwright.schedulers.WSDLrScheduler.is_decay_phase_start]), no
+    update has seen a decayed LR in segment ``j``. A model saved then can be trained on, at the
+    stable LR, towards a later checkpoint: that branch is the run a longer schedule would have done.
+    In one uninterrupted run, the weights after ``C_j`` carry the decay into the next segment;
+    resume from the pre-decay checkpoint for the exact longer run.
 
     Args:
         optimizer: the optimizer to schedule; each group's LR is its ``base`` LR.

@@ -53,8 +53,9 @@ class RunHistory(ABC):
     """Records metric values over a run. Subclass it to keep metrics somewhere else.
 
     The trainer records ``train_loss_epoch`` and ``eval_loss_epoch`` once per epoch, and
-    ``evaluation_loss`` in :meth:`~trainwright.trainer.Trainer.evaluate`; callbacks record
-    their own with :meth:`update_metric`. Reading a metric never creates it.
+    ``evaluation_loss`` in [`evaluate`][trainwright.trainer.Trainer.evaluate]; callbacks record
+    their own with [`update_metric`][trainwright.tracking.RunHistory.update_metric]. Reading a
+    metric never creates it.
     """
 
     @abstractmethod
@@ -106,7 +107,7 @@ class RunHistory(ABC):
     @property
     @abstractmethod
     def metric_name_prefix(self) -> str:
-        """A prefix added to every metric name recorded with :meth:`update_metric`."""
+        """A prefix added to every metric name recorded with `update_metric`."""
 
     @abstractmethod
     def set_metric_name_prefix(self, prefix: str = "") -> None:
@@ -114,11 +115,13 @@ class RunHistory(ABC):
 
     def plot(self, metric_names: Any = None) -> Any:
         """A matplotlib figure of every numeric metric per epoch, the losses on shared axes
-        (see :func:`trainwright.plotting.plot_run_history`; needs matplotlib).
+        (see [`trainwright.plotting.plot_run_history`][trainwright.plotting.plot_run_history]; needs
+        matplotlib).
 
-        Example::
-
+        Example:
+            ```python
             trainer.run_history.plot().savefig("history.png")
+            ```
         """
         from trainwright.plotting import plot_run_history  # matplotlib is optional
 
@@ -129,10 +132,11 @@ class RunHistory(ABC):
         """Records metrics under ``prefix`` inside the ``with`` block, e.g. to evaluate an
         EMA copy of the model as ``ema_model_eval_loss_epoch``.
 
-        Example::
-
+        Example:
+            ```python
             with trainer.run_history.metric_name_prefix_as("ema_model_"):
                 trainer.run_history.update_metric("eval_loss_epoch", 0.25)
+            ```
         """
         previous = self.metric_name_prefix
         self.set_metric_name_prefix(prefix)
@@ -149,7 +153,7 @@ class RunHistory(ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replaces the history with one saved by :meth:`state_dict`."""
+        """Replaces the history with one saved by `state_dict`."""
         self.reset()
         with self.metric_name_prefix_as(""):
             for name, values in state["metrics"].items():
@@ -160,13 +164,14 @@ class RunHistory(ABC):
 
 
 class InMemoryRunHistory(RunHistory):
-    """A :class:`RunHistory` that keeps every metric in a dictionary of lists.
+    """A `RunHistory` that keeps every metric in a dictionary of lists.
 
-    Example::
-
+    Example:
+        ```python
         history = InMemoryRunHistory()
         history.update_metric("accuracy", 0.9)
         history.get_latest_metric("accuracy")  # 0.9
+        ```
     """
 
     def __init__(self) -> None:
@@ -209,7 +214,7 @@ class InMemoryRunHistory(RunHistory):
         self._prefix = prefix
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores a history saved with :meth:`state_dict`."""
+        """Restores a history saved with `state_dict`."""
         self._metrics = {name: list(values) for name, values in state["metrics"].items()}
         self._current_epoch = int(state["current_epoch"])
 

@@ -249,10 +249,10 @@ class Trainer:
     """Trains a PyTorch model: ``Trainer(model, loss_func, optimizer).train(dataset, 3)``.
 
     The loop is made of small hook methods that a subclass may override (listed in the
-    :class:`~trainwright.callbacks.TrainerCallback` docstring with the events they precede),
-    and callbacks receive an event at every moment of it. Device placement, mixed precision
-    and multi-process training are delegated to Hugging Face Accelerate, so the same script
-    runs on one CPU, one GPU or many machines (``torchrun`` / ``accelerate launch``).
+    [`TrainerCallback`][trainwright.callbacks.base.TrainerCallback] docstring with the events they
+    precede), and callbacks receive an event at every moment of it. Device placement, mixed
+    precision and multi-process training are delegated to Hugging Face Accelerate, so the same
+    script runs on one CPU, one GPU or many machines (``torchrun`` / ``accelerate launch``).
 
     Constructing a trainer never touches random number generators: seed with
     ``torch.manual_seed`` (or ``accelerate.utils.set_seed``) before ``train()`` to fix
@@ -260,32 +260,39 @@ class Trainer:
 
     Args:
         model: the model to train; ``self.model`` is the prepared (possibly wrapped) model
-            once training starts, :meth:`get_model` the unwrapped one.
+            once training starts, [`get_model`][trainwright.trainer.Trainer.get_model] the unwrapped
+            one.
         loss_func: called as ``loss_func(model_outputs, targets)``; an ``nn.Module`` loss is
-            moved to the device by :class:`MoveModulesToDeviceCallback`.
+            moved to the device by
+            `MoveModulesToDeviceCallback`.
         optimizer: an optimizer over the model's parameters.
-        callbacks: callback instances or classes; default :data:`DEFAULT_CALLBACKS`.
-        run_history: where metrics are recorded; default a new :class:`InMemoryRunHistory`.
+        callbacks: callback instances or classes; default
+            [`DEFAULT_CALLBACKS`][trainwright.callbacks.DEFAULT_CALLBACKS].
+        run_history: where metrics are recorded; default a new
+            [`InMemoryRunHistory`][trainwright.tracking.InMemoryRunHistory].
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``; ``None`` takes the
             value from ``accelerate launch`` / the environment (``"no"`` when unset).
-        accelerator_kwargs: further keyword arguments for :class:`accelerate.Accelerator`.
+        accelerator_kwargs: further keyword arguments for `accelerate.Accelerator`.
         reorder_metric_readers: place callbacks that read a metric after the callbacks that
-            write it, instead of raising (see :class:`CallbackHandler`).
+            write it, instead of raising (see
+            [`CallbackHandler`][trainwright.callbacks.base.CallbackHandler]).
         profile_callbacks: time every callback and event and the training steps, and print
             the table at the end of every ``train()`` (see
-            :class:`~trainwright.callbacks.profiling.CallbackProfiler`).
+            [`CallbackProfiler`][trainwright.callbacks.profiling.CallbackProfiler]).
 
     Attributes:
-        may_skip_updates: set it on a subclass whose hooks call :meth:`request_skip_update`
-            on some processes only (as callbacks declare ``may_skip_updates``).
+        may_skip_updates: set it on a subclass whose hooks call
+            [`request_skip_update`][trainwright.trainer.Trainer.request_skip_update] on some
+            processes only (as callbacks declare ``may_skip_updates``).
         writes_metrics: set it on a subclass whose hooks record metrics, e.g.
             ``writes_metrics = ("accuracy",)`` (as callbacks declare ``writes_metrics``).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters()))
         trainer.train(train_dataset, num_epochs=5, eval_dataset=eval_dataset)
         trainer.run_history.get_metric_values("eval_loss_epoch")
+        ```
     """
 
     def __init__(
@@ -414,13 +421,14 @@ class Trainer:
         self.eval_dataloader = dataloader
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """Prints once per machine, like :func:`print`: on the local main process of every
+        """Prints once per machine, like `print`: on the local main process of every
         machine (``accelerator.print``), so once per run on a single machine and once per
-        machine on several. Use :meth:`print_once` for once per run on any number."""
+        machine on several. Use [`print_once`][trainwright.trainer.Trainer.print_once] for once per
+        run on any number."""
         self.accelerator.print(*args, **kwargs)
 
     def print_once(self, *args: Any, **kwargs: Any) -> None:
-        """Prints once per run, like :func:`print`: on the main process of the whole run only
+        """Prints once per run, like `print`: on the main process of the whole run only
         (process 0 of machine 0)."""
         if self.accelerator.is_main_process:
             print(*args, **kwargs)
@@ -428,18 +436,20 @@ class Trainer:
     def run_on_main_process(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Calls ``function(*args, **kwargs)`` on the main process of the run only, and returns
         its result there (``None`` on the other processes). The other processes do not wait
-        for it; follow it with :meth:`wait_for_everyone` if they must.
+        for it; follow it with [`wait_for_everyone`][trainwright.trainer.Trainer.wait_for_everyone]
+        if they must.
 
-        Example::
-
+        Example:
+            ```python
             trainer.run_on_main_process(write_report, "runs/report.md")
+            ```
         """
         return self.accelerator.on_main_process(function)(*args, **kwargs)
 
     def run_on_local_main_process(
         self, function: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        """Like :meth:`run_on_main_process`, but on the main process of every machine (e.g.
+        """Like `run_on_main_process`, but on the main process of every machine (e.g.
         to write to a disk each machine has of its own)."""
         return self.accelerator.on_local_main_process(function)(*args, **kwargs)
 
@@ -449,15 +459,16 @@ class Trainer:
         e.g. the main process downloads or preprocesses a dataset into a cache that the others
         then read. Enter it on every process (it waits for every process, twice).
 
-        Example::
-
+        Example:
+            ```python
             with trainer.main_process_first():
                 dataset = load_or_build_cached_dataset("cache/")
+            ```
         """
         return self.accelerator.main_process_first()
 
     def local_main_process_first(self) -> contextlib.AbstractContextManager[None]:
-        """Like :meth:`main_process_first`, with the main process of every machine first (for
+        """Like `main_process_first`, with the main process of every machine first (for
         a cache on each machine's own disk)."""
         return self.accelerator.local_main_process_first()
 
@@ -489,13 +500,14 @@ class Trainer:
         list, tuple or dict of tensors whose first dimension is the batch; other objects need
         ``use_gather_object=True`` (they are pickled). On one process it returns ``data``.
 
-        Example::
-
+        Example:
+            ```python
             def on_eval_step_end(self, trainer, batch, batch_output, **kwargs):
                 preds, targets = trainer.gather_for_metrics(
                     (batch_output["model_outputs"].argmax(-1), batch[1])
                 )
                 self.accuracy.update(preds, targets)
+            ```
         """
         return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
 
@@ -552,7 +564,7 @@ class Trainer:
     # Control from callbacks and hooks: the same decision on every process
     # ----------------------------------------------------------------------------------------
 
-    #: Whether hooks of this Trainer (subclass) may call :meth:`request_skip_update` on some
+    #: Whether hooks of this Trainer (subclass) may call `request_skip_update` on some
     #: processes only; see ``TrainerCallback.may_skip_updates``.
     may_skip_updates: bool = False
 
@@ -564,19 +576,20 @@ class Trainer:
     writes_metrics: tuple[str, ...] = ()
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Asks to end the run, like raising :class:`StopTrainingError` but without leaving
+        """Asks to end the run, like raising `StopTrainingError` but without leaving
         the calling callback or hook: the run stops at the end of the current training step
         (with several processes, of the next one, on every process), or of the current
         epoch-level event (``on_training_run_start``, ``on_train_epoch_end``, the evaluation
         epoch, ``on_training_run_epoch_end``). ``on_stop_training_error`` then receives a
         ``StopTrainingError(reason)``.
 
-        Example::
-
+        Example:
+            ```python
             class StopWhenGoodEnough(TrainerCallback):
                 def on_training_run_epoch_end(self, trainer, **kwargs):
                     if trainer.run_history.get_latest_metric("eval_loss_epoch") < 0.1:
                         trainer.request_stop("eval loss below 0.1")
+            ```
         """
         self._stop_vote.request(StopTrainingError(reason))
 
@@ -589,30 +602,33 @@ class Trainer:
         ends it after the same step, without a blocking sync per step). Gradients of an
         unfinished accumulation window are discarded. Asked elsewhere, it is ignored.
 
-        Example::
-
+        Example:
+            ```python
             class ShortEpochs(TrainerCallback):
                 def on_train_step_end(self, trainer, step, **kwargs):
                     if step == 99:
                         trainer.request_end_epoch()
+            ```
         """
         self._stop_vote.request_at_step_end(END_EPOCH)
 
     def request_evaluation(self) -> None:
         """Asks for an evaluation at the end of the current training step (with several
-        processes, of the next one, on every process): :meth:`evaluate_model` on the
-        training model and the ``eval_dataset`` given to ``train()``, recording
-        ``step_eval_loss``. Asked outside a step, it happens at the end of the next step.
+        processes, of the next one, on every process):
+        [`evaluate_model`][trainwright.trainer.Trainer.evaluate_model] on the training model and the
+        ``eval_dataset`` given to ``train()``, recording ``step_eval_loss``. Asked outside a step,
+        it happens at the end of the next step.
 
         Raises:
             ValueError: if the run has no evaluation data.
 
-        Example::
-
+        Example:
+            ```python
             class EvaluateWhenTheLossSpikes(TrainerCallback):
                 def on_train_step_end(self, trainer, batch_output, **kwargs):
                     if batch_output["loss"].item() > 10:  # a host sync, every step
                         trainer.request_evaluation()
+            ```
         """
         if self.eval_dataloader is None:
             raise ValueError(
@@ -623,19 +639,20 @@ class Trainer:
     def request_save(self) -> None:
         """Asks for a training state to be saved at the end of the current training step
         (with several processes, of the next one, on every process), by the trainer's
-        :class:`~trainwright.callbacks.SaveTrainingStateCallback` (in its ``save_dir``, with
-        its pruning), after any requested evaluation. Asked outside a step, it happens at
-        the end of the next step.
+        [`SaveTrainingStateCallback`][trainwright.callbacks.saving.SaveTrainingStateCallback] (in
+        its ``save_dir``, with its pruning), after any requested evaluation. Asked outside a step,
+        it happens at the end of the next step.
 
         Raises:
             ValueError: if the trainer has no ``SaveTrainingStateCallback``.
 
-        Example::
-
+        Example:
+            ```python
             class SaveBeforeRiskyPhase(TrainerCallback):
                 def on_train_epoch_start(self, trainer, **kwargs):
                     if trainer.progress.epoch == 10:
                         trainer.request_save()
+            ```
         """
         self._state_saver()  # fail now, on the process that asks, rather than later
         self._stop_vote.request_at_step_end(SAVE)
@@ -678,8 +695,8 @@ class Trainer:
         Raises:
             RuntimeError: with several processes, if nothing declared ``may_skip_updates``.
 
-        Example::
-
+        Example:
+            ```python
             class SkipHugeGradients(TrainerCallback):
                 may_skip_updates = True
 
@@ -688,6 +705,7 @@ class Trainer:
                         [p.grad for p in trainer.model.parameters() if p.grad is not None])
                     if norm > 1e3:  # a host sync: only for callbacks that need it
                         trainer.request_skip_update(f"gradient norm {norm:.3g}")
+            ```
         """
         if self.accelerator.num_processes > 1 and not self._is_skip_vote_needed:
             raise RuntimeError(
@@ -754,9 +772,10 @@ class Trainer:
             save_scheduler: include the scheduler state, when there is a scheduler.
             save_per_node: write the file on every machine (for disks that are not shared).
 
-        Example::
-
+        Example:
+            ```python
             trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
+            ```
         """
         is_sharded = self._is_sharded()
         checkpoint = {MODEL_STATE_KEY: self._portable_model_state_dict()}
@@ -795,7 +814,7 @@ class Trainer:
         load_optimizer: bool = True,
         load_scheduler: bool = True,
     ) -> dict[str, Any]:
-        """Loads a checkpoint written by :meth:`save_checkpoint` (with ``weights_only=True``).
+        """Loads a checkpoint written by `save_checkpoint` (with ``weights_only=True``).
 
         Args:
             checkpoint_path: the ``.pt`` file.
@@ -839,10 +858,10 @@ class Trainer:
 
         The state holds the model, optimizer, gradient scaler and every RNG (Python, NumPy,
         torch, CUDA; through Accelerate's ``save_state``, sharded under FSDP / DeepSpeed),
-        the scheduler, the loop position (:attr:`progress`: epoch, batch within the epoch,
-        optimizer updates), the gradients accumulated so far in the current accumulation
-        window, the epoch's partial loss sums, the sampler's generator (now and at the epoch's
-        start) and the epoch's data seed (for the batch order and every random augmentation,
+        the scheduler, the loop position ([`progress`][trainwright.callbacks.progress]: epoch, batch
+        within the epoch, optimizer updates), the gradients accumulated so far in the current
+        accumulation window, the epoch's partial loss sums, the sampler's generator (now and at the
+        epoch's start) and the epoch's data seed (for the batch order and every random augmentation,
         see `trainwright.data`), the run history, and every callback's
         `state_dict()`. It warns (`RuntimeWarning`) when the training data is of a kind whose
         random draws a resume cannot replay (see docs/checkpoints.md).
@@ -860,12 +879,13 @@ class Trainer:
         Returns:
             The directory written.
 
-        Example::
-
+        Example:
+            ```python
             class SaveAtStep(TrainerCallback):
                 def on_train_step_end(self, trainer, step, **kwargs):
                     if trainer.progress.num_update_steps == 100:
                         trainer.save_training_state("checkpoints/state-100")
+            ```
         """
         reason = inexact_resume_reason(self.train_dataloader)
         if reason is not None:
@@ -1114,8 +1134,8 @@ class Trainer:
     @contextlib.contextmanager
     def _interruptible(self) -> Iterator[None]:
         """Turns SIGTERM and SIGINT into a request to stop after the current step (see
-        :class:`~trainwright.callbacks.TrainingInterrupted`); a second SIGINT interrupts at
-        once. Signal handlers can only be set from the main thread: elsewhere, nothing
+        [`TrainingInterrupted`][trainwright.callbacks.base.TrainingInterrupted]); a second SIGINT
+        interrupts at once. Signal handlers can only be set from the main thread: elsewhere, nothing
         changes."""
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -1180,7 +1200,7 @@ class Trainer:
         batch mixing genuine and repeated samples has its mean loss (repeats included)
         weighted by its genuine samples only, since a training loss cannot be split per
         sample. A ``StopTrainingError`` raised on one process alone stops every process at
-        the same point (see :class:`~trainwright.callbacks.StopTrainingError`).
+        the same point (see [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError]).
 
         Training data without a length (a ``torch.utils.data.IterableDataset`` without
         ``__len__``, e.g. a stream):
@@ -1189,7 +1209,7 @@ class Trainer:
           ``num_epochs`` are run, or with ``max_num_train_steps``, epochs repeat until exactly
           that many updates. ``run_config``'s per-epoch counts are then ``None``, and
           ``num_update_steps`` is ``max_num_train_steps`` or ``None`` (see
-          :class:`~trainwright.run_config.RunConfig`); a placeholder that needs an unknown
+          [`RunConfig`][trainwright.run_config.RunConfig]); a placeholder that needs an unknown
           count raises a ``ValueError`` when the scheduler is created;
         - the default training ``DataLoader`` does not shuffle (the dataset sets its own
           order), and with ``num_workers > 0`` every worker iterates the whole dataset unless
@@ -1233,7 +1253,7 @@ class Trainer:
                 of each epoch (e.g. for a quick trial run). ``run_config`` (its
                 ``train_dataloader_len`` and update counts) and the placeholders reflect the
                 limit, so a schedule sized with them still ends on the last update. A
-                :class:`~trainwright.callbacks.BatchLimitsCallback` (e.g.
+                [`BatchLimitsCallback`][trainwright.callbacks.runtime.BatchLimitsCallback] (e.g.
                 ``LimitBatchesCallback``) sets the same limits; the smallest one applies.
             max_num_eval_batches: evaluate on only the first this-many batches of the
                 evaluation data after each epoch (``run_config.eval_dataloader_len`` reflects it).
@@ -1252,7 +1272,7 @@ class Trainer:
                 `save_training_state`): a state directory, a directory of states (the
                 newest valid ``state-<updates>`` in it is used), or ``"latest"`` for the newest
                 valid state in the ``save_dir`` of the trainer's
-                :class:`~trainwright.callbacks.SaveTrainingStateCallback` (starting afresh
+                `SaveTrainingStateCallback` (starting afresh
                 when it holds none yet, so the same command serves the first run and every
                 rerun). Every state is verified against its manifest (file sizes and SHA-256)
                 first: from a directory of states, a damaged one is skipped with a warning
@@ -1271,8 +1291,8 @@ class Trainer:
         Returns:
             The run history.
 
-        Example::
-
+        Example:
+            ```python
             trainer.train(
                 train_dataset,
                 num_epochs=20,
@@ -1280,6 +1300,7 @@ class Trainer:
                 create_scheduler_fn=functools.partial(ReduceLROnPlateau, patience=2),
                 scheduler_metric="eval_loss_epoch",
             )
+            ```
         """
         _check_train_options(
             max_num_train_batches_per_epoch,
@@ -1728,7 +1749,7 @@ class Trainer:
     ) -> RunHistory:
         """Runs one evaluation epoch over ``dataset`` and records ``evaluation_loss``.
 
-        While it runs, :attr:`eval_dataloader` is the dataloader over ``dataset`` and
+        While it runs, `eval_dataloader` is the dataloader over ``dataset`` and
         `run_config` describes this evaluation (its ``eval_*`` fields, processes and device;
         the training fields are ``None``); the previous ones are restored afterwards, so this
         can be called before any ``train()`` and from a callback during training.
@@ -1790,17 +1811,20 @@ class Trainer:
         metric_name: str = "eval_loss_epoch",
     ) -> float:
         """Evaluates another model (e.g. an EMA copy of the one being trained) with this
-        trainer's :meth:`calculate_eval_batch_loss`, and records its loss.
+        trainer's
+        [`calculate_eval_batch_loss`][trainwright.trainer.Trainer.calculate_eval_batch_loss], and
+        records its loss.
 
-        ``model`` stands in for :attr:`model` while the batches run (under
+        ``model`` stands in for `model` while the batches run (under
         ``torch.no_grad()`` and the trainer's mixed-precision autocast), in eval mode; its
-        train/eval mode and :attr:`model` are restored afterwards. No callback events fire,
+        train/eval mode and `model` are restored afterwards. No callback events fire,
         so this is safe to call from a callback at any point of a run. The loss is the
         sample-weighted mean over all processes, as for ``eval_loss_epoch``.
 
         Args:
-            model: the module to evaluate, already on :attr:`device`.
-            dataloader: a prepared dataloader; default :attr:`eval_dataloader`, limited to
+            model: the module to evaluate, already on
+                [`device`][trainwright.trainer.Trainer.device].
+            dataloader: a prepared dataloader; default `eval_dataloader`, limited to
                 the batches that ``train()``'s ``max_num_eval_batches`` allows, so that the
                 loss is comparable with ``eval_loss_epoch``. Called during a training
                 epoch's steps (an intermediate evaluation), the batches are also limited by
@@ -1812,10 +1836,11 @@ class Trainer:
         Returns:
             The loss.
 
-        Example::
-
+        Example:
+            ```python
             with trainer.run_history.metric_name_prefix_as("ema_model_"):
                 trainer.evaluate_model(ema.module)  # records ema_model_eval_loss_epoch
+            ```
         """
         # During a training epoch's steps this is an intermediate evaluation, with its own limit.
         max_num_batches = (
@@ -2076,7 +2101,7 @@ class Trainer:
     def _batch_limits(
         self, max_num_train_batches_per_epoch: int | None, max_num_eval_batches: int | None
     ) -> tuple[int | None, int | None, int | None]:
-        """The given limits, lowered by those of any :class:`BatchLimitsCallback`, and the
+        """The given limits, lowered by those of any `BatchLimitsCallback`, and the
         limit of intermediate evaluations (set by callbacks only)."""
         max_num_intermediate_eval_batches = None
         for callback in self.callback_handler.callbacks:
@@ -2439,10 +2464,10 @@ class Trainer:
         """Called after each epoch's training and evaluation."""
 
     def evaluation_run_start(self) -> None:
-        """Called at the start of :meth:`evaluate`."""
+        """Called at the start of [`evaluate`][trainwright.trainer.Trainer.evaluate]."""
 
     def evaluation_run_end(self) -> None:
-        """Called at the end of :meth:`evaluate`."""
+        """Called at the end of [`evaluate`][trainwright.trainer.Trainer.evaluate]."""
 
     def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
         """Computes the loss of one training batch.
@@ -2463,14 +2488,15 @@ class Trainer:
             ``{"loss": scalar tensor, "model_outputs": ..., "batch_size": int}``, optionally
             with ``"num_items"``; the epoch's loss metrics are weighted the same way.
 
-        Example::
-
+        Example:
+            ```python
             class DictBatchTrainer(Trainer):
                 def calculate_train_batch_loss(self, batch):
                     outputs = self.model(batch["pixels"])
                     loss = self.loss_func(outputs, batch["label"])
                     return {"loss": loss, "model_outputs": outputs,
                             "batch_size": batch["label"].size(0)}
+            ```
         """
         inputs, targets = _inputs_and_targets(batch, "calculate_train_batch_loss")
         model_outputs = self.model(inputs)
@@ -2480,7 +2506,8 @@ class Trainer:
     def calculate_eval_batch_loss(self, batch: Any) -> dict[str, Any]:
         """Computes the loss of one evaluation batch (runs under ``torch.no_grad()``).
 
-        Same contract as :meth:`calculate_train_batch_loss`.
+        Same contract as
+        [`calculate_train_batch_loss`][trainwright.trainer.Trainer.calculate_train_batch_loss].
         """
         inputs, targets = _inputs_and_targets(batch, "calculate_eval_batch_loss")
         model_outputs = self.model(inputs)
@@ -2542,12 +2569,13 @@ class Trainer:
         scheduler gets ``step(epoch=epochs completed, metric=...)``, which sets the learning
         rate of the epoch about to start; any other scheduler gets ``step()``.
 
-        Example::
-
+        Example:
+            ```python
             class LoggingTrainer(Trainer):
                 def scheduler_epoch_step(self):
                     super().scheduler_epoch_step()
                     self.print("next epoch's LR:", self.optimizer.param_groups[0]["lr"])
+            ```
         """
         metric = None
         if self._scheduler_metric is not None:

@@ -51,7 +51,7 @@ from trainwright.callbacks.saving import (
 from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
 from trainwright.callbacks.torch_profiler import TorchProfilerCallback
 
-#: The callbacks a :class:`~trainwright.trainer.Trainer` uses unless told otherwise.
+#: The callbacks a `Trainer` uses unless told otherwise.
 DEFAULT_CALLBACKS = (
     MoveModulesToDeviceCallback,
     TerminateOnNaNCallback,

@@ -1,8 +1,8 @@
 """The callback protocol: the event registry, the no-op base class and the dispatcher.
 
-Every event that the :class:`~trainwright.trainer.Trainer` fires is listed once, in
-:data:`EVENTS`, and has one documented no-op method on :class:`TrainerCallback`. A test keeps
-the two in agreement.
+Every event that the [`Trainer`][trainwright.trainer.Trainer] fires is listed once, in
+[`EVENTS`][trainwright.callbacks.base.EVENTS], and has one documented no-op method on
+[`TrainerCallback`][trainwright.callbacks.base.TrainerCallback]. A test keeps the two in agreement.
 """
 
 from __future__ import annotations
@@ -78,12 +78,13 @@ class StopTrainingError(Exception):
     carries on in step with the others (the event's other callbacks still run), and every
     process receives ``on_stop_training_error`` with the requesting process's message.
 
-    Example::
-
+    Example:
+        ```python
         class StopAfterTwoEpochs(TrainerCallback):
             def on_training_run_epoch_end(self, trainer, **kwargs):
                 if trainer.run_history.current_epoch > 2:
                     raise StopTrainingError("two epochs are enough")
+        ```
     """
 
 
@@ -92,8 +93,8 @@ class TrainingInterrupted(StopTrainingError):
 
     While ``train()`` runs, the trainer catches SIGTERM and SIGINT: it finishes the current
     training step, fires ``on_training_interrupted(signal_name=...)`` (where
-    :class:`~trainwright.callbacks.SaveTrainingStateCallback` saves a training state), runs
-    ``training_run_end`` / ``on_training_run_end`` and returns normally, with
+    [`SaveTrainingStateCallback`][trainwright.callbacks.saving.SaveTrainingStateCallback] saves a
+    training state), runs ``training_run_end`` / ``on_training_run_end`` and returns normally, with
     ``trainer.interrupt_signal`` naming the signal. A second Ctrl-C raises
     ``KeyboardInterrupt`` at once. With several processes, a signal received by any of them
     stops all of them after the same step.
@@ -125,7 +126,7 @@ class CallbackSetupError(RuntimeError):
 
 
 def _no_op(method: Callable) -> Callable:
-    """Marks a :class:`TrainerCallback` method as the default no-op, so dispatch can skip it."""
+    """Marks a `TrainerCallback` method as the default no-op, so dispatch can skip it."""
     method._is_trainwright_no_op = True
     return method
 
@@ -140,52 +141,54 @@ class TrainerCallback:
     that callbacks then read. Callbacks run in ascending ``order`` (default 0); callbacks with
     equal ``order`` keep the order they were given in.
 
-    Events fire as follows::
+    Events fire as follows:
 
-        Trainer.__init__                                   -> on_init_end
-        train():
-          build dataloaders, prepare with Accelerate, build run_config, create scheduler
-          training_run_start()                             -> on_training_run_start
-          for each epoch:
-            train_epoch_start()  (model.train())           -> on_train_epoch_start
-            for step, batch in train dataloader:
-                                                           -> on_train_step_start(batch, step)
-              batch_output = calculate_train_batch_loss(batch)
-                                                -> on_before_backward(batch, batch_output, step)
-              backward_step(loss)
-                                                -> on_after_backward(batch, batch_output, step)
-              if this micro-step completes an accumulation window:
-                clip gradients (if asked)
-                                                           -> on_before_optimizer_step(step)
-                optimizer_step(); scheduler_step()
-                                                           -> on_after_optimizer_step(step)
-                optimizer_zero_grad()
-                                                -> on_train_step_end(batch, batch_output, step)
-            train_epoch_end(); record train_loss_epoch     -> on_train_epoch_end
-            if eval dataset:
-              eval_epoch_start() (model.eval())            -> on_eval_epoch_start
-              for step, batch in eval dataloader:          -> on_eval_step_start(batch, step)
-                batch_output = calculate_eval_batch_loss(batch)
-                                                -> on_eval_step_end(batch, batch_output, step)
-              eval_epoch_end(); record eval_loss_epoch     -> on_eval_epoch_end
-            training_run_epoch_end()                       -> on_training_run_epoch_end
-            scheduler_epoch_step() (schedulers stepped per epoch, ReduceLROnPlateau, timm)
-          StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
-          SIGTERM / SIGINT: after the current step  -> on_training_interrupted(signal_name)
-          training_run_end()                               -> on_training_run_end
-          any other exception (KeyboardInterrupt too)      -> on_exception(exception), re-raised
-        evaluate():
-          evaluation_run_start()                           -> on_evaluation_run_start
-          one eval epoch as above, metric evaluation_loss
-          evaluation_run_end()                             -> on_evaluation_run_end
-          any exception                                    -> on_exception(exception), re-raised
-        predict():
-                                                           -> on_predict_run_start
-          for step, batch in predict dataloader:           -> on_predict_step_start(batch, step)
-            outputs = predict_batch(batch); gather them
-                                                   -> on_predict_step_end(batch, outputs, step)
-          join every batch's outputs              -> on_predict_run_end(predictions)
-          any exception                                    -> on_exception(exception), re-raised
+    ```text
+    Trainer.__init__                                   -> on_init_end
+    train():
+      build dataloaders, prepare with Accelerate, build run_config, create scheduler
+      training_run_start()                             -> on_training_run_start
+      for each epoch:
+        train_epoch_start()  (model.train())           -> on_train_epoch_start
+        for step, batch in train dataloader:
+                                                       -> on_train_step_start(batch, step)
+          batch_output = calculate_train_batch_loss(batch)
+                                            -> on_before_backward(batch, batch_output, step)
+          backward_step(loss)
+                                            -> on_after_backward(batch, batch_output, step)
+          if this micro-step completes an accumulation window:
+            clip gradients (if asked)
+                                                       -> on_before_optimizer_step(step)
+            optimizer_step(); scheduler_step()
+                                                       -> on_after_optimizer_step(step)
+            optimizer_zero_grad()
+                                            -> on_train_step_end(batch, batch_output, step)
+        train_epoch_end(); record train_loss_epoch     -> on_train_epoch_end
+        if eval dataset:
+          eval_epoch_start() (model.eval())            -> on_eval_epoch_start
+          for step, batch in eval dataloader:          -> on_eval_step_start(batch, step)
+            batch_output = calculate_eval_batch_loss(batch)
+                                            -> on_eval_step_end(batch, batch_output, step)
+          eval_epoch_end(); record eval_loss_epoch     -> on_eval_epoch_end
+        training_run_epoch_end()                       -> on_training_run_epoch_end
+        scheduler_epoch_step() (schedulers stepped per epoch, ReduceLROnPlateau, timm)
+      StopTrainingError raised anywhere in the run     -> on_stop_training_error(error)
+      SIGTERM / SIGINT: after the current step  -> on_training_interrupted(signal_name)
+      training_run_end()                               -> on_training_run_end
+      any other exception (KeyboardInterrupt too)      -> on_exception(exception), re-raised
+    evaluate():
+      evaluation_run_start()                           -> on_evaluation_run_start
+      one eval epoch as above, metric evaluation_loss
+      evaluation_run_end()                             -> on_evaluation_run_end
+      any exception                                    -> on_exception(exception), re-raised
+    predict():
+                                                       -> on_predict_run_start
+      for step, batch in predict dataloader:           -> on_predict_step_start(batch, step)
+        outputs = predict_batch(batch); gather them
+                                               -> on_predict_step_end(batch, outputs, step)
+      join every batch's outputs              -> on_predict_run_end(predictions)
+      any exception                                    -> on_exception(exception), re-raised
+    ```
 
     ``step`` is the index of the batch within the current epoch. ``on_train_step_end`` fires
     once the step is complete (after the optimizer update when there is one), so it is the
@@ -195,52 +198,56 @@ class TrainerCallback:
     ``trainer.callback_handler.call_event("my_event", ...)``; only callbacks that define the
     method receive it.
 
-    Where a callback runs among the others is declared with :attr:`order`,
-    :attr:`run_after` / :attr:`run_before` and the metrics it writes and reads (see
-    :mod:`trainwright.callbacks.ordering`); ``trainer.callback_handler.describe()`` prints the
-    resulting plan. Event methods can be filtered to run every N updates, epochs or seconds,
-    or once (:mod:`trainwright.callbacks.filters`). Callbacks control the run through the
-    trainer: raise :class:`StopTrainingError` or call ``trainer.request_stop()``,
+    Where a callback runs among the others is declared with `order`,
+    `run_after` / `run_before` and the metrics it writes and reads (see
+    [`trainwright.callbacks.ordering`][trainwright.callbacks.ordering]);
+    ``trainer.callback_handler.describe()`` prints the resulting plan. Event methods can be filtered
+    to run every N updates, epochs or seconds, or once
+    ([`trainwright.callbacks.filters`][trainwright.callbacks.filters]). Callbacks control the run
+    through the
+    trainer: raise [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] or call
+        ``trainer.request_stop()``,
     ``trainer.request_end_epoch()``, ``trainer.request_skip_update()``,
     ``trainer.request_evaluation()`` or ``trainer.request_save()``; every process takes the
     same decision at the same step.
 
-    Example::
-
+    Example:
+        ```python
         class CountUpdates(TrainerCallback):
             def __init__(self):
                 self.num_updates = 0
 
             def on_after_optimizer_step(self, trainer, **kwargs):
                 self.num_updates += 1
+        ```
     """
 
     #: Position among the trainer's callbacks: lower runs first; ties keep the given order.
-    #: A preference: :attr:`run_after`, :attr:`run_before` and metric declarations win.
+    #: A preference: `run_after`, `run_before` and metric declarations win.
     order: int = 0
 
     #: Callbacks this one must run after: classes (instances of them and their subclasses)
     #: or class names. Names of callbacks that are not present are ignored.
     run_after: tuple[type | str, ...] = ()
 
-    #: Callbacks this one must run before, given as for :attr:`run_after`.
+    #: Callbacks this one must run before, given as for `run_after`.
     run_before: tuple[type | str, ...] = ()
 
     #: Names of the metrics this callback records in the run history. Callbacks that read
-    #: them run after this one (see :attr:`reads_metrics`); monitoring callbacks use it to
+    #: them run after this one (see `reads_metrics`); monitoring callbacks use it to
     #: tell, at the start of a run, whether a watched metric will ever be recorded.
     writes_metrics: tuple[str, ...] = ()
 
     #: Names of the metrics this callback reads from the run history. A callback that reads
     #: a metric another callback writes must run after it: the handler raises an error
-    #: otherwise (or reorders, with ``reorder_metric_readers=True``). :data:`ALL_METRICS`
+    #: otherwise (or reorders, with ``reorder_metric_readers=True``). `ALL_METRICS`
     #: (``"*"``) reads every metric and places the callback after every metric writer.
     reads_metrics: tuple[str, ...] = ()
 
     #: What an exception raised by this callback does: ``"raise"`` (propagate it, the
     #: default) or ``"warn"`` (warn once, naming the callback and the event, and disable
     #: the callback for the rest of the handler's life; for loggers and other callbacks
-    #: the run does not depend on). :class:`StopTrainingError` and `CallbackSetupError`
+    #: the run does not depend on). `StopTrainingError` and `CallbackSetupError`
     #: always propagate.
     error_policy: str = "raise"
 
@@ -251,26 +258,27 @@ class TrainerCallback:
 
     def state_dict(self) -> dict[str, Any]:
         """The callback's state to keep in a training state (plain values and tensors);
-        empty by default. Override it, with :meth:`load_state_dict`, for callbacks whose
-        counters or best values must survive a resume."""
+        empty by default. Override it, with
+        [`load_state_dict`][trainwright.callbacks.base.TrainerCallback.load_state_dict], for
+        callbacks whose counters or best values must survive a resume."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned; called after
+        """Restores what `state_dict` returned; called after
         ``on_training_run_start`` when a run resumes."""
 
     @_no_op
     def on_init_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called at the end of :meth:`Trainer.__init__`."""
+        """Called at the end of `Trainer.__init__`."""
 
     @_no_op
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.training_run_start`, once dataloaders, the prepared
+        """Called after `Trainer.training_run_start`, once dataloaders, the prepared
         model and optimizer, ``run_config`` and the scheduler exist."""
 
     @_no_op
     def on_train_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.train_epoch_start` (the model is in train mode)."""
+        """Called after `Trainer.train_epoch_start` (the model is in train mode)."""
 
     @_no_op
     def on_train_step_start(self, trainer: Trainer, batch: Any, step: int, **kwargs: Any) -> None:
@@ -305,11 +313,11 @@ class TrainerCallback:
 
     @_no_op
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.train_epoch_end`; ``train_loss_epoch`` is recorded."""
+        """Called after `Trainer.train_epoch_end`; ``train_loss_epoch`` is recorded."""
 
     @_no_op
     def on_eval_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.eval_epoch_start` (the model is in eval mode)."""
+        """Called after `Trainer.eval_epoch_start` (the model is in eval mode)."""
 
     @_no_op
     def on_eval_step_start(self, trainer: Trainer, batch: Any, step: int, **kwargs: Any) -> None:
@@ -323,7 +331,7 @@ class TrainerCallback:
 
     @_no_op
     def on_eval_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.eval_epoch_end`; the epoch's evaluation loss
+        """Called after `Trainer.eval_epoch_end`; the epoch's evaluation loss
         (``eval_loss_epoch``, or ``evaluation_loss`` in ``evaluate()``) is recorded."""
 
     @_no_op
@@ -335,7 +343,7 @@ class TrainerCallback:
     def on_stop_training_error(
         self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
     ) -> None:
-        """Called when a :class:`StopTrainingError` ends the run, before ``training_run_end``."""
+        """Called when a `StopTrainingError` ends the run, before ``training_run_end``."""
 
     @_no_op
     def on_training_interrupted(self, trainer: Trainer, signal_name: str, **kwargs: Any) -> None:
@@ -344,7 +352,7 @@ class TrainerCallback:
 
     @_no_op
     def on_exception(self, trainer: Trainer, exception: BaseException, **kwargs: Any) -> None:
-        """Called when any exception other than :class:`StopTrainingError` (errors,
+        """Called when any exception other than `StopTrainingError` (errors,
         ``KeyboardInterrupt``) escapes ``train()`` or ``evaluate()``, once, before it
         propagates; the place to release resources (close files, finish a tracker run).
         An exception raised here is reported as a warning and does not replace the
@@ -352,15 +360,15 @@ class TrainerCallback:
 
     @_no_op
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called after :meth:`Trainer.training_run_end`, also when the run stopped early."""
+        """Called after `Trainer.training_run_end`, also when the run stopped early."""
 
     @_no_op
     def on_evaluation_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called at the start of :meth:`Trainer.evaluate`, once its dataloader exists."""
+        """Called at the start of `Trainer.evaluate`, once its dataloader exists."""
 
     @_no_op
     def on_evaluation_run_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Called at the end of :meth:`Trainer.evaluate`; ``evaluation_loss`` is recorded."""
+        """Called at the end of `Trainer.evaluate`; ``evaluation_loss`` is recorded."""
 
     @_no_op
     def on_predict_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -405,39 +413,43 @@ class CallbackHandler:
     For every event, the table holds the bound methods of the callbacks that actually
     override it, in execution order: by ``order`` and then the order the callbacks were
     given in, wherever the callbacks' ``run_after`` / ``run_before`` and metric declarations
-    allow (see :mod:`trainwright.callbacks.ordering`; contradictions and metrics read before
-    they are written are errors raised here). ``call_event`` is one dictionary lookup and a
-    loop, so an event no callback overrides costs next to nothing. Custom events (any name
-    not in :data:`EVENTS`) reach the callbacks that define a method of that name and skip
-    the rest. Methods with an event filter (:mod:`trainwright.callbacks.filters`) enter the
-    table wrapped in their filter; the others are called directly. :meth:`describe` prints
-    the plan.
+    allow (see [`trainwright.callbacks.ordering`][trainwright.callbacks.ordering]; contradictions
+    and metrics read before they are written are errors raised here). ``call_event`` is one
+    dictionary lookup and a loop, so an event no callback overrides costs next to nothing. Custom
+    events (any name not in [`EVENTS`][trainwright.callbacks.base.EVENTS]) reach the callbacks that
+    define a method of that name and skip the rest. Methods with an event filter
+    ([`trainwright.callbacks.filters`][trainwright.callbacks.filters]) enter the table wrapped in
+    their filter; the others are called directly.
+    [`describe`][trainwright.callbacks.base.CallbackHandler.describe] prints the plan.
 
     An exception raised by a callback propagates unchanged, with a note naming the callback
     and the event (``AttributeError`` included: nothing is swallowed), unless the callback's
     ``error_policy`` is ``"warn"``: then it is reported once as a ``RuntimeWarning`` and the
-    callback is disabled. The other exception: while :attr:`defer_stop_requests` is set (the
-    trainer sets it during a multi-process ``train()``), a :class:`StopTrainingError` is kept
-    for :meth:`pop_stop_request` and the event's other callbacks still run, so that the
-    process can stop in step with the others.
+    callback is disabled. The other exception: while `defer_stop_requests` is set (the
+    trainer sets it during a multi-process ``train()``), a
+    [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] is kept for
+    [`pop_stop_request`][trainwright.callbacks.base.CallbackHandler.pop_stop_request] and the
+    event's other callbacks still run, so that the process can stop in step with the others.
 
     Args:
         callbacks: callback instances, or ``TrainerCallback`` subclasses to instantiate with
             no arguments.
         reorder_metric_readers: place a callback that reads a metric after the callback that
-            writes it, instead of raising :class:`CallbackOrderError`.
+            writes it, instead of raising
+            [`CallbackOrderError`][trainwright.callbacks.ordering.CallbackOrderError].
         profile: time every callback method and training step (see
-            :class:`~trainwright.callbacks.profiling.CallbackProfiler`, in :attr:`profiler`);
+            [`CallbackProfiler`][trainwright.callbacks.profiling.CallbackProfiler], in `profiler`);
             the table is printed at the end of every ``train()``.
 
     Raises:
         CallbackOrderError: if the ordering constraints form a cycle, or a callback reads a
             metric before the callback that writes it runs.
 
-    Example::
-
+    Example:
+        ```python
         handler = CallbackHandler([PrintProgressCallback, MyCallback(threshold=3)])
         handler.call_event("on_train_epoch_end", trainer)
+        ```
     """
 
     def __init__(
@@ -456,7 +468,7 @@ class CallbackHandler:
         self.reorder_metric_readers = reorder_metric_readers
         #: The profiler when ``profile=True``, else ``None``.
         self.profiler: CallbackProfiler | None = CallbackProfiler() if profile else None
-        #: Keep a callback's ``StopTrainingError`` for :meth:`pop_stop_request` instead of
+        #: Keep a callback's ``StopTrainingError`` for `pop_stop_request` instead of
         #: raising it.
         self.defer_stop_requests = False
         self._stop_request: StopTrainingError | None = None
@@ -467,9 +479,12 @@ class CallbackHandler:
     @property
     def callbacks(self) -> tuple[TrainerCallback, ...]:
         """The callbacks in execution order, as a tuple: iterate over it or index it, and
-        change the callbacks with :meth:`add_callback`, :meth:`remove_callback` and
-        :meth:`pop_callback` (a tuple cannot be changed in place, so a mistaken
-        ``callbacks.append(...)`` fails instead of being ignored)."""
+        change the callbacks with
+        [`add_callback`][trainwright.callbacks.base.CallbackHandler.add_callback],
+        [`remove_callback`][trainwright.callbacks.base.CallbackHandler.remove_callback] and
+        [`pop_callback`][trainwright.callbacks.base.CallbackHandler.pop_callback] (a tuple cannot be
+        changed in place, so a mistaken ``callbacks.append(...)`` fails instead of being
+        ignored)."""
         return tuple(self._ordered)
 
     def describe(self, print_plan: bool = True) -> str:
@@ -479,11 +494,12 @@ class CallbackHandler:
         Returns:
             The plan, one line per event that reaches a callback.
 
-        Example::
-
+        Example:
+            ```python
             trainer.callback_handler.describe()
             # callback order: MoveModulesToDeviceCallback, TerminateOnNaNCallback, ...
             # on_training_run_start: MoveModulesToDeviceCallback -> TerminateOnNaNCallback ...
+            ```
         """
         lines = ["callback order: " + (", ".join(map(_describe, self._ordered)) or "none")]
         if self._disabled:
@@ -509,9 +525,10 @@ class CallbackHandler:
         """Restarts every event filter's count from ``trainer``'s current position; the
         trainer calls it at the start of every ``train()`` (after a resume's restore).
 
-        Example::
-
+        Example:
+            ```python
             handler.reset_event_filters(trainer)  # an every-N filter counts from here
+            ```
         """
         for filtered_method in self._filtered_methods.values():
             filtered_method.reset(trainer)
@@ -548,7 +565,8 @@ class CallbackHandler:
 
     def remove_callback(self, callback: CallbackLike) -> None:
         """Removes a callback instance, or the first callback of the given class (in the
-        order the callbacks were given); :meth:`pop_callback` also returns it.
+        order the callbacks were given);
+        [`pop_callback`][trainwright.callbacks.base.CallbackHandler.pop_callback] also returns it.
 
         Raises:
             ValueError: if no such callback is present.
@@ -622,7 +640,7 @@ class CallbackHandler:
         self._rebuild()
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
-        """Every callback's :meth:`TrainerCallback.state_dict`, under a stable key: the class
+        """Every callback's `TrainerCallback.state_dict`, under a stable key: the class
         name, with ``#2``, ``#3``... for further instances of a class, in execution order."""
         return {key: callback.state_dict() for key, callback in self._keyed_callbacks()}
 
@@ -644,7 +662,7 @@ class CallbackHandler:
 
     def pop_stop_request(self) -> StopTrainingError | None:
         """The first ``StopTrainingError`` deferred since the last call (see
-        :attr:`defer_stop_requests`), or ``None``; it is forgotten once returned."""
+        `defer_stop_requests`), or ``None``; it is forgotten once returned."""
         request, self._stop_request = self._stop_request, None
         return request
 

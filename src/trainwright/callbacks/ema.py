@@ -27,23 +27,26 @@ class ModelEmaCallback(TrainerCallback):
     """Keeps an exponential moving average of the model's weights during training, and
     evaluates (and optionally saves) it after every epoch.
 
-    * At ``on_training_run_start`` it copies :meth:`Trainer.get_model` into a
-      :class:`~trainwright.ema.ModelEma` (:attr:`model_ema`; evaluate ``model_ema.module``).
+    * At ``on_training_run_start`` it copies
+      [`Trainer.get_model`][trainwright.trainer.Trainer.get_model] into a
+      [`ModelEma`][trainwright.ema.ModelEma] (`model_ema`; evaluate ``model_ema.module``).
     * After **every optimizer update** (``on_after_optimizer_step``) it folds the new weights
       into the average, so the average does not depend on the epoch length.
     * With ``evaluate=True``, at the end of every epoch (``on_training_run_epoch_end``, before
       callbacks of the default order, so they can watch the result) it evaluates the average
       over the trainer's evaluation data with
-      :meth:`Trainer.evaluate_model` and records ``ema_model_eval_loss_epoch``.
+      [`Trainer.evaluate_model`][trainwright.trainer.Trainer.evaluate_model] and records
+      ``ema_model_eval_loss_epoch``.
     * With ``save_path``, it writes the averaged weights there as a checkpoint that
-      :meth:`Trainer.load_checkpoint` reads: whenever ``ema_model_eval_loss_epoch`` improves
-      when evaluating, otherwise once when training ends.
+      [`Trainer.load_checkpoint`][trainwright.trainer.Trainer.load_checkpoint] reads: whenever
+      ``ema_model_eval_loss_epoch`` improves when evaluating, otherwise once when training ends.
 
     The average starts afresh at every ``train()``, unless a state was loaded with
-    :meth:`load_state_dict` (e.g. when resuming), which it then continues from.
+    [`load_state_dict`][trainwright.callbacks.ema.ModelEmaCallback.load_state_dict] (e.g. when
+    resuming), which it then continues from.
 
     Args:
-        decay: the EMA decay, see :class:`~trainwright.ema.ModelEma`.
+        decay: the EMA decay, see [`ModelEma`][trainwright.ema.ModelEma].
         use_warmup: ramp the decay up over the first updates.
         evaluate: evaluate the average after every epoch. ``train()`` then needs an
             ``eval_dataset``.
@@ -58,14 +61,15 @@ class ModelEmaCallback(TrainerCallback):
         ValueError: at the start of ``train()``, if ``evaluate=True`` and there is no
             evaluation data.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS,
             ModelEmaCallback(decay=0.999, save_path="ema_model.pt"),
         ])
         trainer.train(train_dataset, num_epochs=10, eval_dataset=eval_dataset)
         trainer.run_history.get_metric_values("ema_model_eval_loss_epoch")
+        ```
     """
 
     # Evaluate before the default-order callbacks at epoch end (early stopping, best-model
@@ -158,7 +162,7 @@ class ModelEmaCallback(TrainerCallback):
         return {"model_ema": ema_state, "monitor": self.monitor.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned. Loaded between runs (e.g. when
+        """Restores what `state_dict` returned. Loaded between runs (e.g. when
         resuming), the state is also kept and applied once the next run creates its average."""
         self._state_to_load = state
         if self.model_ema is not None:

@@ -24,9 +24,9 @@ class StepBasedEvaluationCallback(TrainerCallback):
     multiple of ``eval_every_n_updates`` (the 1st evaluation after update N, the k-th after
     update k * N of the ``train()`` call), so with gradient accumulation it never evaluates
     in the middle of an accumulation window. The evaluation uses
-    :meth:`Trainer.evaluate_model` (the trainer's ``calculate_eval_batch_loss``, no callback
-    events, so progress bars and epoch metrics are left alone), and the model is back in
-    train mode when training resumes.
+    [`Trainer.evaluate_model`][trainwright.trainer.Trainer.evaluate_model] (the trainer's
+    ``calculate_eval_batch_loss``, no callback events, so progress bars and epoch metrics are left
+    alone), and the model is back in train mode when training resumes.
 
     Args:
         eval_every_n_updates: evaluate after every this-many optimizer updates.
@@ -39,13 +39,14 @@ class StepBasedEvaluationCallback(TrainerCallback):
     Raises:
         ValueError: at the start of ``train()``, if there is no data to evaluate on.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS, StepBasedEvaluationCallback(eval_every_n_updates=500),
         ])
         trainer.train(train_dataset, num_epochs=1, eval_dataset=eval_dataset)
         trainer.run_history.get_metric_values("step_eval_loss")  # one value per 500 updates
+        ```
     """
 
     writes_metrics: tuple[str, ...] = ("step_eval_loss",)

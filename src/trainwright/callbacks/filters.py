@@ -2,14 +2,14 @@
 seconds, or once.
 
 A filter is declared on a method with a decorator (``@every(n_updates=10)``, ``@once``) or
-on an existing callback instance with :func:`filtered`. The
-:class:`~trainwright.callbacks.CallbackHandler` puts a small wrapper in its dispatch table
-for the filtered methods only, so callbacks without filters cost nothing extra; a filtered
+on an existing callback instance with [`filtered`][trainwright.callbacks.filters.filtered]. The
+[`CallbackHandler`][trainwright.callbacks.base.CallbackHandler] puts a small wrapper in its dispatch
+table for the filtered methods only, so callbacks without filters cost nothing extra; a filtered
 method that is not due costs one short check (a few attribute reads), its method is not
 called.
 
 The filters are evaluated when the event is dispatched, from
-:attr:`Trainer.progress <trainwright.trainer.Trainer.progress>`:
+`Trainer.progress`:
 
 - ``every(n_updates=N)``: due when ``progress.num_update_steps`` (optimizer updates so far,
   skipped ones included) is a positive multiple of ``N`` that the method has not yet run at.
@@ -48,16 +48,18 @@ Callback = TypeVar("Callback", bound="TrainerCallback")
 
 
 class EventFilter:
-    """When a filtered event method runs; create one with :func:`every` or use :data:`once`.
+    """When a filtered event method runs; create one with `every` or use `once`.
 
-    Use it as a decorator on an event method, or give it to :func:`filtered`.
+    Use it as a decorator on an event method, or give it to
+    [`filtered`][trainwright.callbacks.filters.filtered].
 
-    Example::
-
+    Example:
+        ```python
         class Report(TrainerCallback):
             @every(n_updates=100)
             def on_train_step_end(self, trainer, **kwargs):
                 trainer.print("updates:", trainer.progress.num_update_steps)
+        ```
     """
 
     def __init__(
@@ -106,12 +108,13 @@ def every(
     """A filter that runs an event method every ``n_updates`` optimizer updates, every
     ``n_epochs`` epochs, or every ``seconds`` seconds (give exactly one).
 
-    Example::
-
+    Example:
+        ```python
         class SaveSometimes(TrainerCallback):
             @every(n_epochs=5)
             def on_training_run_epoch_end(self, trainer, **kwargs):
                 trainer.save_checkpoint("latest.pt")
+        ```
     """
     return EventFilter(n_updates=n_updates, n_epochs=n_epochs, seconds=seconds)
 
@@ -125,10 +128,11 @@ def filtered(callback: Callback, **event_filters: EventFilter) -> Callback:
     """Filters events of an existing callback instance (the wrapper form of the decorators);
     returns the callback. Give it before the callback is handed to the trainer.
 
-    Example::
-
+    Example:
+        ```python
         progress = filtered(ProgressBarCallback(), on_train_step_end=every(n_updates=10))
         trainer = Trainer(model, loss_func, optimizer, callbacks=[progress])
+        ```
     """
     for event, event_filter in event_filters.items():
         if not callable(getattr(callback, event, None)):

@@ -2,23 +2,25 @@
 
 Which library does what:
 
-- :class:`ExperimentTrackerCallback` goes through Hugging Face Accelerate's tracking API
-  (:mod:`accelerate.tracking`): ``"tensorboard"`` writes TensorBoard event files (with
-  ``torch.utils.tensorboard``, which needs the ``tensorboard`` package), ``"mlflow"`` logs to
-  an MLflow tracking server or store (the ``mlflow`` package; it honours
-  ``MLFLOW_TRACKING_URI``), and so does every other tracker Accelerate knows (``"wandb"``,
+- [`ExperimentTrackerCallback`][trainwright.callbacks.loggers.ExperimentTrackerCallback] goes
+  through Hugging Face Accelerate's tracking API (`accelerate.tracking`): ``"tensorboard"`` writes
+  TensorBoard event files (with ``torch.utils.tensorboard``, which needs the ``tensorboard``
+  package), ``"mlflow"`` logs to an MLflow tracking server or store (the ``mlflow`` package; it
+  honours ``MLFLOW_TRACKING_URI``), and so does every other tracker Accelerate knows (``"wandb"``,
   ``"comet_ml"``, ``"aim"``, ``"clearml"``, ``"dvclive"``, ``"swanlab"``, ``"trackio"``) or
-  an :class:`accelerate.tracking.GeneralTracker` instance of your own.
-- :class:`CSVLoggerCallback` needs nothing beyond the standard library's :mod:`csv`.
+  an `accelerate.tracking.GeneralTracker` instance of your own.
+- [`CSVLoggerCallback`][trainwright.callbacks.loggers.CSVLoggerCallback] needs nothing beyond the
+  standard library's `csv`.
 
 ``pip install "trainwright[tensorboard]"`` or ``"trainwright[mlflow]"`` installs one tracker,
 ``"trainwright[loggers]"`` both, with matplotlib and rich.
 
-Both build on :class:`LoggerCallback`, which collects each epoch's newly recorded numeric
-metrics (as :class:`~trainwright.callbacks.PrintMetricsCallback` does) and keeps a logger
-failing mid-run from ending the run (``error_policy = "warn"``: reported once, naming the
-callback and the event, then disabled); ``strict=True`` raises instead. A tracker that
-cannot start fails the run before training, unless ``error_policy="warn"`` is chosen.
+Both build on [`LoggerCallback`][trainwright.callbacks.loggers.LoggerCallback], which collects each
+epoch's newly recorded numeric metrics (as
+[`PrintMetricsCallback`][trainwright.callbacks.progress.PrintMetricsCallback] does) and keeps a
+logger failing mid-run from ending the run (``error_policy = "warn"``: reported once, naming the
+callback and the event, then disabled); ``strict=True`` raises instead. A tracker that cannot start
+fails the run before training, unless ``error_policy="warn"`` is chosen.
 """
 
 from __future__ import annotations
@@ -58,14 +60,16 @@ class LoggerCallback(PrintMetricsCallback):
     so that a failing destination never ends the run.
 
     Metrics: the numeric metrics recorded during each epoch reach
-    :meth:`log_epoch_metrics` once the epoch is over (at ``on_training_run_epoch_end``, after
-    every callback that declares it writes metrics; or when a stop is reported), and those
-    of :meth:`~trainwright.trainer.Trainer.evaluate` reach :meth:`log_evaluation_metrics`.
-    Loggers write on the main process only (:attr:`is_writer`).
+    [`log_epoch_metrics`][trainwright.callbacks.loggers.LoggerCallback.log_epoch_metrics] once the
+    epoch is over (at ``on_training_run_epoch_end``, after every callback that declares it writes
+    metrics; or when a stop is reported), and those of
+    [`evaluate`][trainwright.trainer.Trainer.evaluate] reach
+    [`log_evaluation_metrics`][trainwright.callbacks.loggers.LoggerCallback.log_evaluation_metrics].
+    Loggers write on the main process only (`is_writer`).
 
     Failure isolation: loggers have ``error_policy = "warn"`` (see
-    :class:`~trainwright.callbacks.TrainerCallback`): an exception raised by the logger or
-    its destination is reported once, as a ``RuntimeWarning`` naming the callback and the
+    [`TrainerCallback`][trainwright.callbacks.base.TrainerCallback]): an exception raised by the
+    logger or its destination is reported once, as a ``RuntimeWarning`` naming the callback and the
     event, and the logger is disabled from then on while training carries on. Give each
     destination its own logger callback to isolate them from one another. ``strict=True``
     (or ``error_policy="raise"``) makes the error propagate (with a note naming the callback
@@ -73,9 +77,10 @@ class LoggerCallback(PrintMetricsCallback):
     released when the process ends, not by the logger.
 
     A destination that cannot even start (checked when the run starts, e.g. by
-    :class:`ExperimentTrackerCallback`) would leave the run with nothing logged: that is a
-    `CallbackSetupError`, raised before training, unless you chose ``error_policy="warn"``
-    (then it is reported like any other failure, and training goes on without the logger).
+    [`ExperimentTrackerCallback`][trainwright.callbacks.loggers.ExperimentTrackerCallback]) would
+    leave the run with nothing logged: that is a `CallbackSetupError`, raised before training,
+    unless you chose ``error_policy="warn"`` (then it is reported like any other failure, and
+    training goes on without the logger).
 
     Args:
         strict: let a destination's errors propagate instead of disabling the logger (the
@@ -84,12 +89,13 @@ class LoggerCallback(PrintMetricsCallback):
             cannot start fails the run), ``"warn"`` (every failure warns, the start's too)
             or ``"raise"``.
 
-    Example::
-
+    Example:
+        ```python
         class PrintToFile(LoggerCallback):
             def log_epoch_metrics(self, trainer, metrics, epoch):
                 with open("metrics.txt", "a") as file:
                     file.write(f"{epoch}: {metrics}\\n")
+        ```
     """
 
     error_policy = "warn"
@@ -114,8 +120,9 @@ class LoggerCallback(PrintMetricsCallback):
         self.is_writer = trainer.accelerator.is_main_process
 
     def log_metrics(self, trainer: Trainer, metrics: dict[str, Any], label: str) -> None:
-        """Routes the metrics collected by :class:`PrintMetricsCallback` to
-        :meth:`log_epoch_metrics` or :meth:`log_evaluation_metrics` (nothing is printed)."""
+        """Routes the metrics collected by `PrintMetricsCallback` to
+        [`log_epoch_metrics`][trainwright.callbacks.loggers.LoggerCallback.log_epoch_metrics] or
+        `log_evaluation_metrics` (nothing is printed)."""
         if not self.is_writer:
             return
         values = {name: float(value) for name, value in metrics.items()}
@@ -128,7 +135,7 @@ class LoggerCallback(PrintMetricsCallback):
         """Sends the numeric metrics recorded during ``epoch`` (counted from 1). Override it."""
 
     def log_evaluation_metrics(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Sends the metrics of an :meth:`~trainwright.trainer.Trainer.evaluate` run (by
+        """Sends the metrics of an [`evaluate`][trainwright.trainer.Trainer.evaluate] run (by
         default, nothing)."""
 
 
@@ -137,10 +144,11 @@ def tracker_safe_config(config: Mapping[str, Any], prefix: str = "") -> dict[str
     to ``"outer.inner"`` keys, booleans, numbers and strings are kept, and anything else
     (``None``, lists, objects) becomes its ``str()``.
 
-    Example::
-
+    Example:
+        ```python
         tracker_safe_config({"lr": 0.1, "dl": {"batch_size": 8}, "clip": None})
         # {"lr": 0.1, "dl.batch_size": 8, "clip": "None"}
+        ```
     """
     safe: dict[str, Any] = {}
     for key, value in config.items():
@@ -157,8 +165,8 @@ def tracker_safe_config(config: Mapping[str, Any], prefix: str = "") -> dict[str
 class _PendingStepValues:
     """Values to log at optimizer-update steps, read on the host without waiting.
 
-    Tensors go through a :class:`DeviceValueReader`; a step is released, in order, once all
-    its tensors have reached the host.
+    Tensors go through a [`DeviceValueReader`][trainwright.device_values.DeviceValueReader]; a step
+    is released, in order, once all its tensors have reached the host.
     """
 
     def __init__(self) -> None:
@@ -204,19 +212,20 @@ class ExperimentTrackerCallback(LoggerCallback):
     What is logged:
 
     - at the start of ``train()``: ``dict(trainer.run_config)`` as hyperparameters, made
-      tracker-safe by :func:`tracker_safe_config`, plus ``extra_config``;
+      tracker-safe by [`tracker_safe_config`][trainwright.callbacks.loggers.tracker_safe_config],
+      plus ``extra_config``;
     - every ``log_every_n_updates`` optimizer updates: ``train_loss_step`` (the loss of the
       batch that completed the update; with several processes, the main process's) and the
       learning rate (``learning_rate_step``, or ``learning_rate_group_<i>_step`` per
       parameter group), at step = optimizer updates so far (the ``_step`` suffix keeps them
       apart from per-epoch metrics of the same name). The loss is copied to the host without
-      waiting (:class:`~trainwright.device_values.DeviceValueReader`) and logged once it has
-      landed, so no step waits for the device (no logging step either); what is still in
+      waiting ([`DeviceValueReader`][trainwright.device_values.DeviceValueReader]) and logged once
+      it has landed, so no step waits for the device (no logging step either); what is still in
       flight is logged at the epoch's end;
     - at the end of every epoch: each numeric metric recorded in the run history during the
       epoch (``train_loss_epoch``, ``eval_loss_epoch``, your callbacks' metrics), at step =
       the epoch number (from 1), or the number of updates with ``epoch_step="update"``;
-    - the metrics of :meth:`~trainwright.trainer.Trainer.evaluate`, at step = epochs
+    - the metrics of [`evaluate`][trainwright.trainer.Trainer.evaluate], at step = epochs
       completed (or updates): into the run of the training when ``evaluate()`` is called
       during or after a ``train()`` (see ``evaluation_run``).
 
@@ -225,7 +234,7 @@ class ExperimentTrackerCallback(LoggerCallback):
     ``logging_dir``; TensorBoard writes to ``<logging_dir>/<project_name>``), started when
     ``train()`` starts and finished when it ends, so the trainer's Accelerator (already
     built by then) needs no ``log_with``. Instances of
-    :class:`accelerate.tracking.GeneralTracker` are used as given (started and finished the
+    `accelerate.tracking.GeneralTracker` are used as given (started and finished the
     same way). With ``trackers=None``, the trackers configured on the trainer's Accelerator
     are used (``Trainer(..., accelerator_kwargs={"log_with": "tensorboard",
     "project_dir": "runs"})``): ``accelerator.init_trackers`` is called if you have not
@@ -233,18 +242,22 @@ class ExperimentTrackerCallback(LoggerCallback):
     when the run ends, so that the next ``train()`` starts fresh ones), and the callback
     never calls ``accelerator.end_training()``, which would also tear down the process
     group: it finishes only trackers it started, and leaves trackers you initialised alone.
-    The trackers in use are :attr:`trackers`; :meth:`get_tracker` returns one by name. Each
-    ``train()`` is a new tracker run (a new MLflow run; to continue one after a resume, pass
-    ``tracker_init_kwargs={"mlflow": {"run_id": ...}}``), finished when ``train()`` ends.
+    The trackers in use are `trackers`;
+    [`get_tracker`][trainwright.callbacks.loggers.ExperimentTrackerCallback.get_tracker] returns one
+    by name. Each ``train()`` is a new tracker run (a new MLflow run; to continue one after a
+    resume, pass ``tracker_init_kwargs={"mlflow": {"run_id": ...}}``), finished when ``train()``
+    ends.
 
     ``evaluate()`` after a ``train()`` logs into the run of that training: with
     ``evaluation_run="training"`` (the default), the trackers are reopened on it for the
-    evaluation (:meth:`reopen_tracker`: the same MLflow run, the same TensorBoard run
-    directory, with no second set of hyperparameters) and finished again afterwards. A
-    tracker that cannot be reopened (other than TensorBoard and MLflow, unless you override
-    :meth:`reopen_tracker`) is started anew, with a warning. ``evaluation_run="new"`` gives
-    every ``evaluate()`` outside ``train()`` a run of its own, as does an ``evaluate()``
-    before any ``train()``.
+    evaluation
+    ([`reopen_tracker`][trainwright.callbacks.loggers.ExperimentTrackerCallback.reopen_tracker]: the
+    same MLflow run, the same TensorBoard run directory, with no second set of hyperparameters) and
+    finished again afterwards. A tracker that cannot be reopened (other than TensorBoard and MLflow,
+    unless you override
+    [`reopen_tracker`][trainwright.callbacks.loggers.ExperimentTrackerCallback.reopen_tracker]) is
+    started anew, with a warning. ``evaluation_run="new"`` gives every ``evaluate()`` outside
+    ``train()`` a run of its own, as does an ``evaluate()`` before any ``train()``.
 
     Trackers run on the main process only. A tracker that cannot start (an unreachable
     server, MLflow refusing a file store, a ``trackers=None`` callback whose Accelerator has
@@ -252,9 +265,10 @@ class ExperimentTrackerCallback(LoggerCallback):
     `~trainwright.callbacks.CallbackSetupError`, on every process, since nothing would be
     logged; with ``error_policy="warn"`` it is reported once as a warning instead and
     training goes on without the callback. A tracker that raises later is reported once as a
-    warning and the callback is disabled; training continues (see :class:`LoggerCallback`;
-    use one callback per tracker to keep the others going). Trackers started by the
-    callback are finished also when an exception ends the run (``on_exception``).
+    warning and the callback is disabled; training continues (see
+    [`LoggerCallback`][trainwright.callbacks.loggers.LoggerCallback]; use one callback per tracker
+    to keep the others going). Trackers started by the callback are finished also when an exception
+    ends the run (``on_exception``).
 
     Args:
         trackers: tracker names (``"tensorboard"``, ``"mlflow"``, ...) and/or
@@ -271,10 +285,11 @@ class ExperimentTrackerCallback(LoggerCallback):
             run of the last ``train()``, reopened) or ``"new"`` (a run of its own).
         strict: raise a tracker's errors instead of reporting and disabling it.
         error_policy: ``"warn"`` to train on, with a warning, even when a tracker cannot
-            start; ``"raise"`` is ``strict=True`` (see :class:`LoggerCallback`).
+            start; ``"raise"`` is ``strict=True`` (see
+            [`LoggerCallback`][trainwright.callbacks.loggers.LoggerCallback]).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS,
             ExperimentTrackerCallback(["tensorboard"], project_name="digits",
@@ -282,6 +297,7 @@ class ExperimentTrackerCallback(LoggerCallback):
         ])
         trainer.train(train_dataset, num_epochs=5, eval_dataset=eval_dataset)
         # tensorboard --logdir runs
+        ```
     """
 
     def __init__(
@@ -569,19 +585,20 @@ class CSVLoggerCallback(LoggerCallback):
     the new column; otherwise each epoch appends a row. The file is replaced atomically
     (written beside it, then renamed) whenever it is rewritten. A new ``train()`` with a
     fresh run history starts a new file; the rows are kept in the callback's
-    :meth:`state_dict`, so a resumed run continues the same file. Evaluation runs
-    (:meth:`~trainwright.trainer.Trainer.evaluate`) are not written.
+    `state_dict`, so a resumed run continues the same file. Evaluation runs
+    ([`evaluate`][trainwright.trainer.Trainer.evaluate]) are not written.
 
     Args:
         path: the CSV file to write (its directory is created).
         strict: raise write errors instead of reporting them once and stopping writes.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer,
                           callbacks=[*DEFAULT_CALLBACKS, CSVLoggerCallback("metrics.csv")])
         trainer.train(train_dataset, num_epochs=3, eval_dataset=eval_dataset)
         # metrics.csv: epoch,eval_loss_epoch,train_loss_epoch / 1,0.98,1.05 / ...
+        ```
     """
 
     def __init__(self, path: str | os.PathLike, *, strict: bool = False) -> None:

@@ -31,11 +31,12 @@ class MetricMonitor:
         min_delta: how much better than the best a value must be to count as an
             improvement (an absolute amount, in the metric's units).
 
-    Example::
-
+    Example:
+        ```python
         monitor = MetricMonitor("eval_loss_epoch", greater_is_better=False, min_delta=0.01)
         monitor.update(0.50, epoch=1)  # True: the first value is always an improvement
         monitor.update(0.495, epoch=2)  # False: better by less than 0.01
+        ```
     """
 
     def __init__(self, watch_metric: str, greater_is_better: bool, min_delta: float = 0.0) -> None:
@@ -72,7 +73,7 @@ class MetricMonitor:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned."""
+        """Restores what `state_dict` returned."""
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
 
 
@@ -211,5 +212,5 @@ class MonitorCallback(TrainerCallback):
         return {"monitor": self.monitor.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned."""
+        """Restores what `state_dict` returned."""
         self.monitor.load_state_dict(state["monitor"])

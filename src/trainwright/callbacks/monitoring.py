@@ -1,8 +1,8 @@
 """Callbacks that watch the run itself: learning rates, speed, model size, GPU memory.
 
-Which library does what: timings use :func:`time.perf_counter` (standard library), learning
+Which library does what: timings use `time.perf_counter` (standard library), learning
 rates are read from the optimizer's ``param_groups``, parameter counts from
-:meth:`torch.nn.Module.parameters`, and memory statistics from :mod:`torch.cuda`. None adds a
+`torch.nn.Module.parameters`, and memory statistics from `torch.cuda`. None adds a
 host-device sync on the per-step path: they count on the host and record their metrics at
 epoch boundaries, where the trainer reads the epoch's loss from the device anyway.
 """
@@ -40,9 +40,10 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float | torch.
     group, ``{"learning_rate_group_0": ..., "learning_rate_group_1": ...}`` for several.
     Values are as the optimizer holds them (usually floats; a tensor for a tensor ``lr``).
 
-    Example::
-
+    Example:
+        ```python
         learning_rates(torch.optim.SGD(model.parameters(), lr=0.1))  # {"learning_rate": 0.1}
+        ```
     """
     groups = optimizer.param_groups
     if len(groups) == 1:
@@ -57,21 +58,23 @@ class LearningRateMonitorCallback(TrainerCallback):
     recorded in the run history at the epoch's end as ``learning_rate`` (one parameter
     group) or ``learning_rate_group_<i>``; it therefore appears with the epoch's other
     metrics in printers, trackers and CSV files. With ``log_every_n_updates``, the learning
-    rates after every that-many optimizer updates are also kept in :attr:`update_history`
+    rates after every that-many optimizer updates are also kept in `update_history`
     as ``(updates so far, {name: lr})`` (for per-update curves in trackers, see
-    :class:`~trainwright.callbacks.ExperimentTrackerCallback`, which logs them itself).
+    [`ExperimentTrackerCallback`][trainwright.callbacks.loggers.ExperimentTrackerCallback], which
+    logs them itself).
 
     Args:
         log_every_n_updates: also keep the rates every this many updates; ``None``: per
             epoch only.
 
-    Example::
-
+    Example:
+        ```python
         monitor = LearningRateMonitorCallback(log_every_n_updates=10)
         trainer = Trainer(model, loss_func, optimizer, callbacks=[monitor])
         trainer.train(dataset, num_epochs=3,
                       create_scheduler_fn=partial(StepLR, step_size=1, gamma=0.5))
         trainer.run_history.get_metric_values("learning_rate")  # [0.1, 0.05, 0.025]
+        ```
     """
 
     writes_metrics = ("learning_rate",)
@@ -121,16 +124,17 @@ class TimingCallback(TrainerCallback):
       epoch's pace (evaluation included); for training data without a length and no
       ``max_num_train_steps``, the epochs still to do at the epoch's pace.
 
-    Time is measured with :func:`time.perf_counter` between events. Nothing waits for the
+    Time is measured with `time.perf_counter` between events. Nothing waits for the
     device on the per-step path: steps only add the batch size (a Python int) to a count.
     The epoch's end is measured after the trainer has read the epoch's loss from the
     device, so queued GPU work is included in the times.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[TimingCallback()])
         trainer.train(dataset, num_epochs=2)
         trainer.run_history.get_latest_metric("samples_per_s")
+        ```
     """
 
     writes_metrics = (
@@ -313,12 +317,13 @@ class CudaMemoryCallback(TrainerCallback):
     ``cuda_max_memory_allocated_mib`` and ``cuda_max_memory_reserved_mib`` (this process's
     device). On any other device it records nothing and costs nothing.
 
-    The peak counters are reset at each epoch start (:func:`torch.cuda.reset_peak_memory_stats`)
+    The peak counters are reset at each epoch start (`torch.cuda.reset_peak_memory_stats`)
     and read at its end; neither waits for the device.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[CudaMemoryCallback()])
+        ```
     """
 
     writes_metrics = ("cuda_max_memory_allocated_mib", "cuda_max_memory_reserved_mib")

@@ -1,7 +1,8 @@
 """Resolving the order callbacks run in, from ``order``, ``run_after`` / ``run_before`` and
 the metrics they declare to write and read.
 
-The rules (applied by :class:`~trainwright.callbacks.CallbackHandler` whenever its callbacks
+The rules (applied by [`CallbackHandler`][trainwright.callbacks.base.CallbackHandler] whenever its
+callbacks
 change):
 
 1. The *preferred* order is by ``order`` (lower first), then the order the callbacks were
@@ -10,9 +11,9 @@ change):
    of its subclasses) or by class name (of the callback's class or any base class). Names that
    match no callback are ignored, so a callback may say "after early stopping, if present".
    They are hard constraints: they win over ``order``.
-3. A callback whose ``reads_metrics`` holds :data:`ALL_METRICS` (``"*"``, e.g.
-   :class:`~trainwright.callbacks.PrintMetricsCallback`) runs after every callback that
-   declares ``writes_metrics`` (unless that callback also reads every metric).
+3. A callback whose ``reads_metrics`` holds `ALL_METRICS` (``"*"``, e.g.
+   [`PrintMetricsCallback`][trainwright.callbacks.progress.PrintMetricsCallback]) runs after every
+   callback that declares ``writes_metrics`` (unless that callback also reads every metric).
 4. A callback that reads a named metric written by another callback must run after it. When
    the resolved order places it before, the handler raises an error naming both, or, with
    ``reorder_metric_readers=True``, moves the reader after the writer.
@@ -43,12 +44,13 @@ class CallbackOrderError(ValueError):
     """The callbacks' ordering constraints contradict each other, or a callback reads a
     metric before the callback that writes it has run.
 
-    Example::
-
+    Example:
+        ```python
         try:
             trainer = Trainer(model, loss_func, optimizer, callbacks=[printer, metrics])
         except CallbackOrderError as error:
             print(error)  # names the reader, the writer and the fixes
+        ```
     """
 
 
@@ -83,8 +85,8 @@ def resolve_callback_order(
         CallbackOrderError: on a cycle of constraints, or a metric read before it is written
             (unless ``reorder_metric_readers``).
 
-    Example::
-
+    Example:
+        ```python
         class Accuracy(TrainerCallback):
             writes_metrics = ("accuracy",)
 
@@ -94,6 +96,7 @@ def resolve_callback_order(
 
         [type(c).__name__ for c in resolve_callback_order([Report(), Accuracy()])]
         # ['Accuracy', 'Report']
+        ```
     """
     count = len(callbacks)
     preferred = sorted(range(count), key=lambda index: (callbacks[index].order, index))

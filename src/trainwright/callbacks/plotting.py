@@ -1,5 +1,6 @@
 """A callback that saves a plot of the run history (drawn with matplotlib, an optional
-dependency imported only when the plot is drawn; see :mod:`trainwright.plotting`)."""
+dependency imported only when the plot is drawn; see
+[`trainwright.plotting`][trainwright.plotting])."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ __all__ = ["SavePlotCallback"]
 
 
 class SavePlotCallback(TrainerCallback):
-    """Saves :func:`~trainwright.plotting.plot_run_history` of the run to ``path`` when the
+    """Saves `plot_run_history` of the run to ``path`` when the
     training run ends (also after an early stop), on the main process.
 
     matplotlib is checked for when training starts, so a missing installation is an error
@@ -30,10 +31,11 @@ class SavePlotCallback(TrainerCallback):
         metric_names: the metrics to draw; default every numeric one.
         every_epoch: also redraw the file after every epoch (to watch a long run).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer,
                           callbacks=[*DEFAULT_CALLBACKS, SavePlotCallback("history.png")])
+        ```
     """
 
     order = 20  # after the callbacks that record metrics at the same events

@@ -2,9 +2,9 @@
 
 Turned on with ``Trainer(..., profile_callbacks=True)`` (or
 ``CallbackHandler(callbacks, profile=True)``). The handler then times every callback method
-it dispatches and every training step, and the trainer prints :meth:`CallbackProfiler.report`
-at the end of each ``train()``. Off (the default), nothing is timed and nothing is added to
-the dispatch table.
+it dispatches and every training step, and the trainer prints
+[`CallbackProfiler.report`][trainwright.callbacks.profiling.CallbackProfiler.report] at the end of
+each ``train()``. Off (the default), nothing is timed and nothing is added to the dispatch table.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ class CallbackProfiler:
     ``on_train_step_end``; its time outside callbacks is the loop's own: the trainer's
     bookkeeping plus the hooks it calls (forward, backward, optimizer step).
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, profile_callbacks=True)
         trainer.train(dataset, num_epochs=1)  # prints the table at the end
         print(trainer.callback_handler.profiler.report())
+        ```
     """
 
     def __init__(self) -> None:
@@ -80,7 +81,7 @@ class CallbackProfiler:
         self._step_started_at = None
 
     def print_report(self, trainer: Trainer, **kwargs: Any) -> None:
-        """Dispatched last at ``on_training_run_end``: prints :meth:`report`."""
+        """Dispatched last at ``on_training_run_end``: prints `report`."""
         trainer.print(self.report())
 
     def report(self) -> str:

@@ -1,8 +1,10 @@
 """Callbacks that show the run's progress and print its metrics.
 
-Which library does what: :class:`ProgressBarCallback` draws with tqdm (a dependency),
-:class:`RichProgressBarCallback` with rich (optional, imported when the callback is built);
-the printing callbacks use :meth:`Trainer.print <trainwright.trainer.Trainer.print>`.
+Which library does what: [`ProgressBarCallback`][trainwright.callbacks.progress.ProgressBarCallback]
+draws with tqdm (a dependency),
+[`RichProgressBarCallback`][trainwright.callbacks.progress.RichProgressBarCallback] with rich
+(optional, imported when the callback is built); the printing callbacks use
+[`Trainer.print`][trainwright.trainer.Trainer.print].
 """
 
 from __future__ import annotations
@@ -189,23 +191,24 @@ class ProgressBarCallback(TrainerCallback):
 
 
 class RichProgressBarCallback(ProgressBarCallback):
-    """A :class:`ProgressBarCallback` drawn with `rich <https://rich.readthedocs.io>`_
+    """A `ProgressBarCallback` drawn with `rich <https://rich.readthedocs.io>`_
     (optional: ``pip install rich``): a bar with the batch count, elapsed and remaining time,
     and the latest loss, read without host syncs as for the tqdm bar. A dataloader without a
     length shows a running count.
 
     Args:
         loss_every_n_steps: show the loss of every this-many-th batch; ``None`` hides it.
-        **progress_kwargs: passed to :class:`rich.progress.Progress`, e.g.
+        **progress_kwargs: passed to `rich.progress.Progress`, e.g.
             ``refresh_per_second=2`` or ``console=rich.console.Console(stderr=True)``.
 
     Raises:
         ImportError: if rich is not installed.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer,
                           callbacks=[PrintProgressCallback, RichProgressBarCallback()])
+        ```
     """
 
     def __init__(self, loss_every_n_steps: int | None = 10, **progress_kwargs: Any) -> None:
@@ -219,7 +222,7 @@ class RichProgressBarCallback(ProgressBarCallback):
         super().__init__(loss_every_n_steps)
         self._rich_progress = rich.progress
         self.progress_kwargs = {"transient": True, **progress_kwargs}
-        #: The open :class:`rich.progress.Progress` (``None`` between epochs).
+        #: The open `rich.progress.Progress` (``None`` between epochs).
         self.progress: Any = None
         self._task: Any = None
 
@@ -262,13 +265,14 @@ class PrintMetricsCallback(TrainerCallback):
     it is over: ``epoch 3: train_loss_epoch: 0.215 | eval_loss_epoch: 0.2514 | ...``, each
     value to 4 significant digits (`format_metric_value`: ``learning_rate: 1e-06``,
     ``samples_per_s: 19470``), and
-    ``evaluation: evaluation_loss: ...`` for :meth:`~trainwright.trainer.Trainer.evaluate`.
+    ``evaluation: evaluation_loss: ...`` for [`evaluate`][trainwright.trainer.Trainer.evaluate].
 
     It prints at ``on_training_run_epoch_end``, after every ``on_eval_epoch_end``, so
     metrics that other callbacks record at epoch end are printed whatever the callback
     order; if a callback stops the run during that event (early stopping), the epoch's
-    metrics are printed when the stop is reported. Override :meth:`log_metrics` to send
-    them somewhere else.
+    metrics are printed when the stop is reported. Override
+    [`log_metrics`][trainwright.callbacks.progress.PrintMetricsCallback.log_metrics] to send them
+    somewhere else.
 
     It reads every metric (``reads_metrics = (ALL_METRICS,)``), so it also runs after every
     callback that declares ``writes_metrics`` at ``on_training_run_epoch_end`` itself,
@@ -319,12 +323,13 @@ class PrintMetricsCallback(TrainerCallback):
         """Prints ``metrics`` on one line after ``label`` (``"epoch 3"`` or
         ``"evaluation"``). Override to log them elsewhere.
 
-        Example::
-
+        Example:
+            ```python
             class LogToFile(PrintMetricsCallback):
                 def log_metrics(self, trainer, metrics, label):
                     with open("metrics.txt", "a") as file:
                         file.write(f"{label}: {metrics}\\n")
+            ```
         """
         formatted = " | ".join(
             f"{name}: {format_metric_value(value)}" for name, value in metrics.items()
@@ -332,7 +337,7 @@ class PrintMetricsCallback(TrainerCallback):
         trainer.print(f"{label}: {formatted}")
 
 
-#: The name pytorch-accelerated uses for :class:`PrintMetricsCallback`.
+#: The name pytorch-accelerated uses for `PrintMetricsCallback`.
 LogMetricsCallback = PrintMetricsCallback
 
 

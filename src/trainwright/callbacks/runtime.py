@@ -47,7 +47,7 @@ class MoveModulesToDeviceCallback(TrainerCallback):
 
 
 class ConvertSyncBatchNormCallback(TrainerCallback):
-    """Replaces the model's BatchNorm layers with :class:`torch.nn.SyncBatchNorm`, so that in a
+    """Replaces the model's BatchNorm layers with `torch.nn.SyncBatchNorm`, so that in a
     multi-process run the batch statistics are computed over the whole global batch instead
     of each process's share.
 
@@ -69,11 +69,12 @@ class ConvertSyncBatchNormCallback(TrainerCallback):
         process_group: the group to synchronise over; ``None`` for all processes.
         convert_on_one_process: convert even when the run has a single process.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             ConvertSyncBatchNormCallback(), *DEFAULT_CALLBACKS,
         ])
+        ```
     """
 
     order = -20
@@ -111,7 +112,7 @@ class BatchLimitsCallback(TrainerCallback):
 
     The trainer reads the limits when ``train()`` (or ``evaluate()``) starts, exactly like its
     ``max_num_train_batches_per_epoch`` and ``max_num_eval_batches`` arguments (the smallest
-    limit given anywhere wins), so :class:`~trainwright.run_config.RunConfig` and the
+    limit given anywhere wins), so [`RunConfig`][trainwright.run_config.RunConfig] and the
     scheduler placeholders reflect them and a schedule still ends on the run's last update.
     ``run_config`` states every limit that cuts the data short
     (``max_num_train_batches_per_epoch``, ``max_num_eval_batches``,
@@ -154,7 +155,8 @@ class BatchLimitsCallback(TrainerCallback):
 
 class LimitBatchesCallback(BatchLimitsCallback):
     """Uses only the first ``num_batches`` batches of every training epoch and evaluation
-    (pytorch-accelerated's name and signature; see :class:`BatchLimitsCallback`).
+    (pytorch-accelerated's name and signature; see
+    [`BatchLimitsCallback`][trainwright.callbacks.runtime.BatchLimitsCallback]).
 
     Example:
         ```python
@@ -174,7 +176,8 @@ class LimitEvalStepsCallback(BatchLimitsCallback):
     end of every epoch and ``evaluate()`` use all their data. With
     ``limit_intermediate_only=False``, every evaluation is limited. Training is never
     limited. ``run_config.max_num_intermediate_eval_batches`` (and
-    ``max_num_eval_batches``) state the limits; see :class:`BatchLimitsCallback`.
+    ``max_num_eval_batches``) state the limits; see
+    [`BatchLimitsCallback`][trainwright.callbacks.runtime.BatchLimitsCallback].
 
     ``num_eval_steps`` counts batches of each process's dataloader (pytorch-accelerated
     divides it among the processes).

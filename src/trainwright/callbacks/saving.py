@@ -56,12 +56,13 @@ class SaveBestModelCallback(MonitorCallback):
             save_scheduler: include the scheduler state, when there is a scheduler.
             load_saved_checkpoint: reload the best checkpoint's weights when training ends.
 
-        Example::
-
+        Example:
+            ```python
             trainer = Trainer(model, loss_func, optimizer, callbacks=[
                 *DEFAULT_CALLBACKS,
                 SaveBestModelCallback("best_accuracy.pt", "accuracy", greater_is_better=True),
             ])
+            ```
         """
         check_path("save_path", save_path)
         check_bool("save_optimizer", save_optimizer)
@@ -234,16 +235,16 @@ class SaveTrainingStateCallback(TrainerCallback):
 class WSDCheckpointCallback(TrainerCallback):
     """Saves the checkpoints a warmup-stable-decay schedule is made for.
 
-    With a :class:`~trainwright.schedulers.WSDLrScheduler` of several checkpoints, each
+    With a [`WSDLrScheduler`][trainwright.schedulers.WSDLrScheduler] of several checkpoints, each
     checkpoint ``C`` ends a short decay that starts from the stable phase. This callback
     saves, in ``save_dir``:
 
     - ``pre-decay-<updates>``: a full training state (see
-      :meth:`~trainwright.trainer.Trainer.save_training_state`) just before each decay
-      starts, i.e. once the updates done reach a decay window's start. Resuming from it
+      [`save_training_state`][trainwright.trainer.Trainer.save_training_state]) just before each
+      decay starts, i.e. once the updates done reach a decay window's start. Resuming from it
       with a longer schedule continues the stable phase, so a run can be extended without
       retraining;
-    - ``post-decay-<updates>.pt``: a model export (:meth:`~trainwright.trainer.Trainer.
+    - ``post-decay-<updates>.pt``: a model export (`
       save_checkpoint`) once each decay ends, at the checkpoint, with the weights trained at
       the decayed learning rate.
 
@@ -260,12 +261,13 @@ class WSDCheckpointCallback(TrainerCallback):
             it (WSD-S). To continue from a pre-decay training state (a directory), pass it
             to ``train(..., resume_from=...)`` instead, which restores the exact position.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(model, loss_func, optimizer, callbacks=[
             *DEFAULT_CALLBACKS, WSDCheckpointCallback("wsd-checkpoints")])
         trainer.train(dataset, num_epochs=30,
                       create_scheduler_fn=WSDLrScheduler.create_scheduler_fn(num_checkpoints=3))
+        ```
     """
 
     order = 50

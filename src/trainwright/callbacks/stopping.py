@@ -22,7 +22,8 @@ class EarlyStoppingCallback(MonitorCallback):
 
     After every epoch, the watched metric counts as improved if it beats the best value so
     far by more than ``early_stopping_threshold``; after ``early_stopping_patience`` epochs
-    in a row without improvement, a :class:`StopTrainingError` ends the run.
+    in a row without improvement, a
+    [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] ends the run.
 
     The stop message names the value the threshold was measured from and, when a later
     epoch beat it by less than the threshold, that best value too: the one a
@@ -51,10 +52,11 @@ class EarlyStoppingCallback(MonitorCallback):
             greater_is_better: whether higher values of the metric are better.
             reset_on_train: start afresh (best value and counter) at every ``train()``.
 
-        Example::
-
+        Example:
+            ```python
             trainer = Trainer(model, loss_func, optimizer, callbacks=[
                 *DEFAULT_CALLBACKS, EarlyStoppingCallback(early_stopping_patience=3)])
+            ```
         """
         check_positive_int("early_stopping_patience", early_stopping_patience)
         check_number("early_stopping_threshold", early_stopping_threshold, minimum=0)
@@ -120,10 +122,11 @@ class TerminateOnNaNCallback(TrainerCallback):
     """Stops training as soon as a training loss is NaN or infinite.
 
     The check adds no host-device sync: each step's loss is copied to the host without
-    waiting (see :class:`~trainwright.device_values.DeviceValueReader`) and inspected once
-    the copy has landed, which on the CPU is immediately and on a GPU a step or so later.
-    The run then ends through :class:`StopTrainingError` with a message naming the epoch and
-    step of the first bad loss; every loss of the epoch is checked by its end.
+    waiting (see [`DeviceValueReader`][trainwright.device_values.DeviceValueReader]) and inspected
+    once the copy has landed, which on the CPU is immediately and on a GPU a step or so later.
+    The run then ends through [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError]
+    with a message naming the epoch and step of the first bad loss; every loss of the epoch is
+    checked by its end.
     """
 
     def __init__(self) -> None:
