@@ -84,7 +84,9 @@ class BatchedTensorDataset(TensorDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The batch at ``indices``: one stacked tensor per dataset tensor, as a list."""
-        index = torch.as_tensor(indices, dtype=torch.long)
+        # A list index, turned into an index tensor inside torch, once per dataset tensor: a
+        # Python-level index tensor per batch was seen to keep memory alive across epochs.
+        index = list(indices)
         return [tensor[index].contiguous() for tensor in self.tensors]
 
 
