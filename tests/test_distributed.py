@@ -1,5 +1,5 @@
 """Multi-process helpers that can be checked in one process: where Accelerate repeats
-samples, the check that every launched process joined, and deferred stop requests."""
+samples, the check that every launched process joined, and stop requests deferred to run control."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_a_launch_of_several_processes_that_accelerate_did_not_join_fails_fast(
         make_trainer(accelerator_kwargs={"cpu": False})
 
 
-def test_a_deferring_handler_keeps_the_first_stop_request_and_runs_the_other_callbacks() -> None:
+def test_a_deferring_handler_hands_every_stop_request_on_and_runs_the_other_callbacks() -> None:
     calls: list[str] = []
 
     class Stopper(TrainerCallback):
@@ -101,14 +101,17 @@ def test_a_deferring_handler_keeps_the_first_stop_request_and_runs_the_other_cal
             raise StopTrainingError(self.name)
 
     handler = CallbackHandler([Stopper("first"), Stopper("second")])
+    received: list[StopTrainingError] = []
     with pytest.raises(StopTrainingError, match="first"):
         handler.call_event("on_train_epoch_end", None)
-    assert handler.pop_stop_request() is None
+    assert calls == ["first"]
 
     calls.clear()
-    handler.defer_stop_requests = True
+    handler.defer_stop_requests_to(received.append)
     handler.call_event("on_train_epoch_end", None)
     assert calls == ["first", "second"]
-    request = handler.pop_stop_request()
-    assert isinstance(request, StopTrainingError) and str(request) == "first"
-    assert handler.pop_stop_request() is None
+    assert [str(request) for request in received] == ["first", "second"]
+
+    handler.defer_stop_requests_to(None)  # raising again
+    with pytest.raises(StopTrainingError, match="first"):
+        handler.call_event("on_train_epoch_end", None)

@@ -12,7 +12,13 @@ import torch
 from conftest import RecorderCallback, make_dataset, make_model, make_trainer
 
 from trainwright import Trainer, TrainerCallback
-from trainwright.callbacks import SaveTrainingStateCallback
+from trainwright.callbacks import (
+    AGREED_AT,
+    EVENTS,
+    EVENTS_OUTSIDE_AGREEMENT,
+    SaveTrainingStateCallback,
+)
+from trainwright.run_control import RunControl
 
 
 class StepLog(TrainerCallback):
@@ -243,3 +249,70 @@ def test_evaluation_and_save_requests_need_their_means():
         trainer.request_evaluation()
     with pytest.raises(ValueError, match="SaveTrainingStateCallback"):
         trainer.request_save()
+
+
+# ---------------------------------------------------------------------------------------------
+# The agreement points declared in the event registry (AGREED_AT), against a real run
+# ---------------------------------------------------------------------------------------------
+
+
+class StopAtFirst(RecorderCallback):
+    """Records every event; calls ``request_stop`` at the first time ``event`` fires."""
+
+    def __init__(self, event: str | None = None) -> None:
+        super().__init__()
+        self.event = event
+        self.has_asked = False
+
+    def _record(self, event, trainer, kwargs):
+        super()._record(event, trainer, kwargs)
+        if event == self.event and not self.has_asked:
+            self.has_asked = True
+            trainer.request_stop(f"asked in {event}")
+
+
+def recorded_run(event: str | None = None) -> list[str]:
+    """The names of the events of 2 epochs of 3 steps with an evaluation epoch of 2 steps;
+    a stop requested at the first ``event``."""
+    recorder = StopAtFirst(event)
+    train(make_trainer(callbacks=[recorder]), eval_dataset=make_dataset(4), num_epochs=2)
+    return [name for name, _ in recorder.events]
+
+
+def test_every_event_is_declared_inside_or_outside_the_agreed_run():
+    assert set(AGREED_AT).isdisjoint(EVENTS_OUTSIDE_AGREEMENT)
+    assert set(AGREED_AT) | EVENTS_OUTSIDE_AGREEMENT == set(EVENTS)
+    for point in AGREED_AT.values():
+        assert AGREED_AT[point] == point  # each names an agreement point
+
+
+def test_the_events_fired_inside_a_training_run_are_those_declared_in_agreed_at():
+    events = recorded_run()
+    start = events.index("on_training_run_start")
+    end = len(events) - events[::-1].index("on_training_run_epoch_end")
+    assert set(events[start:end]) == set(AGREED_AT)
+    assert set(events[:start] + events[end:]) <= EVENTS_OUTSIDE_AGREEMENT
+
+
+@pytest.mark.parametrize("event", sorted(AGREED_AT))
+def test_a_stop_asked_in_an_event_takes_effect_at_its_declared_agreement_point(event):
+    # One process agrees at the same points as several (where a request is raised at once):
+    # if an event declared an agreement point is not followed by its agreement in the loop, or
+    # an event is fired after the last agreement, the stop comes later or never.
+    events = recorded_run(event)
+    asked_at = events.index(event)
+    assert "on_stop_training_error" in events, f"the stop asked in {event} was dropped"
+    stopped_at = events.index("on_stop_training_error")
+    point = AGREED_AT[event]
+    assert events[stopped_at - 1] == point
+    assert point not in events[asked_at + 1 : stopped_at - 1] or point == event
+    if point == event:
+        assert stopped_at == asked_at + 1
+
+
+def test_run_control_refuses_to_agree_after_an_event_not_declared_an_agreement_point():
+    trainer = make_trainer()
+    run_control = RunControl(trainer.accelerator, trainer.callback_handler)
+    run_control.agree(after="on_eval_epoch_end")
+    with pytest.raises(ValueError, match="'on_eval_step_end' is not an agreement point"):
+        run_control.agree(after="on_eval_step_end")

@@ -80,11 +80,7 @@ from trainwright.data import (
     seeded_epoch,
 )
 from trainwright.distributed import (
-    END_EPOCH,
-    EVALUATE,
-    SAVE,
     PaddedTail,
-    StopVote,
     can_forward_alone,
     check_same_training_states,
     create_accelerator,
@@ -100,6 +96,7 @@ from trainwright.lr_finder import (
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
+from trainwright.run_control import END_EPOCH, EVALUATE, SAVE, RunControl
 from trainwright.sharding import (
     full_optimizer_state_dict,
     is_sharded,
@@ -327,9 +324,6 @@ class Trainer:
         self.callback_handler = CallbackHandler(
             callbacks, reorder_metric_readers=reorder_metric_readers, profile=profile_callbacks
         )
-        # Control requests from callbacks and hooks (see request_skip_update).
-        self._skip_update_reason: str | None = None
-        self._is_skip_vote_needed = False
         self.run_history = run_history if run_history is not None else InMemoryRunHistory()
         accelerator_kwargs = dict(accelerator_kwargs or {})
         _check_accelerator_kwargs(accelerator_kwargs)
@@ -370,7 +364,8 @@ class Trainer:
         self._train_loss = _EpochLoss(self.accelerator)
         self._eval_loss = _EpochLoss(self.accelerator)
         self._item_weighting = ItemWeighting(self.accelerator)
-        self._stop_vote = StopVote(self.accelerator, self.callback_handler)
+        # What callbacks and hooks ask of the run (request_*), agreed on by every process.
+        self._run_control = RunControl(self.accelerator, self.callback_handler)
         #: The signal (``"SIGTERM"``, ``"SIGINT"``) that interrupted the last ``train()``.
         self.interrupt_signal: str | None = None
         #: With ``max_grad_norm``: the total gradient norm of the latest update before
@@ -591,7 +586,7 @@ class Trainer:
                         trainer.request_stop("eval loss below 0.1")
             ```
         """
-        self._stop_vote.request(StopTrainingError(reason))
+        self._run_control.request_stop(StopTrainingError(reason))
 
     def request_end_epoch(self) -> None:
         """Asks to end the current training epoch early; the run goes on with the epoch's
@@ -610,7 +605,7 @@ class Trainer:
                         trainer.request_end_epoch()
             ```
         """
-        self._stop_vote.request_at_step_end(END_EPOCH)
+        self._run_control.request_at_step_end(END_EPOCH)
 
     def request_evaluation(self) -> None:
         """Asks for an evaluation at the end of the current training step (with several
@@ -634,7 +629,7 @@ class Trainer:
             raise ValueError(
                 "request_evaluation() needs evaluation data: pass eval_dataset to train()."
             )
-        self._stop_vote.request_at_step_end(EVALUATE)
+        self._run_control.request_at_step_end(EVALUATE)
 
     def request_save(self) -> None:
         """Asks for a training state to be saved at the end of the current training step
@@ -654,24 +649,14 @@ class Trainer:
                         trainer.request_save()
             ```
         """
-        self._state_saver()  # fail now, on the process that asks, rather than later
-        self._stop_vote.request_at_step_end(SAVE)
-
-    def _state_saver(self) -> SaveTrainingStateCallback:
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, SaveTrainingStateCallback):
-                return callback
-        raise ValueError(
-            "request_save() saves with the trainer's SaveTrainingStateCallback: add one, e.g. "
-            'SaveTrainingStateCallback("checkpoints"), or call save_training_state(path).'
-        )
+        self._run_control.request_save()  # fails now, on the process that asks, if it cannot
 
     def _act_on_step_end_requests(self, requests: int, step: int) -> bool:
         """Evaluates and saves as requested; returns whether to end the epoch now."""
         if requests & EVALUATE:
             self.evaluate_model(self.model, metric_name="step_eval_loss")
         if requests & SAVE:
-            self._state_saver().save(self)
+            self._run_control.state_saver().save(self)
         if requests & END_EPOCH:
             if not self._is_update_step(step):
                 self.optimizer_zero_grad()  # discard the unfinished accumulation window
@@ -707,29 +692,20 @@ class Trainer:
                         trainer.request_skip_update(f"gradient norm {norm:.3g}")
             ```
         """
-        if self.accelerator.num_processes > 1 and not self._is_skip_vote_needed:
-            raise RuntimeError(
-                "request_skip_update() in a multi-process run needs the processes to agree on "
-                "every update: declare may_skip_updates = True on the callback (or Trainer "
-                "subclass) that asks."
-            )
-        self._skip_update_reason = reason
+        self._run_control.request_skip_update(reason)
 
     def _is_update_skipped(self) -> bool:
-        reason, self._skip_update_reason = self._skip_update_reason, None
-        is_skipped = reason is not None
-        if self._is_skip_vote_needed:
-            is_skipped = self._stop_vote.agree_on_skip(is_skipped)
-        if is_skipped:
+        reason = self._run_control.skipped_update_reason()  # the same on every process
+        if reason is not None:
             self.progress.num_skipped_updates += 1
             _logger.info(
                 "Skipped optimizer update %d (epoch %d, step %d): %s",
                 self.progress.num_update_steps + 1,
                 self.progress.epoch,
                 self.progress.step,
-                reason or "asked by another process",
+                reason,
             )
-        return is_skipped
+        return reason is not None
 
     def _report_exception(self, exception: BaseException) -> None:
         """Fires ``on_exception`` once for ``exception``, which then propagates."""
@@ -1384,15 +1360,10 @@ class Trainer:
     def _run_training(self, resume_state: dict[str, Any] | None = None) -> None:
         if resume_state is None:
             self.optimizer.zero_grad()  # start from clean gradients whatever ran before
-        # With several processes, a stop request is combined across them at every
-        # self._stop_vote point, so that all processes stop at the same step (see StopVote).
-        self._stop_vote.start()
+        # With several processes, requests are combined across them at every agreement point
+        # (_run_control.agree / end_of_step), so that all processes act at the same step.
+        self._run_control.start(may_skip_updates=self.may_skip_updates)
         self.callback_handler.reset_event_filters(self)  # count from the (resumed) position
-        self._skip_update_reason = None
-        self._is_skip_vote_needed = self.accelerator.num_processes > 1 and (
-            self.may_skip_updates
-            or any(callback.may_skip_updates for callback in self.callback_handler.callbacks)
-        )
         self.interrupt_signal = None
         try:
             with self._interruptible():
@@ -1400,19 +1371,19 @@ class Trainer:
                 self.callback_handler.call_event("on_training_run_start", self)
                 if resume_state is not None:  # after the callbacks set themselves up
                     self.callback_handler.load_state_dict(resume_state["callbacks"])
-                self._stop_vote.agree()
+                self._run_control.agree(after="on_training_run_start")
                 self._run_epochs()
         except TrainingInterrupted as interruption:
-            self._stop_vote.finish()
+            self._run_control.finish()
             self.interrupt_signal = interruption.signal_name
             self.callback_handler.call_event(
                 "on_training_interrupted", self, signal_name=interruption.signal_name
             )
         except StopTrainingError as error:
-            self._stop_vote.finish()
+            self._run_control.finish()
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
         finally:
-            self._stop_vote.finish()
+            self._run_control.finish()
             self._is_train_epoch_running = False  # also when a stop left the steps
         if self.progress.is_epoch_finished:
             # Stopped during the epoch's last events (early stopping): the epoch was completed,
@@ -1442,7 +1413,7 @@ class Trainer:
             self.training_run_epoch_end()
             self.progress.is_epoch_finished = True
             self.callback_handler.call_event("on_training_run_epoch_end", self)
-            self._stop_vote.agree()
+            self._run_control.agree(after="on_training_run_epoch_end")
             self._finish_epoch()
 
     def _finish_epoch(self) -> None:
@@ -1476,10 +1447,10 @@ class Trainer:
                 if self.interrupt_signal is not None:  # SIGTERM / SIGINT: stop after the step
                     raise TrainingInterrupted(self.interrupt_signal)
             except StopTrainingError as error:  # raised by a hook (callbacks' are deferred)
-                if not self._stop_vote.is_active:
+                if not self._run_control.is_active:
                     raise
-                self._stop_vote.request(error)
-            requests = self._stop_vote.end_of_step()  # the same on every process
+                self._run_control.request_stop(error)
+            requests = self._run_control.end_of_step()  # the same on every process
             if requests and self._act_on_step_end_requests(requests, step):
                 break  # request_end_epoch()
             if self.progress.num_update_steps >= max_num_update_steps:
@@ -1489,7 +1460,7 @@ class Trainer:
         self._is_train_epoch_running = False
         # A stop asked for in the epoch's last step takes effect here, before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
-        self._stop_vote.agree()
+        self._run_control.agree(after="on_train_step_end")
         if not self._is_train_length_known and self.progress.num_batches_done == 0:
             raise ValueError(
                 f"The training data yielded no batches in epoch {self.progress.epoch + 1} on "
@@ -1500,7 +1471,7 @@ class Trainer:
         self.train_epoch_end()
         self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
         self.callback_handler.call_event("on_train_epoch_end", self)
-        self._stop_vote.agree()
+        self._run_control.agree(after="on_train_epoch_end")
 
     def _run_train_step(self, step: int, batch: Any) -> None:
         handler = self.callback_handler
@@ -1545,8 +1516,7 @@ class Trainer:
         """The end of an accumulation window: clip, update, step the scheduler, clear."""
         self._clip_gradients()
         self.callback_handler.call_event("on_before_optimizer_step", self, step=step)
-        is_skip_possible = self._skip_update_reason is not None or self._is_skip_vote_needed
-        if is_skip_possible and self._is_update_skipped():
+        if self._is_update_skipped():
             self.progress.num_update_steps += 1  # request_skip_update(): nothing steps
         else:
             self.optimizer_step()
@@ -1666,7 +1636,7 @@ class Trainer:
         self.eval_epoch_end()
         self.run_history.update_metric(metric_name, self._eval_loss.compute())
         self.callback_handler.call_event("on_eval_epoch_end", self)
-        self._stop_vote.agree()
+        self._run_control.agree(after="on_eval_epoch_end")
 
     def _check_first_eval_batch(self) -> None:
         """Runs ``calculate_eval_batch_loss`` once, before training, on the first samples of

@@ -1,8 +1,10 @@
 """Callbacks: the base class and handler, and every built-in callback."""
 
 from trainwright.callbacks.base import (
+    AGREED_AT,
     ALL_METRICS,
     EVENTS,
+    EVENTS_OUTSIDE_AGREEMENT,
     CallbackHandler,
     CallbackLike,
     CallbackOrderError,
@@ -74,9 +76,11 @@ def get_default_callbacks(progress_bar: bool = True) -> tuple[CallbackLike, ...]
 
 
 __all__ = [
+    "AGREED_AT",
     "ALL_METRICS",
     "DEFAULT_CALLBACKS",
     "EVENTS",
+    "EVENTS_OUTSIDE_AGREEMENT",
     "BatchLimitsCallback",
     "CSVLoggerCallback",
     "CallbackHandler",

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from trainwright.trainer import Trainer
 
 __all__ = [
+    "AGREED_AT",
     "ALL_METRICS",
     "EVENTS",
+    "EVENTS_OUTSIDE_AGREEMENT",
     "CallbackHandler",
     "CallbackOrderError",
     "CallbackSetupError",
@@ -60,6 +62,53 @@ EVENTS: tuple[str, ...] = (
     "on_predict_step_start",
     "on_predict_step_end",
     "on_predict_run_end",
+)
+
+#: The agreement points of a training run, declared once. For every event fired inside a
+#: training run (from ``on_training_run_start`` to the epochs' end), the event after which the
+#: processes agree on what was asked in it (a stop, ``trainer.request_end_epoch()``,
+#: ``trainer.request_evaluation()``...): every process then acts at that same point (see
+#: [`RunControl`][trainwright.run_control.RunControl]). An event that maps to itself is an
+#: agreement point: the loop agrees right after it (``RunControl.agree`` refuses any other
+#: event), before anything else runs; ``on_train_step_end`` is followed by the step's vote
+#: (``RunControl.end_of_step``), and the epoch's last step by a blocking agreement. An event
+#: added to `EVENTS` must be declared here or in `EVENTS_OUTSIDE_AGREEMENT`, and an epoch-level
+#: event must be an agreement point itself, or a stop requested in it on one process is not
+#: agreed (tests/test_run_control.py runs a real Trainer against this table).
+AGREED_AT: dict[str, str] = {
+    "on_training_run_start": "on_training_run_start",
+    "on_train_epoch_start": "on_train_step_end",
+    "on_train_step_start": "on_train_step_end",
+    "on_before_backward": "on_train_step_end",
+    "on_after_backward": "on_train_step_end",
+    "on_before_optimizer_step": "on_train_step_end",
+    "on_after_optimizer_step": "on_train_step_end",
+    "on_train_step_end": "on_train_step_end",
+    "on_train_epoch_end": "on_train_epoch_end",
+    "on_eval_epoch_start": "on_eval_epoch_end",
+    "on_eval_step_start": "on_eval_epoch_end",
+    "on_eval_step_end": "on_eval_epoch_end",
+    "on_eval_epoch_end": "on_eval_epoch_end",
+    "on_training_run_epoch_end": "on_training_run_epoch_end",
+}
+
+#: The events fired outside a training run's agreed part: before it, at its end (after the
+#: processes agreed to stop, or finished) and in ``evaluate()`` and ``predict()``, which run on
+#: every process alike. A ``StopTrainingError`` raised in them propagates at once.
+EVENTS_OUTSIDE_AGREEMENT: frozenset[str] = frozenset(
+    {
+        "on_init_end",
+        "on_stop_training_error",
+        "on_training_interrupted",
+        "on_exception",
+        "on_training_run_end",
+        "on_evaluation_run_start",
+        "on_evaluation_run_end",
+        "on_predict_run_start",
+        "on_predict_step_start",
+        "on_predict_step_end",
+        "on_predict_run_end",
+    }
 )
 
 
@@ -425,11 +474,11 @@ class CallbackHandler:
     An exception raised by a callback propagates unchanged, with a note naming the callback
     and the event (``AttributeError`` included: nothing is swallowed), unless the callback's
     ``error_policy`` is ``"warn"``: then it is reported once as a ``RuntimeWarning`` and the
-    callback is disabled. The other exception: while `defer_stop_requests` is set (the
-    trainer sets it during a multi-process ``train()``), a
-    [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] is kept for
-    [`pop_stop_request`][trainwright.callbacks.base.CallbackHandler.pop_stop_request] and the
-    event's other callbacks still run, so that the process can stop in step with the others.
+    callback is disabled. The other exception: while run control defers stop requests (during
+    a multi-process ``train()``, see
+    [`defer_stop_requests_to`][trainwright.callbacks.base.CallbackHandler.defer_stop_requests_to]),
+    a [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError] goes to run control and
+    the event's other callbacks still run, so that the process can stop in step with the others.
 
     Args:
         callbacks: callback instances, or ``TrainerCallback`` subclasses to instantiate with
@@ -468,10 +517,8 @@ class CallbackHandler:
         self.reorder_metric_readers = reorder_metric_readers
         #: The profiler when ``profile=True``, else ``None``.
         self.profiler: CallbackProfiler | None = CallbackProfiler() if profile else None
-        #: Keep a callback's ``StopTrainingError`` for `pop_stop_request` instead of
-        #: raising it.
-        self.defer_stop_requests = False
-        self._stop_request: StopTrainingError | None = None
+        # Where a callback's StopTrainingError goes instead of propagating (run control's).
+        self._stop_request_receiver: Callable[[StopTrainingError], None] | None = None
         for callback in callbacks:
             self._add(callback)
         self._rebuild()
@@ -617,10 +664,9 @@ class CallbackHandler:
             try:
                 method(*args, **kwargs)
             except StopTrainingError as error:
-                if not self.defer_stop_requests:
+                if self._stop_request_receiver is None:
                     raise
-                if self._stop_request is None:
-                    self._stop_request = error
+                self._stop_request_receiver(error)
             except Exception as error:
                 callback = method.__self__
                 if callback.error_policy == "warn" and not isinstance(error, CallbackSetupError):
@@ -660,11 +706,16 @@ class CallbackHandler:
             keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
         return keyed
 
-    def pop_stop_request(self) -> StopTrainingError | None:
-        """The first ``StopTrainingError`` deferred since the last call (see
-        `defer_stop_requests`), or ``None``; it is forgotten once returned."""
-        request, self._stop_request = self._stop_request, None
-        return request
+    def defer_stop_requests_to(self, receiver: Callable[[StopTrainingError], None] | None) -> None:
+        """Hands every `StopTrainingError` a callback raises to ``receiver`` instead of
+        letting it propagate, and runs the event's other callbacks; ``None`` lets them propagate
+        again (the default).
+
+        This is run control's interface to the handler: `RunControl.start` sets its
+        ``request_stop`` as the receiver in a multi-process run, `RunControl.finish` clears it
+        (see [`RunControl`][trainwright.run_control.RunControl]).
+        """
+        self._stop_request_receiver = receiver
 
     def _add(self, callback: CallbackLike) -> TrainerCallback:
         if isinstance(callback, type) and issubclass(callback, TrainerCallback):
