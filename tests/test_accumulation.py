@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from accumulation_cases import (
+from helpers.accumulation_cases import (
     EVAL_DATASET,
     TokenTrainer,
     flat_weights,
@@ -22,8 +22,8 @@ from accumulation_cases import (
     reference_token_steps,
     token_weighted_run,
 )
-from conftest import make_dataset, make_model, make_trainer
-from test_trainer_loop import HostSyncCounter, UninstallLast
+from helpers.host_syncs import HostSyncCounter, UninstallLast
+from helpers.tiny import make_dataset, make_model, make_trainer
 from torch import nn
 from torch.utils.data import IterableDataset
 

@@ -8,10 +8,10 @@ import os
 import random
 
 import pytest
-import resume_job
 import torch
-from conftest import make_dataset, make_model, make_trainer
-from test_resume import assert_same_run
+from helpers import resume_job
+from helpers.resume_job import assert_same_run
+from helpers.tiny import make_dataset, make_model, make_trainer
 from torch.utils.data import (
     BatchSampler,
     DataLoader,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from accelerate.data_loader import BatchSamplerShard
-from conftest import make_trainer
+from helpers.tiny import make_trainer
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from trainwright import StopTrainingError, TrainerCallback

@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import make_dataset
+from helpers.tiny import make_dataset
 from torch import nn
 
 from trainwright import TrainerCallback

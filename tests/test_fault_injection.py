@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import resume_job
 import torch
+from helpers import resume_job
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import SaveBestModelCallback, SaveTrainingStateCallback
@@ -26,7 +26,7 @@ from trainwright.checkpointing import (
     verify_training_state,
 )
 
-CAMPAIGN = Path(__file__).with_name("fault_campaign.py")
+CAMPAIGN = Path(__file__).parent / "helpers" / "fault_campaign.py"
 #: ``all`` tries every file-system call of the job's saves, before and after, and 20 kills at
 #: random moments (a few minutes); a number, that many kill points.
 TRIALS = os.environ.get("TRAINWRIGHT_FAULT_TRIALS", "20")

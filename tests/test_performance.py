@@ -8,7 +8,7 @@ import gc
 import tracemalloc
 
 import torch
-from conftest import make_dataset, make_model
+from helpers.tiny import make_dataset, make_model
 from torch import nn
 from torch.utils.data import DataLoader
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import InMemoryRunHistory
 from trainwright.callbacks import SavePlotCallback

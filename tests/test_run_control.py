@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from conftest import RecorderCallback, make_dataset, make_model, make_trainer
+from helpers.tiny import RecorderCallback, make_dataset, make_model, make_trainer
 
 from trainwright import Trainer, TrainerCallback
 from trainwright.callbacks import (

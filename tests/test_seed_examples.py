@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset
+from helpers.tiny import make_dataset
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchmetrics import Accuracy, ConfusionMatrix

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
-from conftest import make_trainer
+from helpers.tiny import make_trainer
 
 
 @pytest.fixture(autouse=True)

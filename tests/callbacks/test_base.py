@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import EVENTS, CallbackHandler, PrintProgressCallback
@@ -146,7 +146,7 @@ def test_stop_training_error_from_a_hook_ends_the_run_cleanly():
             raise StopTrainingError("one epoch")
 
     import torch
-    from conftest import make_model
+    from helpers.tiny import make_model
 
     model = make_model()
     trainer = StoppingTrainer(

@@ -4,7 +4,7 @@ policy."""
 from __future__ import annotations
 
 import pytest
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 

@@ -4,7 +4,7 @@ no call when not due."""
 from __future__ import annotations
 
 import pytest
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import CallbackHandler, EventFilter, every, filtered, once

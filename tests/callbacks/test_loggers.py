@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from accelerate.tracking import GeneralTracker
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import (

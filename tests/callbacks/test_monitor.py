@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_dataset, make_model
+from helpers.tiny import make_dataset, make_model
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 

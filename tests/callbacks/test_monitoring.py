@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 from torch import nn
 
 from trainwright.callbacks import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import TrainerCallback
 

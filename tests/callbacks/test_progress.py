@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import TrainerCallback
 from trainwright.callbacks import (

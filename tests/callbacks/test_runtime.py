@@ -4,7 +4,7 @@ behaviour on the CPU, a clear error, is tested in tests/distributed/test_multipr
 from __future__ import annotations
 
 import torch
-from conftest import make_dataset
+from helpers.tiny import make_dataset
 from torch import nn
 
 from trainwright import Trainer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import SaveBestModelCallback

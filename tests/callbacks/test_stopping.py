@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import RecorderCallback, make_dataset, make_model, make_trainer
+from helpers.tiny import RecorderCallback, make_dataset, make_model, make_trainer
 from torch.utils.data import TensorDataset
 
 from trainwright import TrainerCallback

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from conftest import make_dataset, make_model, make_trainer
+from helpers.tiny import make_dataset, make_model, make_trainer
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, StepLR
 

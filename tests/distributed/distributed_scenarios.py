@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
-from accumulation_cases import token_weighted_run
+from helpers.accumulation_cases import token_weighted_run
 from torch import nn
 from torch.utils.data import TensorDataset, default_collate
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import resume_job
 import torch
+from helpers import resume_job
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import SaveTrainingStateCallback

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from distributed_scenarios import (
     batched_fetch,
     control_on_one_process,
@@ -24,6 +23,7 @@ from distributed_scenarios import (
     stop_on_one_process,
     tiny_datasets,
 )
+from helpers.accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from launcher import NUM_PROCESSES, launch, run_scenarios
 
 pytestmark = pytest.mark.multiprocess

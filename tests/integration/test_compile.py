@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_dataset, make_model
-from resume_job import StopAfter
+from helpers.resume_job import StopAfter
+from helpers.tiny import make_dataset, make_model
 from torch import nn
 
 from trainwright import Trainer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RecorderCallback, make_dataset, make_trainer
+from helpers.tiny import RecorderCallback, make_dataset, make_trainer
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback
 
@@ -179,7 +179,7 @@ class LoggingCallback(TrainerCallback):
 
 
 def test_hooks_run_before_the_callbacks_of_the_same_moment():
-    from conftest import make_model
+    from helpers.tiny import make_model
 
     log: list[str] = []
     model = make_model()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 from torch import nn
 
 from trainwright import TrainerCallback

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_dataset, make_trainer
+from helpers.tiny import make_dataset, make_trainer
 from torch.utils.data import IterableDataset
 
 from trainwright import TrainerCallback, TrainerPlaceholderValues

@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ["OMP_NUM_THREADS"] = "1"  # no thread pools, so that forked children are safe
 
 import accelerate.utils.other
-import resume_job
+import resume_job  # a sibling: this file runs as a script
 import torch
 
 from trainwright import TrainerCallback

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import resume_job
 import torch
-from conftest import RecorderCallback, make_dataset, make_trainer
+from helpers import resume_job
+from helpers.tiny import RecorderCallback, make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import SaveTrainingStateCallback
@@ -40,16 +40,6 @@ def uninterrupted(tmp_path_factory) -> dict:
     return run_job(str(output))
 
 
-def assert_same_run(resumed: dict, reference: dict) -> None:
-    assert resumed["weights"] == reference["weights"]  # bit for bit, as floats
-    assert resumed["history"] == reference["history"]
-    assert resumed["current_epoch"] == reference["current_epoch"]
-    assert resumed["lr"] == reference["lr"]
-    assert resumed["steps_seen"] == reference["steps_seen"]
-    assert resumed["best_value"] == reference["best_value"]
-    assert resumed["best_model"] == reference["best_model"]
-
-
 # (epoch, step) whose end the state is saved at: 6 batches per epoch, accumulation 2, so
 # updates happen after steps 1, 3 and 5.
 @pytest.mark.parametrize(
@@ -62,7 +52,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted, epo
     )
     resume_job.train(trainer, dataset)
     resumed = run_job(str(tmp_path / "out.json"), "--resume-from", str(tmp_path / "state"))
-    assert_same_run(resumed, uninterrupted)
+    resume_job.assert_same_run(resumed, uninterrupted)
     # No forward pass and no data loading for the batches done before the save: the
     # resumed process loads only the samples of the steps after it (4 per batch, the last
     # batch of each epoch 2) and the eval set (8 per epoch).
@@ -95,7 +85,7 @@ def test_resume_at_an_epoch_boundary_after_the_epoch_end(tmp_path, uninterrupted
     resume_job.train(trainer, dataset)
     assert sorted(p.name for p in save_dir.iterdir()) == ["state-000000003", "state-000000006"]
     resumed = run_job(str(tmp_path / "out.json"), "--resume-from", str(save_dir))
-    assert_same_run(resumed, uninterrupted)
+    resume_job.assert_same_run(resumed, uninterrupted)
     assert resumed["forwards"] == 6 + 2 + 1  # + 1: the check of the first eval batch
 
 
@@ -118,7 +108,7 @@ def test_latest_with_max_checkpoints(tmp_path, uninterrupted):
         ]
     )
     resume_job.train(trainer, dataset, resume_from="latest")
-    assert_same_run(resume_job.summary(trainer, dataset), uninterrupted)
+    resume_job.assert_same_run(resume_job.summary(trainer, dataset), uninterrupted)
 
 
 def test_a_process_killed_mid_save_leaves_the_previous_state_loadable(tmp_path, uninterrupted):
@@ -140,7 +130,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_state_loadable(tmp_path, 
     names = sorted(p.name for p in save_dir.iterdir())
     assert names == ["state-000000002", "state-000000004.incomplete"]
     resumed = run_job(str(tmp_path / "resumed.json"), "--resume-from", str(save_dir))
-    assert_same_run(resumed, uninterrupted)
+    resume_job.assert_same_run(resumed, uninterrupted)
 
 
 def test_sigterm_mid_epoch_saves_and_the_rerun_continues_exactly(tmp_path, uninterrupted):
@@ -170,7 +160,7 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_continues_exactly(tmp_path, unint
     resumed = run_job(
         str(tmp_path / "resumed.json"), "--save-dir", str(save_dir), "--resume-from", "latest"
     )
-    assert_same_run(resumed, uninterrupted)
+    resume_job.assert_same_run(resumed, uninterrupted)
 
 
 def test_sigterm_to_the_process_group_with_workers_saves_and_the_rerun_continues_exactly(
@@ -204,7 +194,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_the_rerun_continues
         "--num-workers", "2",
     )  # fmt: skip
     # The reference loads in the main process: with seeded batches, workers change nothing.
-    assert_same_run(resumed, uninterrupted)
+    resume_job.assert_same_run(resumed, uninterrupted)
 
 
 def test_state_round_trip_in_process_restores_everything(tmp_path):

@@ -209,5 +209,16 @@ def main(argv: list[str]) -> None:
     Path(args.output).write_text(json.dumps(summary(trainer, dataset)))
 
 
+def assert_same_run(resumed: dict, reference: dict) -> None:
+    """Asserts that two ``summary()`` results describe the same run, bit for bit."""
+    assert resumed["weights"] == reference["weights"]  # bit for bit, as floats
+    assert resumed["history"] == reference["history"]
+    assert resumed["current_epoch"] == reference["current_epoch"]
+    assert resumed["lr"] == reference["lr"]
+    assert resumed["steps_seen"] == reference["steps_seen"]
+    assert resumed["best_value"] == reference["best_value"]
+    assert resumed["best_model"] == reference["best_model"]
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

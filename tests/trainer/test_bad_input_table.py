@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_dataset, make_model
+from helpers.tiny import make_dataset, make_model
 from torch import nn
 from torch.utils.data import DataLoader
 

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import RecorderCallback, make_dataset, make_trainer
+from helpers.tiny import RecorderCallback, make_dataset, make_trainer
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 
 from trainwright import TrainerCallback

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from conftest import make_dataset, make_model
+from helpers.tiny import make_dataset, make_model
 from torch import nn
 
 from trainwright import Trainer
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OVERFLOW_STEP = 1  # of the first epoch
 
 
