@@ -1,9 +1,17 @@
 """The Trainer: the whole training loop, as small overridable hooks.
 
-Read top to bottom: the constructor and public helpers, then ``train()`` (the run), one
-training epoch, one training step, one evaluation epoch, and finally the hooks a subclass
-may override. Every callback event is one literal ``call_event`` line at the place it fires
-(``grep call_event trainer.py`` lists them all).
+Read top to bottom: the constructor and public helpers, then ``train()`` (check the
+arguments, find the resume state, prepare, build the loaders, plan, create the scheduler,
+restore, run), one training epoch, one training step, one evaluation epoch, and finally the
+hooks a subclass may override. Every callback event is one literal ``call_event`` line at the
+place it fires (``grep call_event trainer.py`` lists them all).
+
+Where the rest lives: the run plan, everything decided before the first step (epoch length,
+accumulation windows, batch limits, scheduler stepping), in ``trainwright.run_plan``; the
+agreement of processes on stop, end-epoch, evaluation, save and skip requests in
+``trainwright.distributed``; training states on disk (atomic, verified) in
+``trainwright.checkpointing``; item-weighted accumulation in ``trainwright.accumulation``;
+the loop's position in ``TrainingProgress`` below.
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ from accelerate.utils import (
     slice_tensors,
 )
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from trainwright.accumulation import ItemWeighting, returned_num_items
@@ -49,7 +56,6 @@ from trainwright.callbacks import (
 )
 from trainwright.callbacks.base import CallbackLike
 from trainwright.callbacks.monitor import check_metric_will_be_recorded, read_watched_metric
-from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.checkpointing import (
     MODEL_STATE_KEY,
     OPTIMIZER_STATE_KEY,
@@ -97,6 +103,18 @@ from trainwright.placeholders import TrainerPlaceholderValues, resolve_placehold
 from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
 from trainwright.run_control import END_EPOCH, EVALUATE, SAVE, RunControl
+from trainwright.run_plan import (
+    BatchLimits,
+    RunPlan,
+    TrainArguments,
+    batch_limits,
+    check_not_empty,
+    evaluation_run_config,
+    limit_that_cuts,
+    plan_run,
+    scheduler_stepping,
+    smaller_limit,
+)
 from trainwright.sharding import (
     full_optimizer_state_dict,
     is_sharded,
@@ -113,7 +131,6 @@ from trainwright.validation import (
     check_dataset,
     check_mapping,
     check_number,
-    check_path,
     check_positive_int,
     check_type,
 )
@@ -242,6 +259,31 @@ class _EpochLoss:
         return loss_sum / num_samples if num_samples else math.nan
 
 
+@dataclass
+class _TrainEpoch:
+    """The training epoch in progress, or the last one: its data seed also seeds the
+    evaluations after it, and a state saved during its end events records its start.
+
+    Attributes:
+        start_state: the epoch's data seed and the sampler's generator at its start, saved
+            with a training state so that a resumed epoch replays the same batches.
+        dataloader: the loader iterated: the training dataloader or, in an epoch resumed
+            mid-way, one that skips the batches already done (they are never loaded).
+        first_step: the first step iterated: 0, or the batches done before a resume.
+        num_batches: the epoch's batches, the plan's ``num_train_batches``; for data
+            without a length ``None`` until its last batch comes (``_marking_last_batch``).
+        padded_tail: the batch Accelerate completed with repeated samples, if any.
+        is_in_steps: whether its steps are running (an evaluation then is intermediate).
+    """
+
+    start_state: dict[str, Any]
+    dataloader: DataLoader
+    first_step: int
+    num_batches: int | None
+    padded_tail: PaddedTail | None
+    is_in_steps: bool = False
+
+
 class Trainer:
     """Trains a PyTorch model: ``Trainer(model, loss_func, optimizer).train(dataset, 3)``.
 
@@ -328,10 +370,6 @@ class Trainer:
         accelerator_kwargs = dict(accelerator_kwargs or {})
         _check_accelerator_kwargs(accelerator_kwargs)
         self.accelerator = create_accelerator(mixed_precision, accelerator_kwargs)
-        # Under FSDP, gradients accumulated without synchronising stay inside FSDP, unsharded,
-        # out of a training state's reach: they are reduce-scattered at every micro-step
-        # instead (the same update), so that a state saved mid-window holds them.
-        self._defers_gradient_sync = self.accelerator.distributed_type != DistributedType.FSDP
         self.scheduler: Any = None
         #: The scheduler factory of the current ``train()``, placeholders resolved.
         self.create_scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None = None
@@ -342,27 +380,26 @@ class Trainer:
         self.collate_fn: Callable | None = None
         self.train_dataloader: DataLoader | None = None
         self.eval_dataloader: DataLoader | None = None
+        # The Trainer's private state, each written by the methods named:
+        # - _is_prepared, _plain_optimizer: Accelerate prepared the model and optimizer
+        #   (_prepare_model_and_optimizer); the optimizer inside its wrapper when that adds
+        #   nothing (see _plain_optimizer()).
+        # - _dataloader_settings: each dataloader's settings as built (_prepare_dataloader).
+        # - _plan: the current train() run's RunPlan (train()); the loop only reads it.
+        # - _epoch: the training epoch in progress or the last one (_run_train_epoch).
+        # - _resume_position: the saved position inside the epoch a resumed run continues
+        #   with, until that epoch starts (_restore_training_state).
+        # - _train_loss, _item_weighting: the epoch's loss sums and the accumulation window's
+        #   item weighting, saved with training states.
+        # - _run_control: what callbacks and hooks ask of the run (request_*), agreed on by
+        #   every process (trainwright.run_control).
         self._is_prepared = False
         self._plain_optimizer: torch.optim.Optimizer | None = None
         self._dataloader_settings: dict[str, dict[str, Any]] = {}
-        self._max_num_train_batches_per_epoch: int | None = None
-        self._max_num_eval_batches: int | None = None
-        # Evaluations run during a training epoch's steps (StepBasedEvaluationCallback,
-        # request_evaluation) have a limit of their own (LimitEvalStepsCallback).
-        self._max_num_intermediate_eval_batches: int | None = None
-        self._is_train_epoch_running = False
-        # The epoch's training batches: None for data without a length until its last batch
-        # comes (see _marking_last_batch); the loader being iterated is _epoch_dataloader.
-        self._is_train_length_known = True
-        self._num_train_batches: int | None = None
-        self._epoch_dataloader: DataLoader | None = None
-        # How the scheduler is stepped; decided once per train(), so each step only reads a flag.
-        self._is_scheduler_stepped_per_update = False
-        self._is_scheduler_stepped_per_epoch = False
-        self._is_timm_scheduler = False
-        self._scheduler_metric: str | None = None
+        self._plan: RunPlan | None = None
+        self._epoch: _TrainEpoch | None = None
+        self._resume_position: dict[str, Any] | None = None
         self._train_loss = _EpochLoss(self.accelerator)
-        self._eval_loss = _EpochLoss(self.accelerator)
         self._item_weighting = ItemWeighting(self.accelerator)
         # What callbacks and hooks ask of the run (request_*), agreed on by every process.
         self._run_control = RunControl(self.accelerator, self.callback_handler)
@@ -376,11 +413,6 @@ class Trainer:
         #: step's loss and progress bars show them, reading tensors without host syncs.
         #: The loop itself never reads it.
         self.step_metrics: dict[str, Any] = {}
-        # The epoch's data seed and the sampler's generator at its start: saved with a
-        # training state so that a resumed epoch replays the same batches.
-        self._epoch_start_state: dict[str, Any] | None = None
-        # Set on resume: the saved position inside the epoch the run continues with.
-        self._resumed_epoch: dict[str, Any] | None = None
         self.callback_handler.call_event("on_init_end", self)
 
     # ----------------------------------------------------------------------------------------
@@ -658,7 +690,7 @@ class Trainer:
         if requests & SAVE:
             self._run_control.state_saver().save(self)
         if requests & END_EPOCH:
-            if not self._is_update_step(step):
+            if not self._plan.is_update_step(step, self._epoch.num_batches):
                 self.optimizer_zero_grad()  # discard the unfinished accumulation window
                 self._item_weighting.discard_window()
             return True
@@ -901,7 +933,7 @@ class Trainer:
         self._prepare_model_and_optimizer()
         self._restore_training_state(Path(load_dir), state)
         self.callback_handler.load_state_dict(state["callbacks"])
-        self._resumed_epoch = None
+        self._resume_position = None
         return dict(state.get("extra", {}))
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -913,7 +945,7 @@ class Trainer:
             "run_history": self.run_history.state_dict(),
             "callbacks": self.callback_handler.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "epoch_start": self._epoch_start_state,
+            "epoch_start": self._epoch.start_state if self._epoch is not None else None,
             "sampler": _generator_state(self.train_dataloader),
             "train_loss": self._train_loss.state_dict(),
             "accumulation": self._item_weighting.state_dict(),
@@ -1090,10 +1122,18 @@ class Trainer:
             _set_generator_state(self.train_dataloader, state["sampler"])
             self._finish_epoch()
         elif self.progress.num_batches_done > 0:  # saved mid-epoch: continue that epoch
-            self._resumed_epoch = {
+            self._resume_position = {
                 "train_loss": state["train_loss"],
                 "epoch_start": state["epoch_start"],
             }
+
+    def _resume(self, directory: Path, state: dict[str, Any]) -> None:
+        """Continues from the training state in ``directory`` (``state``: its trainer state,
+        read by ``_find_resume_state``) once the run is planned: checks that the state fits
+        the run, restores it and says so."""
+        self._check_resume_matches_run(directory, state)
+        self._restore_training_state(directory, state)
+        self._report_resume(directory)
 
     def _report_resume(self, directory: Path) -> None:
         progress = self.progress
@@ -1161,43 +1201,14 @@ class Trainer:
         """Trains the model for ``num_epochs`` epochs, evaluating after each one if
         ``eval_dataset`` is given.
 
-        Every optimizer update is one step on the mean loss over all items of its
-        accumulation window on all processes: each micro-batch's mean loss is weighed by its
-        ``num_items`` (when ``calculate_train_batch_loss`` returns it, e.g. target tokens)
-        or else its ``batch_size``, whatever the sizes of the micro-batches (see
-        ``trainwright.accumulation``). With several processes (``torchrun`` / ``accelerate
-        launch``), each process trains on its share of every batch of
-        ``per_device_batch_size * num_processes`` samples, and the run matches one process
-        with that batch size. Update counts (``run_config``,
-        placeholders, ``max_num_train_steps``) are per process and the same on every one.
-        The loss metrics are over all processes: Accelerate completes the last batches with
-        repeated samples so that every process gets as many full batches, and the repeats
-        are left out, exactly for the evaluation losses; for ``train_loss_epoch`` a last
-        batch mixing genuine and repeated samples has its mean loss (repeats included)
-        weighted by its genuine samples only, since a training loss cannot be split per
-        sample. A ``StopTrainingError`` raised on one process alone stops every process at
-        the same point (see [`StopTrainingError`][trainwright.callbacks.base.StopTrainingError]).
-
-        Training data without a length (a ``torch.utils.data.IterableDataset`` without
-        ``__len__``, e.g. a stream):
-
-        - each epoch runs until the data is exhausted (iterating it again must start over);
-          ``num_epochs`` are run, or with ``max_num_train_steps``, epochs repeat until exactly
-          that many updates. ``run_config``'s per-epoch counts are then ``None``, and
-          ``num_update_steps`` is ``max_num_train_steps`` or ``None`` (see
-          [`RunConfig`][trainwright.run_config.RunConfig]); a placeholder that needs an unknown
-          count raises a ``ValueError`` when the scheduler is created;
-        - the default training ``DataLoader`` does not shuffle (the dataset sets its own
-          order), and with ``num_workers > 0`` every worker iterates the whole dataset unless
-          it splits itself with ``torch.utils.data.get_worker_info()``;
-        - with gradient accumulation, an update happens every ``gradient_accumulation_steps``
-          micro-batches and after the epoch's last batch, which Accelerate's loader flags
-          (``end_of_dataloader``) as it yields it. The last, short window is exact too: a
-          window's gradients are scaled to the mean over its items only once it ends;
-        - with several processes, Accelerate shards the dataset itself, completing the last
-          batches with repeated samples that are not left out of the loss metrics;
-        - resuming mid-epoch (``resume_from``) skips the batches already done by iterating
-          over them: they are loaded again, and the dataset must yield the same order.
+        Each optimizer update is a step on the mean loss over all items of its accumulation
+        window on all processes; with several processes each trains on its share of every
+        batch, and the run matches one process with the total batch size. How losses are
+        combined across processes, and how data without a length (an ``IterableDataset``
+        stream) is trained on, are in the docs: "The Trainer and its hooks", sections
+        "Losses over several processes" and "Data without a length". The plan of the run
+        (epoch length, accumulation windows, limits, scheduler stepping) is computed once,
+        before the first step, as a `RunPlan` (``trainwright.run_plan``).
 
         Args:
             train_dataset: the training data; by default each item is ``(inputs, targets)``.
@@ -1278,78 +1289,30 @@ class Trainer:
             )
             ```
         """
-        _check_train_options(
-            max_num_train_batches_per_epoch,
-            max_num_eval_batches,
-            scheduler_step_interval,
-            scheduler_metric,
-            create_scheduler_fn,
-        )
-        check_dataloader_kwargs("train_dataloader_kwargs", train_dataloader_kwargs)
-        check_dataloader_kwargs("eval_dataloader_kwargs", eval_dataloader_kwargs)
-        check_bool("reset_run_history", reset_run_history)
-        check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
-        check_positive_int("eval_per_device_batch_size", eval_per_device_batch_size, optional=True)
-        if not (isinstance(resume_from, str) and resume_from == "latest"):
-            check_path("resume_from", resume_from, optional=True)
-        max_num_train_batches_per_epoch, max_num_eval_batches, max_num_intermediate_eval_batches = (
-            self._batch_limits(max_num_train_batches_per_epoch, max_num_eval_batches)
-        )
-        self._check_train_arguments(
-            train_dataset,
-            eval_dataset,
-            num_epochs,
-            per_device_batch_size,
-            max_num_train_steps,
-            gradient_accumulation_steps,
-            gradient_clip_value,
-            max_grad_norm,
-            create_scheduler_fn,
-        )
-        resume_dir, resume_state = self._find_resume_state(resume_from)
+        # train()'s arguments, checked: a bad one raises here, before anything changes.
+        arguments = TrainArguments(**{name: v for name, v in locals().items() if name != "self"})
+        resume_dir, resume_state = self._find_resume_state(arguments.resume_from)
         if reset_run_history:
             self.run_history.reset()
-        self.train_dataset, self.eval_dataset, self.collate_fn = (
-            train_dataset,
-            eval_dataset,
-            collate_fn,
-        )
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.collate_fn = collate_fn
         self._prepare_model_and_optimizer()
-        self._max_num_train_batches_per_epoch = max_num_train_batches_per_epoch
-        self._max_num_eval_batches = max_num_eval_batches
-        self._max_num_intermediate_eval_batches = max_num_intermediate_eval_batches
-        eval_batch_size = eval_per_device_batch_size or per_device_batch_size
-        self.train_dataloader = self._prepare_dataloader(
-            self.create_train_dataloader(per_device_batch_size, train_dataloader_kwargs), "train"
+        self._build_dataloaders(arguments)
+        self._plan = plan_run(
+            arguments,
+            self.callback_handler.callbacks,
+            self.accelerator,
+            self.train_dataloader,
+            self.eval_dataloader,
+            self._dataloader_settings,
         )
-        self.eval_dataloader = None
-        if eval_dataset is not None:
-            self.eval_dataloader = self._prepare_dataloader(
-                self.create_eval_dataloader(eval_batch_size, eval_dataloader_kwargs), "eval"
-            )
-        self.run_config = self._create_run_config(
-            num_epochs,
-            max_num_train_steps,
-            gradient_accumulation_steps,
-            gradient_clip_value,
-            max_grad_norm,
-        )
-        self.scheduler = None
-        self.create_scheduler_fn = None
-        if create_scheduler_fn is not None:
-            self.create_scheduler_fn = resolve_placeholders(create_scheduler_fn, self.run_config)
-            self.scheduler = self._call_create_scheduler()
-            _check_scheduler(self.scheduler)
-        self._configure_scheduler_stepping(scheduler_step_interval, scheduler_metric)
+        self.run_config = self._plan.run_config
+        self._create_run_scheduler(arguments)
         self._check_first_eval_batch()
         self.progress = TrainingProgress()
-        self._item_weighting.start_run(
-            self.run_config.train_per_device_batch_size * gradient_accumulation_steps
-        )
+        self._item_weighting.start_run(self._plan.nominal_window_items)
         if resume_state is not None:
-            self._check_resume_matches_run(resume_dir, resume_state)
-            self._restore_training_state(resume_dir, resume_state)
-            self._report_resume(resume_dir)
+            self._resume(resume_dir, resume_state)
         try:
             self._run_training(resume_state)
         except BaseException as exception:  # KeyboardInterrupt included: cleanup, then raise
@@ -1384,7 +1347,8 @@ class Trainer:
             self.callback_handler.call_event("on_stop_training_error", self, error=error)
         finally:
             self._run_control.finish()
-            self._is_train_epoch_running = False  # also when a stop left the steps
+            if self._epoch is not None:
+                self._epoch.is_in_steps = False  # also when a stop left the steps
         if self.progress.is_epoch_finished:
             # Stopped during the epoch's last events (early stopping): the epoch was completed,
             # so it counts, as a state saved at the stop counts it when resumed.
@@ -1408,7 +1372,7 @@ class Trainer:
             self._run_train_epoch()
             if self.eval_dataloader is not None:
                 self._run_eval_epoch(
-                    self.eval_dataloader, "eval_loss_epoch", self._max_num_eval_batches
+                    self.eval_dataloader, "eval_loss_epoch", self._plan.limits.max_num_eval_batches
                 )
             self.training_run_epoch_end()
             self.progress.is_epoch_finished = True
@@ -1417,7 +1381,7 @@ class Trainer:
             self._finish_epoch()
 
     def _finish_epoch(self) -> None:
-        if self._is_scheduler_stepped_per_epoch:  # after every epoch-end metric
+        if self._plan.scheduler.per_epoch:  # after every epoch-end metric
             self.scheduler_epoch_step()
         self.run_history.increment_epoch()
         self.progress.epoch += 1
@@ -1431,15 +1395,15 @@ class Trainer:
     def _run_train_epoch(self) -> None:
         self.train_epoch_start()
         self.callback_handler.call_event("on_train_epoch_start", self)
-        self._train_loss.reset()
-        self._train_tail = padded_tail(self.train_dataloader, self.accelerator)
+        epoch = self._epoch = self._start_train_epoch()
+        plan = self._plan
         num_scaler_skips_before = self.progress.num_scaler_skipped_updates
-        # The update limit as a number, so the per-step check costs the same with and without.
-        max_num_update_steps = self.run_config.num_update_steps or math.inf
-        batches = self._epoch_batches()
-        if not self._is_train_length_known:  # decided per epoch: known lengths pay nothing
-            batches = self._marking_last_batch(batches)
-        self._is_train_epoch_running = True  # evaluations from here on are intermediate
+        batches = enumerate(
+            seeded_epoch(epoch.dataloader, epoch.start_state["data_seed"]), epoch.first_step
+        )
+        if epoch.num_batches is None:  # no length: decided per epoch, known lengths pay nothing
+            batches = self._marking_last_batch(batches, epoch)
+        epoch.is_in_steps = True  # evaluations from here on are intermediate
         for step, batch in batches:
             self.progress.step = step
             try:
@@ -1453,15 +1417,15 @@ class Trainer:
             requests = self._run_control.end_of_step()  # the same on every process
             if requests and self._act_on_step_end_requests(requests, step):
                 break  # request_end_epoch()
-            if self.progress.num_update_steps >= max_num_update_steps:
+            if self.progress.num_update_steps >= plan.max_num_update_steps:
                 break  # max_num_train_steps reached: the run ends after this epoch
-            if step + 1 == self._max_num_train_batches_per_epoch:
+            if plan.is_epoch_cut_after(step):
                 break  # the batch limit cuts the epoch short
-        self._is_train_epoch_running = False
+        epoch.is_in_steps = False
         # A stop asked for in the epoch's last step takes effect here, before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
         self._run_control.agree(after="on_train_step_end")
-        if not self._is_train_length_known and self.progress.num_batches_done == 0:
+        if plan.num_train_batches is None and self.progress.num_batches_done == 0:
             raise ValueError(
                 f"The training data yielded no batches in epoch {self.progress.epoch + 1} on "
                 "this process. An iterable dataset must yield samples in every epoch "
@@ -1481,10 +1445,11 @@ class Trainer:
         num_items = returned_num_items(batch_output, "calculate_train_batch_loss")
         if num_items is None:
             num_items = metric_weight = batch_size
-            if self._train_tail is not None and step == self._train_tail.step:
+            tail = self._epoch.padded_tail
+            if tail is not None and step == tail.step:
                 # Accelerate completed this batch with repeated samples: count only the others
                 # in the metric (their loss is not separable from the repeats'; see train()).
-                metric_weight = self._train_tail.num_genuine_samples
+                metric_weight = tail.num_genuine_samples
         else:
             metric_weight = num_items
         self._train_loss.update(loss, metric_weight)
@@ -1493,9 +1458,9 @@ class Trainer:
         )
         # Each micro-batch's mean loss is weighed by its items; the window's gradients are
         # scaled to the mean over all of its items on all processes before the update.
-        is_update_step = self._is_update_step(step)
+        is_update_step = self._plan.is_update_step(step, self._epoch.num_batches)
         scaled_loss = self._item_weighting.weigh(loss, num_items, is_window_end=is_update_step)
-        if is_update_step or not self._defers_gradient_sync:
+        if is_update_step or not self._plan.defers_gradient_sync:
             self.backward_step(scaled_loss)
         else:  # no gradient all-reduce between processes until the window is complete
             with self.accelerator.no_sync(self.model):
@@ -1526,55 +1491,62 @@ class Trainer:
             # has set; without a scaler there is nothing to read.
             if self.accelerator.scaler is not None and self.accelerator.optimizer_step_was_skipped:
                 self.progress.num_scaler_skipped_updates += 1
-            elif self._is_scheduler_stepped_per_update:
+            elif self._plan.scheduler.per_update:
                 self.scheduler_step()
             self.callback_handler.call_event("on_after_optimizer_step", self, step=step)
         self.optimizer_zero_grad()
 
-    def _epoch_batches(self) -> Iterable[tuple[int, Any]]:
-        """The epoch's ``(step, batch)`` pairs; in an epoch resumed mid-way, only the batches
-        not yet done, skipped at the sampler so that they are never loaded."""
+    def _start_train_epoch(self) -> _TrainEpoch:
+        """The epoch about to run; in an epoch resumed mid-way, the batches not yet done,
+        skipped at the sampler so that they are never loaded."""
         self.progress.is_epoch_finished = False
-        resumed, self._resumed_epoch = self._resumed_epoch, None
+        self._train_loss.reset()
+        resumed, self._resume_position = self._resume_position, None
         if resumed is None:
             self.progress.num_batches_done = 0
-            self._epoch_start_state = {
+            start_state = {
                 "data_seed": draw_data_seed(),
                 "sampler": _generator_state(self.train_dataloader),
             }
-            self._epoch_dataloader = self.train_dataloader
-            return enumerate(seeded_epoch(self.train_dataloader, self._data_seed()))
-        self._train_loss.load_state_dict(resumed["train_loss"])
-        self._epoch_start_state = resumed["epoch_start"]
-        # Replay the epoch as the saved run saw it: its data seed gives the same batch order
-        # and the same random augmentations (see trainwright.data), and the sampler's
-        # generator (Accelerate's, with several processes) starts where it did. The global
-        # RNG is not touched: it continues from where the saved step left it.
-        _set_generator_state(self.train_dataloader, self._epoch_start_state["sampler"])
-        first_step = self.progress.num_batches_done
-        # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
-        self._epoch_dataloader = self.accelerator.skip_first_batches(
-            self.train_dataloader, first_step
+            dataloader = self.train_dataloader
+        else:
+            self._train_loss.load_state_dict(resumed["train_loss"])
+            start_state = resumed["epoch_start"]
+            # Replay the epoch as the saved run saw it: its data seed gives the same batch
+            # order and the same random augmentations (see trainwright.data), and the
+            # sampler's generator (Accelerate's, with several processes) starts where it did.
+            # The global RNG is not touched: it continues from where the saved step left it.
+            _set_generator_state(self.train_dataloader, start_state["sampler"])
+            # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
+            dataloader = self.accelerator.skip_first_batches(
+                self.train_dataloader, self.progress.num_batches_done
+            )
+        return _TrainEpoch(
+            start_state=start_state,
+            dataloader=dataloader,
+            first_step=self.progress.num_batches_done,
+            num_batches=self._plan.num_train_batches,
+            padded_tail=padded_tail(self.train_dataloader, self.accelerator),
         )
-        return enumerate(seeded_epoch(self._epoch_dataloader, self._data_seed()), first_step)
 
     def _data_seed(self) -> int:
         """The data seed of the training epoch in progress (or last run): it also seeds the
         evaluation data, so evaluating draws nothing from the global RNG."""
-        return self._epoch_start_state["data_seed"] if self._epoch_start_state else 0
+        return self._epoch.start_state["data_seed"] if self._epoch is not None else 0
 
-    def _marking_last_batch(self, batches: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-        """The epoch's batches of data without a length, setting the epoch's length as its
+    def _marking_last_batch(
+        self, batches: Iterable[tuple[int, Any]], epoch: _TrainEpoch
+    ) -> Iterator[tuple[int, Any]]:
+        """The epoch's batches of data without a length, setting ``epoch.num_batches`` as its
         last batch comes (or the batch limit's), so that it ends an accumulation window.
 
         Accelerate's prepared loader reads one batch ahead and sets ``end_of_dataloader``
         before it yields the last one.
         """
-        self._num_train_batches = None
-        dataloader, max_num_batches = self._epoch_dataloader, self._max_num_train_batches_per_epoch
+        max_num_batches = self._plan.limits.max_num_train_batches_per_epoch
         for step, batch in batches:
-            if dataloader.end_of_dataloader or step + 1 == max_num_batches:
-                self._num_train_batches = step + 1
+            if epoch.dataloader.end_of_dataloader or step + 1 == max_num_batches:
+                epoch.num_batches = step + 1
             yield step, batch
 
     def _is_max_num_train_steps_reached(self) -> bool:
@@ -1595,10 +1567,6 @@ class Trainer:
                 self.progress.num_scaler_skipped_updates,
                 self.accelerator.scaler.get_scale(),
             )
-
-    def _is_update_step(self, step: int) -> bool:
-        accumulation_steps = self.run_config.gradient_accumulation_steps
-        return (step + 1) % accumulation_steps == 0 or step + 1 == self._num_train_batches
 
     def _clip_gradients(self) -> None:
         # Accelerate unscales fp16 gradients (once per update) before clipping.
@@ -1621,22 +1589,34 @@ class Trainer:
     ) -> None:
         self.eval_epoch_start()
         self.callback_handler.call_event("on_eval_epoch_start", self)
-        self._eval_loss.reset()
-        tail = padded_tail(dataloader, self.accelerator)
         with torch.no_grad():
-            for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
-                self.callback_handler.call_event("on_eval_step_start", self, batch=batch, step=step)
-                batch_output = self.calculate_eval_batch_loss(batch)
-                self._eval_loss.update(*self._eval_loss_and_weight(batch, batch_output, step, tail))
-                self.callback_handler.call_event(
-                    "on_eval_step_end", self, batch=batch, batch_output=batch_output, step=step
-                )
-                if step + 1 == max_num_batches:
-                    break
+            epoch_loss = self._eval_batches(dataloader, max_num_batches, fires_events=True)
         self.eval_epoch_end()
-        self.run_history.update_metric(metric_name, self._eval_loss.compute())
+        self.run_history.update_metric(metric_name, epoch_loss.compute())
         self.callback_handler.call_event("on_eval_epoch_end", self)
         self._run_control.agree(after="on_eval_epoch_end")
+
+    def _eval_batches(
+        self, dataloader: DataLoader, max_num_batches: int | None, fires_events: bool
+    ) -> _EpochLoss:
+        """The evaluation batch loop, of evaluation epochs and of `evaluate_model` (which
+        fires no events): the sample-weighted loss over the first ``max_num_batches`` batches
+        (``None``: all)."""
+        handler = self.callback_handler
+        epoch_loss = _EpochLoss(self.accelerator)
+        tail = padded_tail(dataloader, self.accelerator)
+        for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
+            if fires_events:
+                handler.call_event("on_eval_step_start", self, batch=batch, step=step)
+            batch_output = self.calculate_eval_batch_loss(batch)
+            epoch_loss.update(*self._eval_loss_and_weight(batch, batch_output, step, tail))
+            if fires_events:
+                handler.call_event(
+                    "on_eval_step_end", self, batch=batch, batch_output=batch_output, step=step
+                )
+            if step + 1 == max_num_batches:
+                break
+        return epoch_loss
 
     def _check_first_eval_batch(self) -> None:
         """Runs ``calculate_eval_batch_loss`` once, before training, on the first samples of
@@ -1752,9 +1732,11 @@ class Trainer:
         self.eval_dataloader = self._prepare_dataloader(
             self.create_eval_dataloader(per_device_batch_size, dataloader_kwargs), "eval"
         )
-        _, max_num_batches, _ = self._batch_limits(None, None)
-        max_num_batches = _limit_that_cuts(max_num_batches, self.eval_dataloader)
-        self.run_config = self._create_evaluation_run_config(max_num_batches)
+        limits = batch_limits(self.callback_handler.callbacks)
+        max_num_batches = limit_that_cuts(limits.max_num_eval_batches, self.eval_dataloader)
+        self.run_config = evaluation_run_config(
+            self.accelerator, self.eval_dataloader, self._dataloader_settings, max_num_batches
+        )
         try:
             self.evaluation_run_start()
             self.callback_handler.call_event("on_evaluation_run_start", self)
@@ -1813,29 +1795,23 @@ class Trainer:
             ```
         """
         # During a training epoch's steps this is an intermediate evaluation, with its own limit.
-        max_num_batches = (
-            self._max_num_intermediate_eval_batches if self._is_train_epoch_running else None
-        )
+        limits = self._plan.limits if self._plan is not None else BatchLimits()
+        is_intermediate = self._epoch is not None and self._epoch.is_in_steps
+        max_num_batches = limits.max_num_intermediate_eval_batches if is_intermediate else None
         if dataloader is None:
             dataloader = self.eval_dataloader
-            max_num_batches = _smaller(max_num_batches, self._max_num_eval_batches)
+            max_num_batches = smaller_limit(max_num_batches, limits.max_num_eval_batches)
         if dataloader is None:
             raise ValueError(
                 "evaluate_model() needs evaluation data: pass a dataloader, or an eval_dataset "
                 "to train()."
             )
         trained_model, was_training = self.model, model.training
-        epoch_loss = _EpochLoss(self.accelerator)
         self.model = model
         model.eval()
-        tail = padded_tail(dataloader, self.accelerator)
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                for step, batch in enumerate(seeded_epoch(dataloader, self._data_seed())):
-                    batch_output = self.calculate_eval_batch_loss(batch)
-                    epoch_loss.update(*self._eval_loss_and_weight(batch, batch_output, step, tail))
-                    if step + 1 == max_num_batches:
-                        break
+                epoch_loss = self._eval_batches(dataloader, max_num_batches, fires_events=False)
         finally:
             self.model = trained_model
             model.train(was_training)
@@ -2068,59 +2044,38 @@ class Trainer:
     # Setting up a run
     # ----------------------------------------------------------------------------------------
 
-    def _batch_limits(
-        self, max_num_train_batches_per_epoch: int | None, max_num_eval_batches: int | None
-    ) -> tuple[int | None, int | None, int | None]:
-        """The given limits, lowered by those of any `BatchLimitsCallback`, and the
-        limit of intermediate evaluations (set by callbacks only)."""
-        max_num_intermediate_eval_batches = None
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, BatchLimitsCallback):
-                max_num_train_batches_per_epoch = _smaller(
-                    max_num_train_batches_per_epoch, callback.max_num_train_batches_per_epoch
-                )
-                max_num_eval_batches = _smaller(max_num_eval_batches, callback.max_num_eval_batches)
-                max_num_intermediate_eval_batches = _smaller(
-                    max_num_intermediate_eval_batches, callback.max_num_intermediate_eval_batches
-                )
-        return (
-            max_num_train_batches_per_epoch,
-            max_num_eval_batches,
-            max_num_intermediate_eval_batches,
+    def _build_dataloaders(self, arguments: TrainArguments) -> None:
+        """Builds and prepares the run's training and evaluation dataloaders."""
+        self.train_dataloader = self._prepare_dataloader(
+            self.create_train_dataloader(
+                arguments.per_device_batch_size, arguments.train_dataloader_kwargs
+            ),
+            "train",
         )
+        self.eval_dataloader = None
+        if arguments.eval_dataset is not None:
+            self.eval_dataloader = self._prepare_dataloader(
+                self.create_eval_dataloader(
+                    arguments.eval_batch_size, arguments.eval_dataloader_kwargs
+                ),
+                "eval",
+            )
 
-    def _configure_scheduler_stepping(
-        self, step_interval: str | None, metric_name: str | None
-    ) -> None:
-        scheduler = self.scheduler
-        is_plateau = isinstance(scheduler, ReduceLROnPlateau)
-        self._is_timm_scheduler = callable(getattr(scheduler, "step_update", None))
-        self._scheduler_metric = metric_name
-        if scheduler is None:
-            self._is_scheduler_stepped_per_update = self._is_scheduler_stepped_per_epoch = False
-            return
-        if is_plateau and (step_interval == "update" or metric_name is None):
-            raise ValueError(
-                "ReduceLROnPlateau is stepped once per epoch with a metric: pass "
-                'scheduler_metric="eval_loss_epoch" (or another recorded metric) to train(), '
-                'and leave scheduler_step_interval as None or "epoch".'
+    def _create_run_scheduler(self, arguments: TrainArguments) -> None:
+        """Creates the run's scheduler from ``create_scheduler_fn`` (placeholders resolved
+        with the plan's run config), and adds how it is stepped to the plan."""
+        self.scheduler = self.create_scheduler_fn = None
+        if arguments.create_scheduler_fn is not None:
+            self.create_scheduler_fn = resolve_placeholders(
+                arguments.create_scheduler_fn, self.run_config
             )
-        if metric_name is not None and not (is_plateau or self._is_timm_scheduler):
-            raise ValueError(
-                f"scheduler_metric={metric_name!r} is only used by ReduceLROnPlateau and "
-                f"timm-style schedulers, but the scheduler is a {type(scheduler).__name__}. "
-                "Remove scheduler_metric."
-            )
-        if is_plateau:
-            per_update, per_epoch = False, True
-        elif self._is_timm_scheduler:
-            per_update, per_epoch = step_interval != "epoch", step_interval != "update"
-        else:
-            per_update, per_epoch = step_interval != "epoch", step_interval == "epoch"
-        self._is_scheduler_stepped_per_update = per_update
-        self._is_scheduler_stepped_per_epoch = per_epoch
-        if metric_name is not None:
-            check_metric_will_be_recorded(self, metric_name, "scheduler_metric")
+            self.scheduler = self._call_create_scheduler()
+            _check_scheduler(self.scheduler)
+        metric = arguments.scheduler_metric
+        stepping = scheduler_stepping(self.scheduler, arguments.scheduler_step_interval, metric)
+        self._plan = self._plan.with_scheduler(stepping)
+        if self.scheduler is not None and metric is not None:
+            check_metric_will_be_recorded(self, metric, "scheduler_metric")
 
     def _is_sharded(self) -> bool:
         return self._is_prepared and is_sharded(self.accelerator, self.model)
@@ -2159,148 +2114,6 @@ class Trainer:
                 "batch size, more data, or drop_last=False."
             )
         return prepared
-
-    def _create_run_config(
-        self,
-        num_epochs: int,
-        max_num_train_steps: int | None,
-        gradient_accumulation_steps: int,
-        gradient_clip_value: float | None,
-        max_grad_norm: float | None,
-    ) -> RunConfig:
-        self._max_num_train_batches_per_epoch = _limit_that_cuts(
-            self._max_num_train_batches_per_epoch, self.train_dataloader
-        )
-        self._max_num_eval_batches = _limit_that_cuts(
-            self._max_num_eval_batches, self.eval_dataloader
-        )
-        train_len = dataloader_length(self.train_dataloader)
-        self._is_train_length_known = train_len is not None
-        if self._is_train_length_known:
-            self._num_train_batches = _limit(train_len, self._max_num_train_batches_per_epoch)
-            num_update_steps_per_epoch = math.ceil(
-                self._num_train_batches / gradient_accumulation_steps
-            )
-        else:  # found as each epoch ends
-            self._num_train_batches = num_update_steps_per_epoch = None
-        if max_num_train_steps is not None:
-            num_update_steps = max_num_train_steps
-            # Without a length, epochs repeat until max_num_train_steps (num_epochs None).
-            num_epochs = (
-                math.ceil(max_num_train_steps / num_update_steps_per_epoch)
-                if num_update_steps_per_epoch is not None
-                else None
-            )
-        elif num_update_steps_per_epoch is not None:
-            num_update_steps = num_update_steps_per_epoch * num_epochs
-        else:
-            num_update_steps = None
-        train_batch_size = self._per_device_batch_size("train")
-        return RunConfig(
-            num_epochs=num_epochs,
-            num_update_steps_per_epoch=num_update_steps_per_epoch,
-            num_update_steps=num_update_steps,
-            max_num_train_steps=max_num_train_steps,
-            train_per_device_batch_size=train_batch_size,
-            train_total_batch_size=(
-                None
-                if train_batch_size is None
-                else train_batch_size * self.accelerator.num_processes * gradient_accumulation_steps
-            ),
-            train_dataloader_len=self._num_train_batches,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            gradient_clip_value=gradient_clip_value,
-            max_grad_norm=max_grad_norm,
-            train_dl_kwargs=self._dataloader_settings["train"],
-            max_num_train_batches_per_epoch=self._max_num_train_batches_per_epoch,
-            max_num_eval_batches=self._max_num_eval_batches,
-            max_num_intermediate_eval_batches=self._max_num_intermediate_eval_batches,
-            **self._eval_and_process_facts(self._max_num_eval_batches),
-        )
-
-    def _create_evaluation_run_config(self, max_num_batches: int | None) -> RunConfig:
-        """The run config of an ``evaluate()``: its evaluation facts, no training ones."""
-        return RunConfig(
-            num_epochs=None,
-            num_update_steps_per_epoch=None,
-            num_update_steps=None,
-            max_num_train_steps=None,
-            train_per_device_batch_size=None,
-            train_total_batch_size=None,
-            train_dataloader_len=None,
-            gradient_accumulation_steps=None,
-            gradient_clip_value=None,
-            max_grad_norm=None,
-            train_dl_kwargs=None,
-            max_num_eval_batches=max_num_batches,
-            **self._eval_and_process_facts(max_num_batches),
-        )
-
-    def _eval_and_process_facts(self, max_num_eval_batches: int | None) -> dict[str, Any]:
-        """The run config's facts about the evaluation dataloader, processes and device."""
-        accelerator = self.accelerator
-        has_eval = self.eval_dataloader is not None  # not bool(): that calls len()
-        return {
-            "eval_per_device_batch_size": self._per_device_batch_size("eval") if has_eval else None,
-            "eval_dataloader_len": (
-                _limit_or_none(dataloader_length(self.eval_dataloader), max_num_eval_batches)
-                if has_eval
-                else None
-            ),
-            "eval_dl_kwargs": self._dataloader_settings["eval"] if has_eval else None,
-            "num_processes": accelerator.num_processes,
-            "process_index": accelerator.process_index,
-            "local_process_index": accelerator.local_process_index,
-            "is_world_process_zero": accelerator.is_main_process,
-            "is_local_process_zero": accelerator.is_local_main_process,
-            "is_distributed": accelerator.num_processes > 1,
-            "mixed_precision": str(accelerator.mixed_precision),
-            "device": str(accelerator.device),
-        }
-
-    def _per_device_batch_size(self, role: str) -> int | None:
-        """The batch size of each process, from the ``role`` dataloader as built."""
-        batch_size = self._dataloader_settings[role]["batch_size"]
-        if batch_size is not None and self.accelerator.split_batches:
-            batch_size //= self.accelerator.num_processes  # split among the processes
-        return batch_size
-
-    def _check_train_arguments(
-        self,
-        train_dataset: Dataset,
-        eval_dataset: Dataset | None,
-        num_epochs: int,
-        per_device_batch_size: int,
-        max_num_train_steps: int | None,
-        gradient_accumulation_steps: int,
-        gradient_clip_value: float | None,
-        max_grad_norm: float | None,
-        create_scheduler_fn: Any,
-    ) -> None:
-        check_dataset("train_dataset", train_dataset)
-        _check_not_empty("train_dataset", train_dataset)
-        if eval_dataset is not None:
-            check_dataset("eval_dataset", eval_dataset)
-            _check_not_empty("eval_dataset", eval_dataset)
-        check_positive_int("num_epochs", num_epochs)
-        check_positive_int("per_device_batch_size", per_device_batch_size)
-        check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
-        if max_num_train_steps is not None:
-            check_positive_int("max_num_train_steps", max_num_train_steps)
-        for name, value in (
-            ("gradient_clip_value", gradient_clip_value),
-            ("max_grad_norm", max_grad_norm),
-        ):
-            check_number(name, value, minimum=0, is_minimum_allowed=False, optional=True)
-        if isinstance(create_scheduler_fn, (LRScheduler, ReduceLROnPlateau)) or (
-            create_scheduler_fn is not None and not callable(create_scheduler_fn)
-        ):
-            raise TypeError(
-                "create_scheduler_fn must be a function that takes the optimizer and returns a "
-                f"scheduler, but got {type(create_scheduler_fn).__name__} instance. The trainer "
-                "creates the scheduler itself, after preparing the optimizer: pass e.g. "
-                "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=10)."
-            )
 
     # ----------------------------------------------------------------------------------------
     # Hooks: override these in a subclass to change one part of the loop
@@ -2526,7 +2339,7 @@ class Trainer:
         """Advances the scheduler after an optimizer update that happened (not called for a
         scheduler stepped per epoch): ``step_update(num_updates=updates done so far)`` for a
         timm-style scheduler, ``step()`` for any other."""
-        if self._is_timm_scheduler:
+        if self._plan.scheduler.is_timm:
             self.scheduler.step_update(num_updates=self.progress.num_update_steps)
         else:
             self.scheduler.step()
@@ -2548,9 +2361,10 @@ class Trainer:
             ```
         """
         metric = None
-        if self._scheduler_metric is not None:
-            metric = read_watched_metric(self, self._scheduler_metric, "scheduler_metric")
-        if self._is_timm_scheduler:
+        metric_name = self._plan.scheduler.metric
+        if metric_name is not None:
+            metric = read_watched_metric(self, metric_name, "scheduler_metric")
+        if self._plan.scheduler.is_timm:
             self.scheduler.step(epoch=self.progress.epoch + 1, metric=metric)
         elif metric is not None:
             self.scheduler.step(metric)
@@ -2782,59 +2596,6 @@ def _num_local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def _limit(num_batches: int, max_num_batches: int | None) -> int:
-    return num_batches if max_num_batches is None else min(num_batches, max_num_batches)
-
-
-def _limit_or_none(num_batches: int | None, max_num_batches: int | None) -> int | None:
-    return None if num_batches is None else _limit(num_batches, max_num_batches)
-
-
-def _limit_that_cuts(max_num_batches: int | None, dataloader: DataLoader | None) -> int | None:
-    # A limit that does not cut the data short is dropped, so that such epochs run the
-    # dataloader to its end (Accelerate's dataloaders advance their epoch count only then).
-    # Without a length, whether it cuts is unknown: it is kept.
-    if max_num_batches is None or dataloader is None:
-        return None
-    length = dataloader_length(dataloader)
-    if length is not None and max_num_batches >= length:
-        return None
-    return max_num_batches
-
-
-def _smaller(limit: int | None, other: int | None) -> int | None:
-    limits = [value for value in (limit, other) if value is not None]
-    return min(limits) if limits else None
-
-
-def _check_train_options(
-    max_num_train_batches_per_epoch: int | None,
-    max_num_eval_batches: int | None,
-    scheduler_step_interval: str | None,
-    scheduler_metric: str | None,
-    create_scheduler_fn: Any,
-) -> None:
-    for name, value in (
-        ("max_num_train_batches_per_epoch", max_num_train_batches_per_epoch),
-        ("max_num_eval_batches", max_num_eval_batches),
-    ):
-        if value is not None:
-            check_positive_int(name, value)
-    check_type("scheduler_metric", scheduler_metric, str, "a metric name (str)", optional=True)
-    if scheduler_step_interval not in (None, "update", "epoch"):
-        raise ValueError(
-            'scheduler_step_interval must be "update", "epoch" or None; '
-            f"got {scheduler_step_interval!r}."
-        )
-    if create_scheduler_fn is None and (
-        scheduler_step_interval is not None or scheduler_metric is not None
-    ):
-        raise ValueError(
-            "scheduler_step_interval and scheduler_metric only apply to a scheduler: pass "
-            "create_scheduler_fn to train(), or remove them."
-        )
-
-
 def _length_or_unknown(dataset: Any) -> Any:
     return len(dataset) if isinstance(dataset, Sized) else "an unknown number of"
 
@@ -2851,9 +2612,4 @@ def _check_data_arguments(
     check_positive_int("per_device_batch_size", per_device_batch_size)
     check_dataloader_kwargs("dataloader_kwargs", dataloader_kwargs)
     check_callable("collate_fn", collate_fn, "a function of a list of samples", optional=True)
-    _check_not_empty(name, dataset)
-
-
-def _check_not_empty(name: str, dataset: Any) -> None:
-    if isinstance(dataset, Sized) and len(dataset) == 0:
-        raise ValueError(f"{name} is empty (0 samples); pass a dataset with samples.")
+    check_not_empty(name, dataset)
