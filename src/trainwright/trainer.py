@@ -106,6 +106,7 @@ from trainwright.run_control import END_EPOCH, EVALUATE, SAVE, RunControl
 from trainwright.run_plan import (
     BatchLimits,
     RunPlan,
+    SchedulerStepping,
     TrainArguments,
     batch_limits,
     check_not_empty,
@@ -155,7 +156,11 @@ class TrainingProgress:
     across a resume.
 
     Attributes:
-        epoch: index of the current epoch within this ``train()`` call, from 0.
+        epoch: index of the current epoch within this ``train()`` call, from 0. The epoch
+            *number* that messages, loggers and saved file names show is the run history's
+            ``current_epoch``, from 1: ``progress.epoch + 1`` in a fresh run, and counting on
+            across ``train()`` calls made with ``reset_run_history=False``. Positions inside a
+            run (is this the last epoch? every N-th epoch?) use ``progress.epoch``.
         step: index of the current batch within the epoch, from 0.
         num_update_steps: optimizer updates performed so far in this ``train()`` call,
             including those skipped with ``Trainer.request_skip_update`` (so that
@@ -1380,8 +1385,14 @@ class Trainer:
             self._run_control.agree(after="on_training_run_epoch_end")
             self._finish_epoch()
 
+    @property
+    def _scheduler_stepping(self) -> SchedulerStepping:
+        """How the scheduler is stepped: as the latest run planned, or not at all before any
+        ``train()`` (``load_training_state`` alone)."""
+        return self._plan.scheduler if self._plan is not None else SchedulerStepping()
+
     def _finish_epoch(self) -> None:
-        if self._plan.scheduler.per_epoch:  # after every epoch-end metric
+        if self._scheduler_stepping.per_epoch:  # after every epoch-end metric
             self.scheduler_epoch_step()
         self.run_history.increment_epoch()
         self.progress.epoch += 1
@@ -2339,7 +2350,7 @@ class Trainer:
         """Advances the scheduler after an optimizer update that happened (not called for a
         scheduler stepped per epoch): ``step_update(num_updates=updates done so far)`` for a
         timm-style scheduler, ``step()`` for any other."""
-        if self._plan.scheduler.is_timm:
+        if self._scheduler_stepping.is_timm:
             self.scheduler.step_update(num_updates=self.progress.num_update_steps)
         else:
             self.scheduler.step()
@@ -2361,10 +2372,10 @@ class Trainer:
             ```
         """
         metric = None
-        metric_name = self._plan.scheduler.metric
+        metric_name = self._scheduler_stepping.metric
         if metric_name is not None:
             metric = read_watched_metric(self, metric_name, "scheduler_metric")
-        if self._plan.scheduler.is_timm:
+        if self._scheduler_stepping.is_timm:
             self.scheduler.step(epoch=self.progress.epoch + 1, metric=metric)
         elif metric is not None:
             self.scheduler.step(metric)
