@@ -4,6 +4,13 @@ A checkpoint is one ``.pt`` file holding plain tensors and Python values, so it 
 ``torch.load(path, weights_only=True)`` anywhere, without trainwright. Files are written to
 a temporary file beside the target, flushed to disk and then renamed over it, so an
 interrupted save never destroys the previous checkpoint.
+
+Training states live here too, on disk: a directory per state (``state-<updates>``) written
+atomically with a SHA-256 manifest, verified before it is read, pruned and cleaned up after a
+killed save. What goes into a state and how a run resumes from it is the Trainer's
+(``save_training_state``, ``train(resume_from=...)`` in ``trainwright.trainer``); the run plan
+that a resumed run must match is in ``trainwright.run_plan``, the loop in
+``trainwright.trainer`` and the agreement of processes in ``trainwright.run_control``.
 """
 
 from __future__ import annotations

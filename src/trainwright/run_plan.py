@@ -8,8 +8,10 @@ Where the parts of a run live:
   scheduler is stepped, the facts of `RunConfig`;
 - ``trainwright.trainer``: the loop (run, epoch, step, evaluation), which only reads the plan,
   and the per-epoch data it iterates (the epoch's loader, padded tail, start state);
-- ``trainwright.distributed``: agreement across processes (stop, end-epoch, evaluate, save and
-  skip requests), Accelerate's padded tails and launch checks;
+- ``trainwright.run_control``: the requests that change a run's course (stop, end-epoch,
+  evaluate, save, skip an update), agreed on by every process at the agreement points the
+  event registry declares; ``trainwright.distributed``: Accelerate's padded tails and launch
+  checks;
 - ``trainwright.checkpointing``: training states on disk (atomic writes, manifests, pruning);
   the Trainer's ``save_training_state`` / ``resume_from`` decide what goes into one.
 
