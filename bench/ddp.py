@@ -4,6 +4,8 @@ Usage (from the repository root)::
 
     python -m bench.ddp [--rounds 3] [--quick]
 
+``python bench/run_bench.py`` runs it too, after the single-process tables.
+
 Each run is a fresh ``torchrun --nproc_per_node 2`` launch on the CPU (gloo), one thread per
 process, over the overhead-bound ``mlp`` workload (each process reads every other batch, in
 order, as Accelerate shards a loader). Rank 0 reports the training time, the
@@ -129,29 +131,23 @@ def launch(impl: str, quick: bool) -> dict:
     raise RuntimeError(f"{impl} failed:\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.quick)
-        return
+def ddp_table(rounds: int, quick: bool) -> str:
+    """Runs ``rounds`` interleaved rounds of every implementation on 2 processes; returns the
+    markdown table (progress on stderr)."""
     runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         shift = round_index % len(IMPLS)
         for impl in IMPLS[shift:] + IMPLS[:shift]:
-            runs[impl].append(launch(impl, args.quick))
-        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            runs[impl].append(launch(impl, quick))
+        print(f"ddp round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
     reference = runs["ddp"]
     num_steps = reference[0]["num_steps"]
-    print(
+    lines = [
         "| implementation (2 processes) | train time median (s) | overhead vs `ddp` (µs/step) "
         "| ratio vs `ddp` (median) | extra collectives/step (Python calls) | peak RSS MiB "
-        "(rank 0) | weights bit-identical to `ddp` |"
-    )
-    print("|---|---|---|---|---|---|---|")
+        "(rank 0) | weights bit-identical to `ddp` |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for impl, results in runs.items():
         seconds = [r["train_seconds"] for r in results]
         ratios = [r["train_seconds"] / ref["train_seconds"] for r, ref in zip(results, reference)]
@@ -161,7 +157,7 @@ def main() -> None:
         ]
         calls = ", ".join(f"{name} {count}" for name, count in results[0]["collectives"].items())
         same = results[0]["weights_sha256"] == reference[0]["weights_sha256"]
-        print(
+        lines.append(
             f"| `{impl}` | {statistics.median(seconds):.3f} | "
             + ("0 (reference)" if impl == "ddp" else f"{statistics.median(overheads):+.0f}")
             + f" | {statistics.median(ratios):.2f} | {results[0]['collectives_per_step']:.3f}"
@@ -170,6 +166,19 @@ def main() -> None:
             + ("reference" if impl == "ddp" else ("yes" if same else "**no**"))
             + " |"
         )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.quick)
+        return
+    print(ddp_table(args.rounds, args.quick))
 
 
 if __name__ == "__main__":

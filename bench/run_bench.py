@@ -2,14 +2,16 @@
 
 Run from the repository root with the project's Python::
 
-    python bench/run_bench.py [--rounds 5] [--quick]
+    python bench/run_bench.py [--rounds 5] [--quick] [--no-ddp]
 
 Each measurement runs in a fresh ``python -m bench.worker`` process; the implementations are
 interleaved round-robin within each round, so slow drifts of the machine spread over all of them.
 Before the timed rounds, one check pass per implementation counts host syncs, records the order
 in which samples are read and saves the final weights, which are compared bit for bit with the
 hand-written PyTorch loop's. The tables are printed as markdown on stdout; progress goes to
-stderr. See ``bench/README.md`` for what each column means.
+stderr. Then, unless ``--no-ddp``, the same rounds of the 2-process comparison of
+``bench/ddp.py`` (a hand-written DDP loop against the Trainer, with collectives per step).
+See ``bench/README.md`` for what each column means.
 """
 
 import argparse
@@ -32,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script, bench/ is on sys.path but
 
 import torch  # noqa: E402
 
+from bench.ddp import ddp_table  # noqa: E402
 from bench.worker import IMPLEMENTATIONS, RESULT_PREFIX  # noqa: E402
 from bench.workloads import WORKLOAD_BUILDERS, WORKLOAD_DESCRIPTIONS  # noqa: E402
 
@@ -381,6 +384,11 @@ def main() -> None:
     parser.add_argument(
         "--workloads", nargs="+", choices=sorted(WORKLOAD_BUILDERS), default=list(WORKLOAD_BUILDERS)
     )
+    parser.add_argument(
+        "--no-ddp",
+        action="store_true",
+        help="skip the 2-process comparison with a hand-written DDP loop (bench/ddp.py)",
+    )
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     if rounds < 1:
@@ -399,6 +407,11 @@ def main() -> None:
     for workload in args.workloads:
         print()
         print(benchmark_workload(workload, impls, rounds, args.quick, jobs), flush=True)
+    if not args.no_ddp:
+        print()
+        print("### 2 processes: `mlp` on `torchrun --nproc_per_node 2` (gloo, 1 thread each)")
+        print()
+        print(ddp_table(rounds, args.quick), flush=True)
 
 
 if __name__ == "__main__":
