@@ -15,7 +15,7 @@ from trainwright.callbacks.base import (
 )
 from trainwright.callbacks.ema import ModelEmaCallback
 from trainwright.callbacks.evaluation import StepBasedEvaluationCallback
-from trainwright.callbacks.filters import EventFilter, every, filtered, once
+from trainwright.callbacks.filters import DueCheck, EventFilter, due_check, every, filtered, once
 from trainwright.callbacks.gradients import GradientNormMonitorCallback
 from trainwright.callbacks.loggers import (
     CSVLoggerCallback,
@@ -89,6 +89,7 @@ __all__ = [
     "CallbackSetupError",
     "ConvertSyncBatchNormCallback",
     "CudaMemoryCallback",
+    "DueCheck",
     "EarlyStoppingCallback",
     "EventFilter",
     "ExperimentTrackerCallback",
@@ -118,6 +119,7 @@ __all__ = [
     "TrainerCallback",
     "TrainingInterrupted",
     "WSDCheckpointCallback",
+    "due_check",
     "every",
     "filtered",
     "get_default_callbacks",

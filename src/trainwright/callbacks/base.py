@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from trainwright.callbacks.filters import filter_of
+from trainwright.callbacks.filters import due_checks_of, filter_of
 from trainwright.callbacks.ordering import (
     ALL_METRICS,
     CallbackOrderError,
@@ -569,8 +569,10 @@ class CallbackHandler:
         return plan
 
     def reset_event_filters(self, trainer: Trainer) -> None:
-        """Restarts every event filter's count from ``trainer``'s current position; the
-        trainer calls it at the start of every ``train()`` (after a resume's restore).
+        """Restarts every event filter's count from ``trainer``'s current position: those of
+        filtered event methods and the callbacks' own
+        [`due_check`][trainwright.callbacks.filters.due_check] checks. The trainer calls it at
+        the start of every ``train()`` (after a resume's restore).
 
         Example:
             ```python
@@ -579,6 +581,9 @@ class CallbackHandler:
         """
         for filtered_method in self._filtered_methods.values():
             filtered_method.reset(trainer)
+        for callback in self._callbacks:
+            for check in due_checks_of(callback):
+                check.reset(trainer)
 
     def add_callback(self, callback: CallbackLike) -> TrainerCallback:
         """Adds a callback (a class is instantiated with no arguments) and returns the instance.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.callbacks.filters import due_check, every
 from trainwright.data import create_dataloader, merge_dataloader_kwargs
 from trainwright.validation import check_dataset, check_positive_int, check_type
 
@@ -75,15 +76,19 @@ class StepBasedEvaluationCallback(TrainerCallback):
         if eval_dataset is not None:
             check_dataset("eval_dataset", eval_dataset)
         check_type("metric_name", metric_name, str, "a metric name (str)")
-        self.eval_every_n_updates = eval_every_n_updates
         self.eval_dataset = eval_dataset
         self.metric_name = metric_name
         self.writes_metrics = (metric_name,)
         self._dataloader: DataLoader | None = None
-        self._last_evaluated_update = 0
+        self._evaluation = due_check(self, every(n_updates=eval_every_n_updates))
+
+    @property
+    def eval_every_n_updates(self) -> int:
+        """The interval given to the constructor (read-only: build a new callback to change
+        it)."""
+        return self._evaluation.event_filter.n_updates
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._last_evaluated_update = 0
         self._dataloader = None  # None: the trainer's evaluation data (and its batch limit)
         if self.eval_dataset is None:
             if trainer.eval_dataloader is None:
@@ -101,10 +106,8 @@ class StepBasedEvaluationCallback(TrainerCallback):
         self._dataloader = trainer.accelerator.prepare(dataloader)
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        num_updates = trainer.progress.num_update_steps
-        if num_updates == self._last_evaluated_update or num_updates % self.eval_every_n_updates:
+        if not self._evaluation.is_due(trainer):
             return  # no update on this step, or not one we evaluate after
-        self._last_evaluated_update = num_updates
         trainer.evaluate_model(trainer.model, self._dataloader, self.metric_name)
 
     def on_training_run_end(self, trainer: Trainer, **kwargs: Any) -> None:

@@ -8,6 +8,14 @@ table for the filtered methods only, so callbacks without filters cost nothing e
 method that is not due costs one short check (a few attribute reads), its method is not
 called.
 
+When the interval is a constructor argument of the callback, or only part of an event method is
+periodic, ask the filter from inside the method instead:
+[`due_check`][trainwright.callbacks.filters.due_check] gives the callback a
+[`DueCheck`][trainwright.callbacks.filters.DueCheck] whose ``is_due(trainer)`` answers "is this
+filter due now", with the same rules and the same state handling as a decorated method. The
+built-in callbacks (``StepBasedEvaluationCallback``, ``ExperimentTrackerCallback``,
+``SaveTrainingStateCallback``, ...) count their "every N updates" this way.
+
 The filters are evaluated when the event is dispatched, from
 `Trainer.progress`:
 
@@ -23,7 +31,10 @@ The filters are evaluated when the event is dispatched, from
 - ``once``: due the first time only, in each ``train()`` call.
 
 The state of each filter (the last update count, epoch or time it ran at) is per callback
-instance and reset at the start of every ``train()`` to the run's starting point.
+instance and reset at the start of every ``train()`` to the run's starting point (by
+[`CallbackHandler.reset_event_filters`][trainwright.callbacks.base.CallbackHandler.reset_event_filters],
+after a resume's restore: an every-N filter then continues from the saved update count and does
+not fire again at it).
 """
 
 from __future__ import annotations
@@ -38,10 +49,11 @@ if TYPE_CHECKING:
     from trainwright.callbacks.base import TrainerCallback
     from trainwright.trainer import Trainer
 
-__all__ = ["EventFilter", "every", "filtered", "once"]
+__all__ = ["DueCheck", "EventFilter", "due_check", "every", "filtered", "once"]
 
 _FILTER_ATTRIBUTE = "_trainwright_event_filter"
 _INSTANCE_FILTERS = "_trainwright_event_filters"
+_DUE_CHECKS = "_trainwright_due_checks"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 Callback = TypeVar("Callback", bound="TrainerCallback")
@@ -152,13 +164,52 @@ def filter_of(callback: TrainerCallback, event: str) -> EventFilter | None:
     return getattr(getattr(callback, event, None), _FILTER_ATTRIBUTE, None)
 
 
-class _FilteredMethod:
-    """An event method with its filter and the filter's state; called by the dispatcher."""
+def due_check(callback: TrainerCallback, event_filter: EventFilter) -> DueCheck:
+    """A [`DueCheck`][trainwright.callbacks.filters.DueCheck] of ``event_filter`` for
+    ``callback``: ask ``is_due(trainer)`` inside an event method, for a filter whose interval
+    is only known when the callback is built (or that covers part of a method).
 
-    def __init__(self, event_filter: EventFilter, method: Callable[..., Any]) -> None:
+    Create it in the callback's ``__init__``. Its state is the callback's, and the trainer
+    resets it with the event filters at the start of every ``train()``
+    ([`reset_event_filters`][trainwright.callbacks.base.CallbackHandler.reset_event_filters]),
+    so it behaves exactly as the same filter declared on a method with a decorator.
+
+    Example:
+        ```python
+        class ReportEvery(TrainerCallback):
+            def __init__(self, n_updates: int) -> None:
+                self._report = due_check(self, every(n_updates=n_updates))
+
+            def on_train_step_end(self, trainer, **kwargs):
+                if self._report.is_due(trainer):
+                    trainer.print("updates:", trainer.progress.num_update_steps)
+        ```
+    """
+    if not isinstance(event_filter, EventFilter):
+        raise TypeError(
+            f"due_check needs an EventFilter (every(...) or once); got {event_filter!r}."
+        )
+    check = DueCheck(event_filter)
+    callback.__dict__.setdefault(_DUE_CHECKS, []).append(check)
+    return check
+
+
+def due_checks_of(callback: TrainerCallback) -> list[DueCheck]:
+    """The checks [`due_check`][trainwright.callbacks.filters.due_check] made for ``callback``."""
+    return callback.__dict__.get(_DUE_CHECKS, [])
+
+
+class DueCheck:
+    """Whether an event filter is due now, with the filter's state (the last update count or
+    time it was due at); made by [`due_check`][trainwright.callbacks.filters.due_check], and used
+    by every filtered event method too.
+
+    Attributes:
+        event_filter: the filter checked.
+    """
+
+    def __init__(self, event_filter: EventFilter) -> None:
         self.event_filter = event_filter
-        self.method = method
-        self.__self__ = getattr(method, "__self__", None)  # the callback, for error notes
         self._last_update_count = 0
         self._last_time = time.monotonic()
         self._has_run = False
@@ -172,15 +223,17 @@ class _FilteredMethod:
         else:
             self._is_due = self._is_first
 
+    def is_due(self, trainer: Trainer) -> bool:
+        """Whether the filter is due at ``trainer``'s current position. A ``True`` counts as
+        a run at this point: the same update count (or, for ``once``, any later call) is not
+        due again until the next ``train()``."""
+        return self._is_due(trainer)
+
     def reset(self, trainer: Trainer) -> None:
         """Starts counting from ``trainer``'s current position (start of a ``train()``)."""
         self._last_update_count = trainer.progress.num_update_steps
         self._last_time = time.monotonic()
         self._has_run = False
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        if self._is_due(args[0] if args else kwargs["trainer"]):
-            self.method(*args, **kwargs)
 
     def _is_update_due(self, trainer: Trainer) -> bool:
         count = trainer.progress.num_update_steps
@@ -204,3 +257,22 @@ class _FilteredMethod:
             return False
         self._has_run = True
         return True
+
+
+class _FilteredMethod:
+    """An event method with its filter's `DueCheck`; called by the dispatcher."""
+
+    def __init__(self, event_filter: EventFilter, method: Callable[..., Any]) -> None:
+        self.event_filter = event_filter
+        self.method = method
+        self.__self__ = getattr(method, "__self__", None)  # the callback, for error notes
+        self.check = DueCheck(event_filter)
+        self._is_due = self.check._is_due  # skip a call level on the dispatch path
+
+    def reset(self, trainer: Trainer) -> None:
+        """Starts counting from ``trainer``'s current position (start of a ``train()``)."""
+        self.check.reset(trainer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if self._is_due(args[0] if args else kwargs["trainer"]):
+            self.method(*args, **kwargs)

@@ -37,6 +37,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from trainwright.callbacks.base import CallbackSetupError
+from trainwright.callbacks.filters import due_check, every
 from trainwright.callbacks.monitoring import learning_rates
 from trainwright.callbacks.progress import PrintMetricsCallback
 from trainwright.device_values import DeviceValueReader
@@ -331,7 +332,6 @@ class ExperimentTrackerCallback(LoggerCallback):
             raise ValueError(f'evaluation_run must be "training" or "new"; got {evaluation_run!r}.')
         self.project_name = project_name
         self.logging_dir = Path(logging_dir)
-        self.log_every_n_updates = log_every_n_updates
         self.tracker_init_kwargs = {k: dict(v) for k, v in (tracker_init_kwargs or {}).items()}
         self.extra_config = dict(extra_config or {})
         self.epoch_step = epoch_step
@@ -343,8 +343,16 @@ class ExperimentTrackerCallback(LoggerCallback):
         self._training_trackers: list[GeneralTracker] = []
         self._initialized_accelerator: Any = None
         self._pending = _PendingStepValues()
-        self._last_logged_update = 0
+        self._step_logging = None
+        if log_every_n_updates is not None:
+            self._step_logging = due_check(self, every(n_updates=log_every_n_updates))
         self._started_for_evaluation = False
+
+    @property
+    def log_every_n_updates(self) -> int | None:
+        """The interval given to the constructor (read-only: build a new callback to change
+        it)."""
+        return None if self._step_logging is None else self._step_logging.event_filter.n_updates
 
     def get_tracker(self, name: str) -> GeneralTracker:
         """The tracker in use named ``name`` (e.g. ``"mlflow"``); ``.tracker`` on it is the
@@ -362,7 +370,6 @@ class ExperimentTrackerCallback(LoggerCallback):
         self._finish_trackers()  # a run that ended abnormally may have left some open
         self._training_trackers = []
         self._pending.clear()
-        self._last_logged_update = trainer.progress.num_update_steps
         config = {**dict(trainer.run_config), **self.extra_config}
         self._start_or_fail(trainer, lambda: self._start_trackers(trainer, config))
 
@@ -516,11 +523,10 @@ class ExperimentTrackerCallback(LoggerCallback):
     # -- logging ---------------------------------------------------------------------------
 
     def on_train_step_end(self, trainer: Trainer, batch_output: dict, **kwargs: Any) -> None:
-        if not self.trackers or self.log_every_n_updates is None:
+        if not self.trackers or self._step_logging is None:
             return
-        num_updates = trainer.progress.num_update_steps
-        if num_updates != self._last_logged_update and num_updates % self.log_every_n_updates == 0:
-            self._last_logged_update = num_updates
+        if self._step_logging.is_due(trainer):
+            num_updates = trainer.progress.num_update_steps
             values: dict[str, Any] = {"train_loss": batch_output["loss"]}
             values.update(learning_rates(trainer.optimizer))
             values.update(trainer.step_metrics)  # e.g. GradientNormMonitorCallback's

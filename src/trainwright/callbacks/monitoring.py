@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.callbacks.filters import due_check, every
 from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -81,10 +82,18 @@ class LearningRateMonitorCallback(TrainerCallback):
 
     def __init__(self, log_every_n_updates: int | None = None) -> None:
         check_positive_int("log_every_n_updates", log_every_n_updates, optional=True)
-        self.log_every_n_updates = log_every_n_updates
         #: ``(optimizer updates so far, {name: learning rate})`` every N updates.
         self.update_history: list[tuple[int, dict[str, float]]] = []
         self._epoch_start_rates: dict[str, float] = {}
+        self._update_logging = None
+        if log_every_n_updates is not None:
+            self._update_logging = due_check(self, every(n_updates=log_every_n_updates))
+
+    @property
+    def log_every_n_updates(self) -> int | None:
+        """The interval given to the constructor (read-only: build a new callback to change
+        it)."""
+        return None if self._update_logging is None else self._update_logging.event_filter.n_updates
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self.update_history = []
@@ -93,9 +102,9 @@ class LearningRateMonitorCallback(TrainerCallback):
         self._epoch_start_rates = _as_floats(learning_rates(trainer.optimizer))
 
     def on_after_optimizer_step(self, trainer: Trainer, **kwargs: Any) -> None:
-        num_updates = trainer.progress.num_update_steps
-        if self.log_every_n_updates is not None and num_updates % self.log_every_n_updates == 0:
-            self.update_history.append((num_updates, _as_floats(learning_rates(trainer.optimizer))))
+        if self._update_logging is not None and self._update_logging.is_due(trainer):
+            rates = _as_floats(learning_rates(trainer.optimizer))
+            self.update_history.append((trainer.progress.num_update_steps, rates))
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         for name, value in self._epoch_start_rates.items():

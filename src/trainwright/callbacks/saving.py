@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import StopTrainingError, TrainerCallback
+from trainwright.callbacks.filters import due_check, every
 from trainwright.callbacks.monitor import MonitorCallback
 from trainwright.checkpointing import (
     check_writable_directory,
@@ -168,10 +169,17 @@ class SaveTrainingStateCallback(TrainerCallback):
         check_bool("save_at_end", save_at_end)
         self.save_dir = Path(save_dir)
         self.save_every_n_epochs = save_every_n_epochs
-        self.save_every_n_steps = save_every_n_steps
         self.save_at_end = save_at_end
         self.max_checkpoints = max_checkpoints
-        self._updates_at_last_check = 0
+        self._update_saving = None
+        if save_every_n_steps is not None:
+            self._update_saving = due_check(self, every(n_updates=save_every_n_steps))
+
+    @property
+    def save_every_n_steps(self) -> int | None:
+        """The interval in optimizer updates given to the constructor (read-only: build a new
+        callback to change it)."""
+        return None if self._update_saving is None else self._update_saving.event_filter.n_updates
 
     def save(self, trainer: Trainer) -> Path:
         """Saves a training state now and prunes old ones; returns its directory."""
@@ -188,15 +196,10 @@ class SaveTrainingStateCallback(TrainerCallback):
         return directory
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._updates_at_last_check = trainer.progress.num_update_steps
         check_writable_directory(self.save_dir, "SaveTrainingStateCallback save_dir")
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        updates = trainer.progress.num_update_steps
-        if self.save_every_n_steps is None or updates == self._updates_at_last_check:
-            return
-        self._updates_at_last_check = updates
-        if updates % self.save_every_n_steps == 0:
+        if self._update_saving is not None and self._update_saving.is_due(trainer):
             self.save(trainer)
 
     def on_training_run_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -205,6 +208,8 @@ class SaveTrainingStateCallback(TrainerCallback):
             is_last_epoch = trainer.progress.num_update_steps >= config.num_update_steps
         else:
             is_last_epoch = trainer.progress.epoch == config.num_epochs - 1
+        # Every N epochs of the run history (numbered from 1, and across train() calls that
+        # keep the history), not `every(n_epochs=N)`, which counts the epochs of one train().
         epoch = trainer.run_history.current_epoch
         if (self.save_at_end and is_last_epoch) or (
             self.save_every_n_epochs is not None and epoch % self.save_every_n_epochs == 0
@@ -297,7 +302,7 @@ class WSDCheckpointCallback(TrainerCallback):
                 f"{str(self.initial_checkpoint)!r}), which restores the exact position; "
                 "initial_checkpoint takes a model export (.pt file)."
             )
-        self._updates_at_last_check = 0
+        self._each_update = due_check(self, every(n_updates=1))
 
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         from trainwright.schedulers import WSDLrScheduler
@@ -309,16 +314,14 @@ class WSDCheckpointCallback(TrainerCallback):
                 f"{type(trainer.scheduler).__name__}."
             )
         check_writable_directory(self.save_dir, "WSDCheckpointCallback save_dir")
-        self._updates_at_last_check = trainer.progress.num_update_steps
         if self.initial_checkpoint is not None:
             trainer.print(f"Loading the model and optimizer from {self.initial_checkpoint}")
             trainer.load_checkpoint(self.initial_checkpoint, load_scheduler=False)
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        updates = trainer.progress.num_update_steps
-        if updates == self._updates_at_last_check:
+        if not self._each_update.is_due(trainer):
             return  # no update in this step
-        self._updates_at_last_check = updates
+        updates = trainer.progress.num_update_steps
         scheduler = trainer.scheduler
         if self.save_pre_decay_states and scheduler.is_decay_phase_start(updates):
             trainer.save_training_state(self.save_dir / f"pre-decay-{updates:09d}")
