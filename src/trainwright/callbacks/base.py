@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.filters import due_checks_of, filter_of
+from trainwright.callbacks.naming import callback_name
 from trainwright.callbacks.ordering import (
     ALL_METRICS,
     CallbackOrderError,
@@ -444,10 +445,6 @@ class TrainerCallback:
 CallbackLike = TrainerCallback | type[TrainerCallback]
 
 
-def _describe(callback: TrainerCallback) -> str:
-    return type(callback).__name__
-
-
 def _annotate(error: BaseException, note: str) -> None:
     """Attaches ``note`` to ``error``; Python 3.11+ prints notes under the traceback."""
     if hasattr(error, "add_note"):
@@ -548,9 +545,9 @@ class CallbackHandler:
             # on_training_run_start: MoveModulesToDeviceCallback -> TerminateOnNaNCallback ...
             ```
         """
-        lines = ["callback order: " + (", ".join(map(_describe, self._ordered)) or "none")]
+        lines = ["callback order: " + (", ".join(map(callback_name, self._ordered)) or "none")]
         if self._disabled:
-            lines.append("disabled: " + ", ".join(map(_describe, self._disabled)))
+            lines.append("disabled: " + ", ".join(map(callback_name, self._disabled)))
         for event, methods in self._dispatch.items():
             if not methods:
                 continue
@@ -561,7 +558,7 @@ class CallbackHandler:
                     continue  # the profiler's own markers
                 event_filter = filter_of(callback, event)
                 suffix = f" [{event_filter!r}]" if event_filter is not None else ""
-                names.append(_describe(callback) + suffix)
+                names.append(callback_name(callback) + suffix)
             lines.append(f"{event}: {' -> '.join(names)}")
         plan = "\n".join(lines)
         if print_plan:
@@ -651,7 +648,7 @@ class CallbackHandler:
                 return existing
         raise ValueError(
             f"Cannot remove {callback!r}: it is not one of the trainer's callbacks "
-            f"({', '.join(_describe(c) for c in self.callbacks) or 'none'})."
+            f"({', '.join(callback_name(c) for c in self.callbacks) or 'none'})."
         )
 
     def call_event(self, event: str, *args: Any, **kwargs: Any) -> None:
@@ -677,12 +674,12 @@ class CallbackHandler:
                 if callback.error_policy == "warn" and not isinstance(error, CallbackSetupError):
                     self._disable(callback, event, error)
                     continue
-                _annotate(error, f"raised by callback {_describe(callback)} in {event!r}")
+                _annotate(error, f"raised by callback {callback_name(callback)} in {event!r}")
                 raise
 
     def _disable(self, callback: TrainerCallback, event: str, error: Exception) -> None:
         warnings.warn(
-            f"Callback {_describe(callback)} raised {type(error).__name__}: {error} in "
+            f"Callback {callback_name(callback)} raised {type(error).__name__}: {error} in "
             f"{event!r}; it is disabled from now on (its error_policy is 'warn').",
             RuntimeWarning,
             stacklevel=3,
@@ -706,7 +703,7 @@ class CallbackHandler:
         seen: dict[str, int] = {}
         keyed = []
         for callback in self.callbacks:
-            name = _describe(callback)
+            name = callback_name(callback)
             seen[name] = seen.get(name, 0) + 1
             keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
         return keyed
@@ -726,15 +723,16 @@ class CallbackHandler:
         if isinstance(callback, type) and issubclass(callback, TrainerCallback):
             if callback in self._classes_given:
                 raise ValueError(
-                    f"Callback class {callback.__name__} was given twice. Give it once, or pass "
-                    f"distinct instances (e.g. {callback.__name__}(...)) to run it several times."
+                    f"Callback class {callback_name(callback)} was given twice. Give it once, or "
+                    f"pass distinct instances (e.g. {callback_name(callback)}(...)) to run it "
+                    "several times."
                 )
             instance = callback()
             self._classes_given[callback] = instance
         elif isinstance(callback, TrainerCallback):
             if any(existing is callback for existing in self._callbacks):
                 raise ValueError(
-                    f"The same {_describe(callback)} instance was given twice; each instance "
+                    f"The same {callback_name(callback)} instance was given twice; each instance "
                     "runs once. Create a second instance to run it twice."
                 )
             instance = callback
@@ -751,7 +749,7 @@ class CallbackHandler:
         for callback in self._callbacks:
             if callback.error_policy not in ("raise", "warn"):
                 raise ValueError(
-                    f"{_describe(callback)}.error_policy must be 'raise' or 'warn'; got "
+                    f"{callback_name(callback)}.error_policy must be 'raise' or 'warn'; got "
                     f"{callback.error_policy!r}."
                 )
         self._ordered = resolve_callback_order(self._callbacks, self.reorder_metric_readers)
@@ -775,7 +773,7 @@ class CallbackHandler:
                     self._filtered_methods[key] = event_filter.wrap(method)
                 method = self._filtered_methods[key]
             if self.profiler is not None:
-                method = self.profiler.wrap(_describe(callback), event, method)
+                method = self.profiler.wrap(callback_name(callback), event, method)
             methods.append(method)
         if self.profiler is not None:  # step timing and the report at the end of a run
             if event == "on_train_step_start":
@@ -794,7 +792,7 @@ class CallbackHandler:
         return methods
 
     def __repr__(self) -> str:
-        return f"CallbackHandler([{', '.join(_describe(c) for c in self.callbacks)}])"
+        return f"CallbackHandler([{', '.join(callback_name(c) for c in self.callbacks)}])"
 
 
 def callback_overrides(callback: TrainerCallback, event: str) -> bool:

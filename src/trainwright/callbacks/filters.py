@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from trainwright.callbacks.naming import callback_name
 from trainwright.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def filtered(callback: Callback, **event_filters: EventFilter) -> Callback:
     """
     for event, event_filter in event_filters.items():
         if not callable(getattr(callback, event, None)):
-            raise ValueError(f"{type(callback).__name__} has no event method {event!r}.")
+            raise ValueError(f"{callback_name(callback)} has no event method {event!r}.")
         if not isinstance(event_filter, EventFilter):
             raise TypeError(f"{event}= needs an EventFilter (every(...) or once).")
     filters = callback.__dict__.setdefault(_INSTANCE_FILTERS, {})

@@ -7,6 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from trainwright.callbacks.base import TrainerCallback
+from trainwright.callbacks.naming import callback_name
 from trainwright.tracking import MetricNotFoundError
 from trainwright.validation import check_bool, check_number, check_type
 
@@ -151,7 +152,7 @@ def _is_builtin(obj: Any) -> bool:
 def _possible_undeclared_writers(trainer: Trainer) -> list[str]:
     """Code of yours that may record metrics without declaring them: your callbacks, and
     your `Trainer` subclass (its hooks)."""
-    writers = [type(c).__name__ for c in trainer.callback_handler.callbacks if not _is_builtin(c)]
+    writers = [callback_name(c) for c in trainer.callback_handler.callbacks if not _is_builtin(c)]
     if not _is_builtin(trainer):
         writers.append(f"the hooks of {type(trainer).__name__}")
     return writers
@@ -200,12 +201,12 @@ class MonitorCallback(TrainerCallback):
     def on_training_run_start(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.reset_on_train:
             self.monitor.reset()
-        check_metric_will_be_recorded(trainer, self.watch_metric, type(self).__name__)
+        check_metric_will_be_recorded(trainer, self.watch_metric, callback_name(self))
 
     def read_metric(self, trainer: Trainer) -> float:
         """The watched metric's latest value (raises, listing the recorded metrics, if it
         was never recorded)."""
-        return float(read_watched_metric(trainer, self.watch_metric, type(self).__name__))
+        return float(read_watched_metric(trainer, self.watch_metric, callback_name(self)))
 
     def state_dict(self) -> dict[str, Any]:
         """The monitor's state."""

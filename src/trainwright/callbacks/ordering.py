@@ -31,6 +31,8 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from trainwright.callbacks.naming import callback_name
+
 if TYPE_CHECKING:
     from trainwright.callbacks.base import TrainerCallback
 
@@ -54,13 +56,9 @@ class CallbackOrderError(ValueError):
     """
 
 
-def _name(callback: TrainerCallback) -> str:
-    return type(callback).__name__
-
-
 def _matches(callback: TrainerCallback, target: type | str) -> bool:
     if isinstance(target, str):
-        return any(cls.__name__ == target for cls in type(callback).__mro__)
+        return any(callback_name(cls) == target for cls in type(callback).__mro__)
     return isinstance(callback, target)
 
 
@@ -113,40 +111,40 @@ def resolve_callback_order(
         for target in callback.run_after:
             for other in range(count):
                 if _matches(callbacks[other], target):
-                    require(other, index, f"{_name(callback)}.run_after")
+                    require(other, index, f"{callback_name(callback)}.run_after")
         for target in callback.run_before:
             for other in range(count):
                 if _matches(callbacks[other], target):
-                    require(index, other, f"{_name(callback)}.run_before")
+                    require(index, other, f"{callback_name(callback)}.run_before")
         for other, writer in enumerate(callbacks):
             if other == index or not writer.writes_metrics:
                 continue
             if _reads_all(callback):
                 if not _reads_all(writer):
-                    require(other, index, f"{_name(callback)} reads every metric")
+                    require(other, index, f"{callback_name(callback)} reads every metric")
                 continue
             for metric in callback.reads_metrics:
                 if metric in writer.writes_metrics:
                     metric_pairs.append((other, index, metric))
                     if reorder_metric_readers:
-                        require(other, index, f"{_name(callback)} reads {metric!r}")
+                        require(other, index, f"{callback_name(callback)} reads {metric!r}")
 
     order = _stable_topological_order(count, edges, rank)
     if len(order) < count:
         cycle = _find_cycle(set(range(count)) - set(order), edges)
         steps = " -> ".join(
-            f"{_name(callbacks[first])} ({edges[first][then]})"
+            f"{callback_name(callbacks[first])} ({edges[first][then]})"
             for first, then in itertools.pairwise(cycle)
         )
         raise CallbackOrderError(
             f"The callbacks' ordering constraints form a cycle: {steps} -> "
-            f"{_name(callbacks[cycle[-1]])}. Remove one of these run_after / run_before "
+            f"{callback_name(callbacks[cycle[-1]])}. Remove one of these run_after / run_before "
             "declarations (or a metric declaration that implies it)."
         )
     position = {index: place for place, index in enumerate(order)}
     conflicts = [
-        f"{_name(callbacks[reader])} reads {metric!r}, written by {_name(callbacks[writer])}, "
-        "but runs before it"
+        f"{callback_name(callbacks[reader])} reads {metric!r}, written by "
+        f"{callback_name(callbacks[writer])}, but runs before it"
         for writer, reader, metric in metric_pairs
         if position[reader] < position[writer]
     ]
