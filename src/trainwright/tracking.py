@@ -56,6 +56,16 @@ class RunHistory(ABC):
     ``evaluation_loss`` in [`evaluate`][trainwright.trainer.Trainer.evaluate]; callbacks record
     their own with [`update_metric`][trainwright.tracking.RunHistory.update_metric]. Reading a
     metric never creates it.
+
+    Its epoch count and the trainer's: `current_epoch` numbers the epoch being run from 1 and
+    keeps counting across ``train()`` calls that keep the history (``reset_run_history=False``);
+    ``trainer.progress.epoch`` is the same epoch's index within the current ``train()`` call,
+    from 0. During an epoch, ``current_epoch == progress.epoch + 1 + E``, where ``E`` is the
+    number of epochs of earlier ``train()`` calls kept in the history (0 with a fresh history,
+    the default); both move on when the epoch ends, after ``on_training_run_epoch_end``, and
+    both continue after a resume. Messages, logged epoch numbers and the ``"epoch"`` saved in
+    checkpoints use `current_epoch`; positions within the run (the last epoch of a
+    ``train()``, the epochs left, ``every(n_epochs=N)``) use ``progress.epoch``.
     """
 
     @abstractmethod
@@ -94,7 +104,8 @@ class RunHistory(ABC):
     @abstractmethod
     def current_epoch(self) -> int:
         """The epoch being run, counting from 1; it keeps counting across ``train()`` calls
-        unless the history is reset."""
+        unless the history is reset (its relation to ``trainer.progress.epoch`` is in the
+        `RunHistory` docstring)."""
 
     @abstractmethod
     def increment_epoch(self) -> None:

@@ -123,7 +123,8 @@ class SaveTrainingStateCallback(TrainerCallback):
     - every ``save_every_n_steps`` optimizer updates, at the end of the step that performed
       the update (``on_train_step_end``);
     - every ``save_every_n_epochs`` epochs, once the epoch's evaluation and epoch-end
-      callbacks have run;
+      callbacks have run (epochs of the run history, ``run_history.current_epoch``: they
+      count on across ``train()`` calls with ``reset_run_history=False``);
     - at the end of the run when ``save_at_end`` (after the last epoch, or when a
       ``StopTrainingError`` ended the run), before any callback reloads other weights;
     - when the run is interrupted by SIGTERM or SIGINT (Ctrl-C), after the current step.
