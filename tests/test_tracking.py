@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import make_dataset, make_trainer
 
-from trainwright import InMemoryRunHistory, RunHistory
+from trainwright import InMemoryRunHistory, RunHistory, StopTrainingError, TrainerCallback
 from trainwright.tracking import MetricNotFoundError, format_metric_value
 
 
@@ -98,3 +99,26 @@ def test_metric_values_print_to_four_significant_digits(value, printed):
 
 def test_format_metric_value_takes_a_number_of_digits():
     assert format_metric_value(3.14159265, significant_digits=2) == "3.1"
+
+
+def test_current_epoch_is_progress_epoch_plus_one_plus_the_epochs_kept_from_earlier_runs(tmp_path):
+    class Epochs(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []  # (progress.epoch, current_epoch)
+
+        def on_training_run_epoch_end(self, trainer, **kwargs):
+            self.seen.append((trainer.progress.epoch, trainer.run_history.current_epoch))
+            if len(self.seen) == 4:  # the 2nd epoch of the 2nd train(): save, then stop
+                trainer.save_training_state(tmp_path / "state")
+                raise StopTrainingError("interrupted")
+
+    epochs = Epochs()
+    trainer = make_trainer(callbacks=[epochs])
+    trainer.train(make_dataset(8), num_epochs=2, per_device_batch_size=4)
+    trainer.train(make_dataset(8), num_epochs=3, per_device_batch_size=4, reset_run_history=False)
+    assert epochs.seen == [(0, 1), (1, 2), (0, 3), (1, 4)]
+    resumed = Epochs()
+    make_trainer(callbacks=[resumed]).train(
+        make_dataset(8), num_epochs=3, per_device_batch_size=4, resume_from=tmp_path / "state"
+    )
+    assert resumed.seen == [(2, 5)]  # both continue after a resume

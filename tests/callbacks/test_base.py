@@ -9,6 +9,7 @@ from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
 from trainwright.callbacks import EVENTS, CallbackHandler, PrintProgressCallback
+from trainwright.callbacks.naming import callback_name
 
 
 def test_every_event_has_exactly_one_documented_no_op():
@@ -178,3 +179,22 @@ def test_distinct_instances_of_one_class_are_allowed():
     handler = CallbackHandler([Log(log, "a"), Log(log, "b")])
     handler.call_event("on_train_epoch_end", None)
     assert log == ["a", "b"]
+
+
+def test_one_name_for_a_callback_in_messages_plans_and_state_keys():
+    class Log(TrainerCallback):
+        def on_train_epoch_end(self, trainer, **kwargs):
+            self.has_run = True
+
+    assert callback_name(Log) == callback_name(Log()) == "Log"
+    first, second = Log(), Log()
+    handler = CallbackHandler([first, second])
+    assert list(handler.state_dict()) == ["Log", "Log#2"]
+    assert repr(handler) == "CallbackHandler([Log, Log])"
+    assert "on_train_epoch_end: Log -> Log" in handler.describe(print_plan=False)
+    with pytest.raises(ValueError) as info:
+        CallbackHandler([PrintProgressCallback, PrintProgressCallback])
+    assert str(info.value) == (
+        "Callback class PrintProgressCallback was given twice. Give it once, or pass distinct "
+        "instances (e.g. PrintProgressCallback(...)) to run it several times."
+    )

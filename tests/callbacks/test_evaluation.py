@@ -7,7 +7,7 @@ import torch
 from helpers.tiny import make_dataset, make_trainer
 from torch import nn
 
-from trainwright import Trainer, TrainerCallback
+from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import DEFAULT_CALLBACKS, StepBasedEvaluationCallback
 
 
@@ -112,3 +112,32 @@ def test_its_own_eval_data_gets_the_collate_fn_given_to_train():
     )
     trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=2, collate_fn=collate)
     assert batch_sizes == [2, 2, 2, 1]  # two training batches, then the 3 evaluation samples
+
+
+def test_a_resume_right_after_an_evaluated_update_does_not_evaluate_it_again(tmp_path):
+    def run(callbacks, **kwargs):
+        trainer = make_trainer(callbacks=[StepBasedEvaluationCallback(2), *callbacks])
+        trainer.train(
+            make_dataset(12),
+            num_epochs=2,
+            eval_dataset=make_dataset(6, seed=1),
+            per_device_batch_size=2,
+            gradient_accumulation_steps=2,
+            train_dataloader_kwargs={"shuffle": False},
+            **kwargs,
+        )
+        return trainer.run_history.get_metric_values("step_eval_loss")
+
+    class SaveAndStop(TrainerCallback):
+        order = 1  # after the evaluation of update 2 (epoch 0, step 3)
+
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if trainer.progress.num_update_steps == 2:
+                trainer.save_training_state(tmp_path / "state")
+                raise StopTrainingError("interrupted")
+
+    uninterrupted = run([])
+    assert len(uninterrupted) == 3  # after updates 2, 4 and 6
+    assert run([SaveAndStop()]) == uninterrupted[:1]
+    # The resumed run's first step performs no update (the count is still 2): no evaluation.
+    assert run([], resume_from=tmp_path / "state") == pytest.approx(uninterrupted)

@@ -7,7 +7,18 @@ import pytest
 from helpers.tiny import make_dataset, make_trainer
 
 from trainwright import StopTrainingError, TrainerCallback
-from trainwright.callbacks import CallbackHandler, EventFilter, every, filtered, once
+from trainwright.callbacks import (
+    CallbackHandler,
+    EventFilter,
+    ExperimentTrackerCallback,
+    LearningRateMonitorCallback,
+    SaveTrainingStateCallback,
+    StepBasedEvaluationCallback,
+    due_check,
+    every,
+    filtered,
+    once,
+)
 
 
 class EveryTwoUpdates(TrainerCallback):
@@ -151,3 +162,69 @@ def test_the_wrapper_rejects_unknown_events_and_non_filters():
         filtered(TrainerCallback(), on_train_step_end=3)
     assert isinstance(once, EventFilter)
     CallbackHandler([filtered(TrainerCallback(), on_train_step_end=once)])
+
+
+class EveryNUpdatesChecked(TrainerCallback):
+    """EveryTwoUpdates with the interval given to the constructor: a `due_check`."""
+
+    def __init__(self, n_updates: int) -> None:
+        self.fired: list[tuple[int, int, int]] = []
+        self._due = due_check(self, every(n_updates=n_updates))
+
+    def on_train_step_end(self, trainer, step, **kwargs):
+        if self._due.is_due(trainer):
+            self.fired.append((trainer.progress.epoch, step, trainer.progress.num_update_steps))
+
+
+def test_a_due_check_fires_as_the_decorated_filter_across_epochs_and_train_calls():
+    decorated, checked = EveryTwoUpdates(), EveryNUpdatesChecked(2)
+    trainer = train([decorated, checked])
+    assert checked.fired == decorated.fired == [(0, 3, 2), (1, 1, 4), (1, 4, 6)]
+    # A second train() starts counting from its own position, as the decorated filter does.
+    trainer.train(
+        make_dataset(10),
+        num_epochs=1,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        train_dataloader_kwargs={"shuffle": False},
+    )
+    assert checked.fired == decorated.fired
+    assert checked.fired[3:] == [(0, 3, 2)]
+
+
+def test_a_due_check_continues_exactly_after_a_resume_and_never_twice_at_one_count(tmp_path):
+    uninterrupted = EveryNUpdatesChecked(2)
+    train([uninterrupted], num_epochs=3)
+
+    class SaveAndStop(TrainerCallback):
+        order = 1  # after the checked callback has seen the step
+
+        def on_train_step_end(self, trainer, step, **kwargs):
+            # Epoch 1, step 1: the step of update 4, at which the check fired. The resumed
+            # run's first step (step 2) performs no update: the count is still 4.
+            if trainer.progress.epoch == 1 and step == 1:
+                trainer.save_training_state(tmp_path / "state")
+                raise StopTrainingError("interrupted")
+
+    first_part = EveryNUpdatesChecked(2)
+    train([first_part, SaveAndStop()], num_epochs=3)
+    second_part = EveryNUpdatesChecked(2)
+    train([second_part], num_epochs=3, resume_from=tmp_path / "state")
+    assert first_part.fired == uninterrupted.fired[:2] == [(0, 3, 2), (1, 1, 4)]
+    assert second_part.fired == uninterrupted.fired[2:]
+
+
+def test_due_check_needs_a_filter_and_the_built_in_intervals_are_read_only():
+    with pytest.raises(TypeError, match="EventFilter"):
+        due_check(TrainerCallback(), 3)
+    callbacks = [
+        (StepBasedEvaluationCallback(eval_every_n_updates=3), "eval_every_n_updates", 3),
+        (LearningRateMonitorCallback(log_every_n_updates=4), "log_every_n_updates", 4),
+        (LearningRateMonitorCallback(), "log_every_n_updates", None),
+        (SaveTrainingStateCallback(save_every_n_steps=5), "save_every_n_steps", 5),
+        (ExperimentTrackerCallback([], log_every_n_updates=6), "log_every_n_updates", 6),
+    ]
+    for callback, name, interval in callbacks:
+        assert getattr(callback, name) == interval
+        with pytest.raises(AttributeError):  # it would not change the filter: refused
+            setattr(callback, name, 10)
