@@ -51,23 +51,30 @@ def test_every_n_updates_fires_at_the_steps_that_performed_them_across_epochs():
     assert callback.fired == [(0, 3, 2), (1, 1, 4), (1, 4, 6)]
 
 
-def test_every_n_updates_continues_exactly_after_a_resume(tmp_path):
-    uninterrupted = EveryTwoUpdates()
+def fired_around_a_resume(make_callback, stop_step, tmp_path):
+    """What callbacks from ``make_callback()`` fire in 3 uninterrupted epochs, then in a run
+    saved and stopped at epoch 1, step ``stop_step``, and in its resumed continuation."""
+    uninterrupted = make_callback()
     train([uninterrupted], num_epochs=3)
 
     class SaveAndStop(TrainerCallback):
         order = 1  # after the filtered callback has seen the step
 
         def on_train_step_end(self, trainer, step, **kwargs):
-            # Epoch 1, step 2: mid accumulation window, right after update 4 fired.
-            if trainer.progress.epoch == 1 and step == 2:
+            if trainer.progress.epoch == 1 and step == stop_step:
                 trainer.save_training_state(tmp_path / "state")
                 raise StopTrainingError("interrupted")
 
-    first_part = EveryTwoUpdates()
+    first_part = make_callback()
     train([first_part, SaveAndStop()], num_epochs=3)
-    second_part = EveryTwoUpdates()
+    second_part = make_callback()
     train([second_part], num_epochs=3, resume_from=tmp_path / "state")
+    return uninterrupted, first_part, second_part
+
+
+def test_every_n_updates_continues_exactly_after_a_resume(tmp_path):
+    # Epoch 1, step 2: mid accumulation window, right after update 4 fired.
+    uninterrupted, first_part, second_part = fired_around_a_resume(EveryTwoUpdates, 2, tmp_path)
     assert first_part.fired == uninterrupted.fired[:2]
     assert second_part.fired == uninterrupted.fired[2:]
     assert uninterrupted.fired[-1] == (2, 3, 8)
@@ -192,24 +199,16 @@ def test_a_due_check_fires_as_the_decorated_filter_across_epochs_and_train_calls
     assert checked.fired[3:] == [(0, 3, 2)]
 
 
-def test_a_due_check_continues_exactly_after_a_resume_and_never_twice_at_one_count(tmp_path):
-    uninterrupted = EveryNUpdatesChecked(2)
-    train([uninterrupted], num_epochs=3)
-
-    class SaveAndStop(TrainerCallback):
-        order = 1  # after the checked callback has seen the step
-
-        def on_train_step_end(self, trainer, step, **kwargs):
-            # Epoch 1, step 1: the step of update 4, at which the check fired. The resumed
-            # run's first step (step 2) performs no update: the count is still 4.
-            if trainer.progress.epoch == 1 and step == 1:
-                trainer.save_training_state(tmp_path / "state")
-                raise StopTrainingError("interrupted")
-
-    first_part = EveryNUpdatesChecked(2)
-    train([first_part, SaveAndStop()], num_epochs=3)
-    second_part = EveryNUpdatesChecked(2)
-    train([second_part], num_epochs=3, resume_from=tmp_path / "state")
+@pytest.mark.parametrize("make_callback", [EveryTwoUpdates, lambda: EveryNUpdatesChecked(2)])
+@pytest.mark.parametrize("stop_step", [1, 2])
+def test_a_due_check_continues_exactly_after_a_resume_and_never_twice_at_one_count(
+    tmp_path, make_callback, stop_step
+):
+    # Epoch 1, step 1 is the step of update 4, where the filter fired: the resumed run's first
+    # step (step 2) performs no update, the count is still 4, and it must not fire again.
+    uninterrupted, first_part, second_part = fired_around_a_resume(
+        make_callback, stop_step, tmp_path
+    )
     assert first_part.fired == uninterrupted.fired[:2] == [(0, 3, 2), (1, 1, 4)]
     assert second_part.fired == uninterrupted.fired[2:]
 
