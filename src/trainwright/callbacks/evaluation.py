@@ -24,7 +24,10 @@ class StepBasedEvaluationCallback(TrainerCallback):
     It runs at ``on_train_step_end`` of the steps that completed an update whose count is a
     multiple of ``eval_every_n_updates`` (the 1st evaluation after update N, the k-th after
     update k * N of the ``train()`` call), so with gradient accumulation it never evaluates
-    in the middle of an accumulation window. The evaluation uses
+    in the middle of an accumulation window. The count is an ``every(n_updates=N)`` filter's
+    (see [`due_check`][trainwright.callbacks.filters.due_check]): it continues after a resume,
+    and an update evaluated before the training state was saved is not evaluated again. The
+    evaluation uses
     [`Trainer.evaluate_model`][trainwright.trainer.Trainer.evaluate_model] (the trainer's
     ``calculate_eval_batch_loss``, no callback events, so progress bars and epoch metrics are left
     alone), and the model is back in train mode when training resumes.
