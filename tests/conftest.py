@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a fresh Accelerate state, one torch thread, an MLflow server.
+"""Fixtures shared by every test: a fresh Accelerate state, one torch thread, an MLflow server,
+and (helpers.environment_guard) the environment each test started with.
 
 Helpers that tests import (tiny models, datasets, the resume job, host-sync counting) live in
 ``tests/helpers/``.
@@ -23,6 +24,10 @@ from typing import Any
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+
+# helpers.environment_guard: each test gets the environment it started with
+# (tests/test_isolation.py checks it, with a pytest session of its own: pytester)
+pytest_plugins = ["helpers.environment_guard", "pytester"]
 
 
 @pytest.fixture
