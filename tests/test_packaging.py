@@ -109,13 +109,17 @@ def test_the_test_extra_is_composed_of_the_others():
 
 
 def test_ci_runs_the_suite_on_the_declared_floors():
-    """.ci/run's second environment installs accelerate and tqdm at the floors pyproject.toml
-    declares (torch's floor is checked by hand: its old wheels are multi-GB CUDA builds)."""
+    """.ci/run's second environment installs torch, accelerate and tqdm at exactly the floors
+    pyproject.toml declares, and the install instructions name the same floors."""
     floors = dict(requirement.split(">=") for requirement in PYPROJECT["project"]["dependencies"])
     assert set(floors) == {"torch", "accelerate", "tqdm"}
     floors_command = next(
         line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "accelerate==" in line
     )
-    for name in ("accelerate", "tqdm"):
-        assert f" {name}=={floors[name]}.0 " in floors_command, (name, floors_command)
+    for name, floor in floors.items():
+        assert f" {name}=={floor}.0 " in floors_command, (name, floors_command)
     assert floors_command.endswith("&& python -m pytest")
+    for page in ("README.md", "docs/index.md"):
+        text = (ROOT / page).read_text()
+        for name, floor in floors.items():
+            assert f"`{name}>={floor}`" in text, (page, name)
