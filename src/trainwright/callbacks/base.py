@@ -132,7 +132,7 @@ class StopTrainingError(Exception):
         ```python
         class StopAfterTwoEpochs(TrainerCallback):
             def on_training_run_epoch_end(self, trainer, **kwargs):
-                if trainer.run_history.current_epoch > 2:
+                if trainer.run_history.current_epoch >= 2:  # the epoch just finished
                     raise StopTrainingError("two epochs are enough")
         ```
     """
