@@ -316,3 +316,28 @@ def test_run_control_refuses_to_agree_after_an_event_not_declared_an_agreement_p
     run_control.agree(after="on_eval_epoch_end")
     with pytest.raises(ValueError, match="'on_eval_step_end' is not an agreement point"):
         run_control.agree(after="on_eval_step_end")
+
+
+@pytest.mark.parametrize("vote_interval", [0, 2.0, True])
+def test_a_vote_interval_that_is_not_a_positive_integer_is_refused_before_training(
+    vote_interval,
+):
+    log = StepLog()
+    trainer = make_trainer(callbacks=[log])
+    trainer.vote_interval = vote_interval
+    with pytest.raises(ValueError, match="vote_interval must be a positive integer"):
+        train(trainer)
+    assert log.steps == []
+
+
+def test_one_process_acts_at_the_end_of_the_step_whatever_the_vote_interval():
+    class StopAtStepOne(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if step == 1:
+                trainer.request_stop()
+
+    log = StepLog()
+    trainer = make_trainer(callbacks=[StopAtStepOne(), log])
+    trainer.vote_interval = 4
+    train(trainer)
+    assert log.steps == [(0, 0), (0, 1)]

@@ -26,7 +26,11 @@ from accelerate import Accelerator
 from trainwright.callbacks.base import AGREED_AT, CallbackHandler, StopTrainingError
 from trainwright.callbacks.saving import SaveTrainingStateCallback
 
-__all__ = ["END_EPOCH", "EVALUATE", "SAVE", "RunControl"]
+__all__ = ["DEFAULT_VOTE_INTERVAL", "END_EPOCH", "EVALUATE", "SAVE", "RunControl"]
+
+#: How many training steps apart the processes of a run combine their requests by default
+#: (``Trainer.vote_interval``): one small all-reduce every 16 steps beside the gradients' own.
+DEFAULT_VOTE_INTERVAL = 16
 
 
 #: Requests for the end of a training step, combined across processes by `RunControl`
@@ -52,16 +56,24 @@ class RunControl:
     points, which the event registry declares
     ([`AGREED_AT`][trainwright.callbacks.base.AGREED_AT]):
 
-    - after every training step, by an all-reduce started without waiting and read at the end
-      of the next step, so the per-step path never blocks; every process reads the same
-      result at the same step, one step after the request (after the epoch's last step,
-      blocking, so that a request made in it stops the run before the epoch's end is
-      recorded);
+    - every ``vote_interval`` training steps (`DEFAULT_VOTE_INTERVAL` unless the Trainer says
+      otherwise), by an all-reduce started without waiting at the end of each step whose index
+      ``v`` in the epoch has ``(v + 1) % vote_interval == 0``, and read at the end of the next
+      step, so the per-step path never blocks and the other steps exchange nothing; every
+      process reads the same result at the same step. So a request made during step ``k`` (or
+      in ``on_train_epoch_start`` before it) takes effect at the end of step
+      ``vote_interval * (k // vote_interval + 1)``, the first step after ``k`` whose index is a
+      multiple of ``vote_interval``, on every process (``k + 1`` with ``vote_interval=1``);
+      or, if the epoch's steps end first, after its last step
+      ([`end_of_epoch_steps`][trainwright.run_control.RunControl.end_of_epoch_steps], blocking,
+      so that a request made in the epoch's last steps stops the run before the epoch's end is
+      recorded, and an evaluation or save asked for is done there);
     - after every epoch-level agreement event (``on_training_run_start``, ``on_train_epoch_end``,
       ``on_eval_epoch_end``, ``on_training_run_epoch_end``): a blocking all-reduce, a few per
       epoch.
 
-    Once any process asked, [`end_of_step`][trainwright.run_control.RunControl.end_of_step] /
+    Once any process asked, [`end_of_step`][trainwright.run_control.RunControl.end_of_step],
+    [`end_of_epoch_steps`][trainwright.run_control.RunControl.end_of_epoch_steps] and
     [`agree`][trainwright.run_control.RunControl.agree] raise ``StopTrainingError`` on every
     process: the requesting process's own error, and on the others an error quoting it. With
     one process nothing is deferred or exchanged, and a raised request ends the run at once (one
@@ -72,13 +84,22 @@ class RunControl:
     ([`request_at_step_end`][trainwright.run_control.RunControl.request_at_step_end]: end the
     epoch, evaluate, save) travel in the same all-reduce:
     [`end_of_step`][trainwright.run_control.RunControl.end_of_step] returns them on every process
-    at the same step, one step after the request (at once with one process). A request to end the
+    at the same step, the step given above (at once with one process). A request to end the
     epoch made outside a training epoch's steps and its start is dropped at the next epoch-level
-    agreement; the others wait for the next step's end. Skipping an update needs an answer before
+    agreement; the others wait for the next vote. Skipping an update needs an answer before
     the optimizer step, so
     [`skipped_update_reason`][trainwright.run_control.RunControl.skipped_update_reason] runs a
     blocking all-reduce, only when a callback (or the Trainer subclass) declares
     ``may_skip_updates``.
+
+    Why an interval rather than a vote every step: with DDP, a step already has its gradient
+    all-reduce, and a second, tiny collective per step costs about as much again in latency on
+    a small model (``python -m bench.ddp`` counted 1.09 collectives per step before). Carrying
+    the ballot inside DDP's gradient all-reduce (a communication hook) would cost nothing, but
+    only under plain DDP, never within a ``no_sync`` accumulation window, and not with FSDP,
+    DeepSpeed or a model without a DDP wrapper: too fragile for a guarantee that every process
+    stops at the same step. A bounded delay of at most ``vote_interval`` steps for a stop,
+    end-of-epoch, evaluation or save request is the price.
 
     Not covered: a ``StopTrainingError`` raised on one process only by a trainer hook (an
     overridden Trainer method) outside a training step, e.g. in ``train_epoch_end()``; it
@@ -107,11 +128,14 @@ class RunControl:
         self._in_flight: _Ballot | None = None
         self._skip_reason: str | None = None
         self._is_skip_vote_needed = False
+        self._vote_interval = DEFAULT_VOTE_INTERVAL
 
     # ----------------------------------------------------------------------------------------
     # A training run
 
-    def start(self, may_skip_updates: bool = False) -> None:
+    def start(
+        self, may_skip_updates: bool = False, vote_interval: int = DEFAULT_VOTE_INTERVAL
+    ) -> None:
         """Starts a training run: from now on, with more than one process, stop requests are
         deferred and combined.
 
@@ -119,8 +143,10 @@ class RunControl:
             may_skip_updates: whether the Trainer (subclass) declares ``may_skip_updates``; the
                 callbacks' declarations are read from the handler. With several processes and
                 a declaration, every update is agreed on (see `skipped_update_reason`).
+            vote_interval: how many training steps apart the processes combine their requests.
         """
         self._reset()
+        self._vote_interval = vote_interval
         self.is_active = self._accelerator.num_processes > 1
         self._is_skip_vote_needed = self.is_active and (
             may_skip_updates
@@ -211,29 +237,69 @@ class RunControl:
     # ----------------------------------------------------------------------------------------
     # Agreement points
 
-    def end_of_step(self) -> int:
-        """The agreement point after ``on_train_step_end``: reads the vote started at the
-        previous step, then starts this step's vote.
+    def end_of_step(self, step: int) -> int:
+        """The agreement point after ``on_train_step_end``: with several processes, reads the
+        vote started at the previous step, if any, then starts a vote if ``step`` is a vote
+        step (its index ``v`` in the epoch has ``(v + 1) % vote_interval == 0``). The other
+        steps exchange nothing.
+
+        Args:
+            step: the index of the step in the epoch (the same on every process).
 
         Returns:
             The step-end requests (`END_EPOCH` | `EVALUATE` | `SAVE`) to
             act on now, the same on every process; 0 (nearly always) for none.
 
         Raises:
-            StopTrainingError: on every process, if any asked to stop by the previous step.
+            StopTrainingError: on every process, if any asked to stop by the last vote.
         """
         if not self.is_active:  # one process: requests apply at once
             if self._request is not None:
                 self._raise_own_request()
             flags, self._requested_flags = self._requested_flags, 0
             return flags
+        is_vote_step = (step + 1) % self._vote_interval == 0
+        if self._in_flight is None and not self._agreed_flags and not is_vote_step:
+            return 0  # the steady state: nothing to read, nothing to send
         flags, self._agreed_flags = self._agreed_flags, 0
         if self._in_flight is not None:
             requesting_rank, agreed_flags = self._read_in_flight()
             self._raise_if_requested(requesting_rank)
             flags |= agreed_flags
-        self._in_flight = self._start_vote(sends_flags=True)
+        if is_vote_step:
+            self._in_flight = self._start_vote(sends_flags=True)
         return flags
+
+    def end_of_epoch_steps(self) -> int:
+        """The blocking agreement point after an epoch's last step (its ``on_train_step_end``
+        and the step's vote): combines every request made so far, waiting for every process,
+        so that a stop asked in the epoch's last steps takes effect before the epoch's end is
+        recorded, and an evaluation or save asked since the last vote is not put off to the
+        next epoch.
+
+        Returns:
+            The evaluation and save requests (`EVALUATE` | `SAVE`) to act on now, the same
+            on every process; requests to end the epoch are dropped (its steps are over).
+
+        Raises:
+            StopTrainingError: on every process, if any asked to stop.
+        """
+        flags, self._agreed_flags = self._agreed_flags, 0
+        if not self.is_active:
+            if self._request is not None:
+                self._raise_own_request()
+            flags, self._requested_flags = flags | self._requested_flags, 0
+            return flags & ~END_EPOCH
+        requesting_rank = 0
+        if self._in_flight is not None:
+            requesting_rank, agreed_flags = self._read_in_flight()
+            flags |= agreed_flags
+        if not requesting_rank:
+            self._in_flight = self._start_vote(sends_flags=True)
+            requesting_rank, agreed_flags = self._read_in_flight()
+            flags |= agreed_flags
+        self._raise_if_requested(requesting_rank)
+        return flags & ~END_EPOCH
 
     def agree(self, after: str) -> None:
         """The blocking agreement point after the event ``after``: combines every stop request

@@ -102,7 +102,7 @@ from trainwright.lr_finder import (
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
-from trainwright.run_control import END_EPOCH, EVALUATE, SAVE, RunControl
+from trainwright.run_control import DEFAULT_VOTE_INTERVAL, END_EPOCH, EVALUATE, SAVE, RunControl
 from trainwright.run_plan import (
     BatchLimits,
     RunPlan,
@@ -600,6 +600,18 @@ class Trainer:
     #: processes only; see ``TrainerCallback.may_skip_updates``.
     may_skip_updates: bool = False
 
+    #: In a multi-process run, how many training steps apart the processes combine their
+    #: requests (`request_stop`, a `StopTrainingError`, `request_end_epoch`,
+    #: `request_evaluation`, `request_save`, SIGTERM / SIGINT): one small all-reduce, started
+    #: without waiting, every ``vote_interval`` steps, and none at the other steps. A request
+    #: made during step ``k`` of an epoch takes effect at the end of step
+    #: ``vote_interval * (k // vote_interval + 1)`` on every process (the first step after ``k``
+    #: whose index is a multiple of ``vote_interval``), or after the epoch's last step if that
+    #: comes first; ``1`` acts one step after the request, at the cost of a collective per
+    #: step. With one process, requests take effect at the end of the current step whatever
+    #: the interval. Set it on the class or on the trainer before ``train()``.
+    vote_interval: int = DEFAULT_VOTE_INTERVAL
+
     #: Names of the metrics the hooks of this Trainer subclass record in the run history
     #: (e.g. ``("accuracy",)`` for an ``eval_epoch_end`` that computes it), as callbacks
     #: declare theirs: early stopping, best-model saving and ``scheduler_metric`` then know
@@ -610,7 +622,8 @@ class Trainer:
     def request_stop(self, reason: str = "stop requested") -> None:
         """Asks to end the run, like raising `StopTrainingError` but without leaving
         the calling callback or hook: the run stops at the end of the current training step
-        (with several processes, of the next one, on every process), or of the current
+        (with several processes, on every process at the end of the step the processes next
+        agree on it, at most `vote_interval` steps later), or of the current
         epoch-level event (``on_training_run_start``, ``on_train_epoch_end``, the evaluation
         epoch, ``on_training_run_epoch_end``). ``on_stop_training_error`` then receives a
         ``StopTrainingError(reason)``.
@@ -630,8 +643,9 @@ class Trainer:
         evaluation and epoch-end events, then the next epoch.
 
         Asked during a training step (or ``on_train_epoch_start``), the epoch ends after the
-        current step with one process, after the next step with several (every process
-        ends it after the same step, without a blocking sync per step). Gradients of an
+        current step with one process; with several, every process ends it after the same step,
+        the step the processes next agree on it (at most `vote_interval` steps later, without a
+        collective per step). Gradients of an
         unfinished accumulation window are discarded. Asked elsewhere, it is ignored.
 
         Example:
@@ -646,7 +660,8 @@ class Trainer:
 
     def request_evaluation(self) -> None:
         """Asks for an evaluation at the end of the current training step (with several
-        processes, of the next one, on every process):
+        processes, at the end of the step they next agree on it, on every process; see
+        `vote_interval`):
         [`evaluate_model`][trainwright.trainer.Trainer.evaluate_model] on the training model and the
         ``eval_dataset`` given to ``train()``, recording ``step_eval_loss``. Asked outside a step,
         it happens at the end of the next step.
@@ -670,7 +685,8 @@ class Trainer:
 
     def request_save(self) -> None:
         """Asks for a training state to be saved at the end of the current training step
-        (with several processes, of the next one, on every process), by the trainer's
+        (with several processes, at the end of the step they next agree on it, on every
+        process; see `vote_interval`), by the trainer's
         [`SaveTrainingStateCallback`][trainwright.callbacks.saving.SaveTrainingStateCallback] (in
         its ``save_dir``, with its pruning), after any requested evaluation. Asked outside a step,
         it happens at the end of the next step.
@@ -1296,6 +1312,7 @@ class Trainer:
         """
         # train()'s arguments, checked: a bad one raises here, before anything changes.
         arguments = TrainArguments(**{name: v for name, v in locals().items() if name != "self"})
+        check_positive_int("vote_interval", self.vote_interval)  # a class attribute, settable
         resume_dir, resume_state = self._find_resume_state(arguments.resume_from)
         if reset_run_history:
             self.run_history.reset()
@@ -1330,7 +1347,7 @@ class Trainer:
             self.optimizer.zero_grad()  # start from clean gradients whatever ran before
         # With several processes, requests are combined across them at every agreement point
         # (_run_control.agree / end_of_step), so that all processes act at the same step.
-        self._run_control.start(may_skip_updates=self.may_skip_updates)
+        self._run_control.start(self.may_skip_updates, self.vote_interval)
         self.callback_handler.reset_event_filters(self)  # count from the (resumed) position
         self.interrupt_signal = None
         try:
@@ -1425,17 +1442,19 @@ class Trainer:
                 if not self._run_control.is_active:
                     raise
                 self._run_control.request_stop(error)
-            requests = self._run_control.end_of_step()  # the same on every process
+            requests = self._run_control.end_of_step(step)  # the same on every process
             if requests and self._act_on_step_end_requests(requests, step):
                 break  # request_end_epoch()
             if self.progress.num_update_steps >= plan.max_num_update_steps:
                 break  # max_num_train_steps reached: the run ends after this epoch
             if plan.is_epoch_cut_after(step):
                 break  # the batch limit cuts the epoch short
-        epoch.is_in_steps = False
-        # A stop asked for in the epoch's last step takes effect here, before the epoch's end
+        # What was asked since the last vote is agreed here (blocking), before the epoch's end
         # is recorded, as on one process: a state saved on stopping then resumes with it.
-        self._run_control.agree(after="on_train_step_end")
+        requests = self._run_control.end_of_epoch_steps()  # the same on every process
+        if requests:
+            self._act_on_step_end_requests(requests, self.progress.step)
+        epoch.is_in_steps = False
         if plan.num_train_batches is None and self.progress.num_batches_done == 0:
             raise ValueError(
                 f"The training data yielded no batches in epoch {self.progress.epoch + 1} on "

@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
 from helpers.accumulation_cases import token_weighted_run
@@ -244,10 +246,15 @@ class StopOnLastProcess(TrainerCallback):
         self.run_ended = True
 
 
-def stop_on_one_process(event: str, step: int | None, epoch: int = 0) -> dict[str, Any]:
-    """3 epochs of 5 batches per process; the last process asks to stop in ``event``."""
+def stop_on_one_process(
+    event: str, step: int | None, epoch: int = 0, vote_interval: int | None = None
+) -> dict[str, Any]:
+    """3 epochs of 5 batches per process; the last process asks to stop in ``event``; the
+    processes vote every ``vote_interval`` steps (None: the Trainer's default)."""
     stopper = StopOnLastProcess(event, step, epoch)
     trainer = make_trainer(lr=0.1, callbacks=(stopper,))
+    if vote_interval is not None:
+        trainer.vote_interval = vote_interval
     trainer.train(
         make_dataset(20),
         num_epochs=3,
@@ -373,16 +380,20 @@ class ControlOnLastProcess(TrainerCallback):
             trainer.request_end_epoch()
 
 
-def control_on_one_process(gradient_accumulation_steps: int, save_dir: str) -> dict[str, Any]:
+def control_on_one_process(
+    gradient_accumulation_steps: int, save_dir: str, vote_interval: int | None = None
+) -> dict[str, Any]:
     """24 samples, 4 per batch over all processes (6 batches an epoch), 2 epochs, SGD with
     momentum and a StepLR scheduler; :class:`ControlOnLastProcess` evaluates, saves, skips
-    and ends epochs."""
+    and ends epochs; the processes vote every ``vote_interval`` steps (None: the default)."""
     control = ControlOnLastProcess(Path(save_dir))
     saver = SaveTrainingStateCallback(save_dir, save_at_end=False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=(control, saver))
+    if vote_interval is not None:
+        trainer.vote_interval = vote_interval
     trainer.train(
         make_dataset(24),
         num_epochs=2,
@@ -666,6 +677,74 @@ def batched_fetch(num_workers: int = 0) -> dict[str, Any]:
     return runs
 
 
+#: The ``torch.distributed`` collectives a training run may call from Python (DDP's gradient
+#: all-reduce runs in its C++ reducer, and is not among them).
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "gather",
+    "reduce_scatter",
+)
+
+
+@contextlib.contextmanager
+def counting_collectives() -> Iterator[list[int]]:
+    """Counts the calls of :data:`COLLECTIVES` made through ``torch.distributed`` in the block
+    (the one-element list holds the count so far)."""
+    count = [0]
+    originals = {name: getattr(dist, name) for name in COLLECTIVES}
+
+    def counted(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for name, function in originals.items():
+        setattr(dist, name, counted(function))
+    try:
+        yield count
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+
+
+class CollectivesPerStep(TrainerCallback):
+    """Records, at the end of every training step, how many collectives were called so far."""
+
+    def __init__(self, count: list[int]) -> None:
+        self.count = count
+        self.at_step_end: list[int] = []
+
+    def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.at_step_end.append(self.count[0])
+
+
+def collectives_per_step(vote_interval: int | None = None) -> dict[str, Any]:
+    """One epoch of 16 steps per process, without callbacks but the counter; the collectives
+    called between the end of each step and the end of the next (the first entry: the
+    second step's), and in the whole ``train()``."""
+    with counting_collectives() as count:
+        counter = CollectivesPerStep(count)
+        trainer = make_trainer(lr=0.1, callbacks=(counter,))
+        if vote_interval is not None:
+            trainer.vote_interval = vote_interval
+        trainer.train(make_dataset(64), num_epochs=1, per_device_batch_size=2)
+        total = count[0]
+    steps = counter.at_step_end
+    return {
+        "per_step": [after - before for before, after in itertools.pairwise(steps)],
+        "num_steps": len(steps),
+        "in_train": total,
+    }
+
+
 #: Every scenario the worker can run, by name.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "token_weighted_run": token_weighted_run,
@@ -686,4 +765,5 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "tracker_that_cannot_start": tracker_that_cannot_start,
     "early_stop_counts_the_epoch": early_stop_counts_the_epoch,
     "batched_fetch": batched_fetch,
+    "collectives_per_step": collectives_per_step,
 }

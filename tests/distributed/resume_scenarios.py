@@ -156,11 +156,16 @@ class StopRecorder(TrainerCallback):
         self.stop_errors.append(str(error))
 
 
-def preempted(epoch: int, step: int, save_dir: str) -> dict[str, Any]:
+def preempted(
+    epoch: int, step: int, save_dir: str, vote_interval: int | None = None
+) -> dict[str, Any]:
     """The job with a SaveTrainingStateCallback, preempted by a SIGTERM that only the last
-    process receives, at the end of ``(epoch, step)``."""
+    process receives, at the end of ``(epoch, step)``; the processes vote every
+    ``vote_interval`` steps (None: the Trainer's default)."""
     sender, recorder = SigtermOnLastProcess(epoch, step), StopRecorder()
     trainer, dataset = _build((sender, recorder, SaveTrainingStateCallback(save_dir)))
+    if vote_interval is not None:
+        trainer.vote_interval = vote_interval
     resume_job.train(trainer, dataset)
     return {
         "sent_signal": sender.sent_signal,

@@ -26,11 +26,12 @@ from distributed_scenarios import (
 from helpers.accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from launcher import NUM_PROCESSES, launch, run_scenarios
 
+from trainwright.run_control import DEFAULT_VOTE_INTERVAL
+
 pytestmark = pytest.mark.multiprocess
 
 ACCUMULATION_STEPS = (1, 3)
 COUNTING_ACCUMULATION_STEPS = (1, 2)
-CONTROL_ACCUMULATION_STEPS = (1, 2)
 PREDICT_SIZES = (5, 11)
 # (event, step, epoch) at which the last process alone raises StopTrainingError.
 STOP_MOMENTS = (
@@ -39,6 +40,24 @@ STOP_MOMENTS = (
     ("on_train_epoch_end", None, 0),
     ("on_eval_step_end", 0, 1),
 )
+# How many steps apart the processes vote on the requests in the stop and control runs: one
+# that acts mid-epoch, and the default (longer than the runs' epochs).
+VOTE_INTERVALS = (3, DEFAULT_VOTE_INTERVAL)
+# (gradient accumulation, vote interval) of the control runs (6 steps an epoch).
+CONTROL_CASES = ((1, 2), (2, 2), (1, DEFAULT_VOTE_INTERVAL))
+COUNTED_VOTE_INTERVALS = (1, 4, DEFAULT_VOTE_INTERVAL)
+
+
+def agreed_step(step: int, vote_interval: int) -> int:
+    """The step at whose end the processes act on a request made during ``step``, as
+    ``Trainer.vote_interval`` documents it (the epoch's steps may end before)."""
+    return vote_interval * (step // vote_interval + 1)
+
+
+def acting_step(step: int, num_processes: int, vote_interval: int) -> int:
+    """The step at whose end a run acts on a request made during ``step``: that step itself
+    with one process."""
+    return step if num_processes == 1 else agreed_step(step, vote_interval)
 
 
 # 24 sequences of random lengths, 4 per step over all processes, accumulation 3: 2 windows.
@@ -54,8 +73,8 @@ def _token_run(max_grad_norm: float | None) -> dict[str, Any]:
     }
 
 
-def _stop_key(event: str, step: int | None, epoch: int) -> str:
-    return f"stop:{event}:{step}:{epoch}"
+def _stop_key(event: str, step: int | None, epoch: int, vote_interval: int) -> str:
+    return f"stop:{event}:{step}:{epoch}:{vote_interval}"
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +93,25 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
         ),
         *(
             (
-                _stop_key(*moment),
+                _stop_key(*moment, vote_interval),
                 "stop_on_one_process",
-                dict(zip(("event", "step", "epoch"), moment)),
+                dict(zip(("event", "step", "epoch", "vote_interval"), (*moment, vote_interval))),
             )
             for moment in STOP_MOMENTS
+            for vote_interval in VOTE_INTERVALS
         ),
         ("nan_loss_on_one_process", "nan_loss_on_one_process", {}),
         *(
             (
-                f"control:{k}",
+                f"control:{k}:{n}",
                 "control_on_one_process",
-                {"gradient_accumulation_steps": k, "save_dir": str(control_dir / f"{k}")},
+                {
+                    "gradient_accumulation_steps": k,
+                    "save_dir": str(control_dir / f"{k}-{n}"),
+                    "vote_interval": n,
+                },
             )
-            for k in CONTROL_ACCUMULATION_STEPS
+            for k, n in CONTROL_CASES
         ),
         ("process_helpers", "process_helpers", {"shared_dir": str(helpers_dir)}),
         ("pytorch_accelerated_utils", "pytorch_accelerated_utils", {}),
@@ -103,6 +127,10 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             for max_grad_norm in TOKEN_MAX_GRAD_NORMS
         ),
         ("batched_fetch", "batched_fetch", {}),
+        *(
+            (f"collectives:{n}", "collectives_per_step", {"vote_interval": n})
+            for n in COUNTED_VOTE_INTERVALS
+        ),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -206,11 +234,16 @@ def test_max_num_train_steps_counts_updates_on_every_process(
         assert len(result["learning_rates"]) == 12
 
 
+@pytest.mark.parametrize("vote_interval", VOTE_INTERVALS)
 @pytest.mark.parametrize("moment", STOP_MOMENTS, ids=lambda moment: str(moment))
 def test_stop_requested_by_one_process_stops_all_at_the_same_step(
-    two_process_results: list[dict[str, Any]], moment: tuple[str, int | None, int]
+    two_process_results: list[dict[str, Any]],
+    moment: tuple[str, int | None, int],
+    vote_interval: int,
 ) -> None:
-    first, last = (rank_results[_stop_key(*moment)] for rank_results in two_process_results)
+    first, last = (
+        rank_results[_stop_key(*moment, vote_interval)] for rank_results in two_process_results
+    )
     for result in (first, last):
         assert result["run_ended"]
         assert result["stop_message"] is not None
@@ -224,11 +257,12 @@ def test_stop_requested_by_one_process_stops_all_at_the_same_step(
         "weights_sum",
     ):
         assert first[key] == last[key], key
-    # The stop takes effect where every process can agree on it: after the next training
-    # step for a request made during a step, at once for an epoch-level event.
+    # The stop takes effect where every process can agree on it: for a request made during a
+    # step, at the end of the step the vote_interval rule names (or after the epoch's last
+    # step, 4, if that comes first); at once for an epoch-level event.
     event, step, epoch = moment
     is_step_event = event in ("on_train_step_start", "on_train_step_end")
-    expected_last_step = [epoch, step + 1] if is_step_event else [epoch, 4]
+    expected_last_step = [epoch, min(agreed_step(step, vote_interval), 4) if is_step_event else 4]
     assert first["last_step_ended"] == expected_last_step
     # One process stops at once where it raises: the reference shows the runs are not trivial.
     assert stop_on_one_process(*moment)["num_steps_ended"] < 15
@@ -239,9 +273,10 @@ def test_nan_loss_on_one_process_stops_all_at_the_same_step(
 ) -> None:
     first, last = (rank_results["nan_loss_on_one_process"] for rank_results in two_process_results)
     # The last process sees its NaN at step 2 and the first at step 3 (after the NaN update):
-    # both stop at the end of step 3, the step after the first request.
-    assert first["last_step_ended"] == last["last_step_ended"] == [0, 3]
-    assert first["num_updates"] == last["num_updates"] == 4
+    # both stop after the epoch's last step, 4 (with the default vote interval, 16 steps, the
+    # epoch's 5 steps end before the processes vote), before the epoch's end is recorded.
+    assert first["last_step_ended"] == last["last_step_ended"] == [0, 4]
+    assert first["num_updates"] == last["num_updates"] == 5
     assert "the loss is nan at step 2 of epoch 1" in last["stop_message"]
     assert "the loss is nan" in first["stop_message"]
 
@@ -253,36 +288,61 @@ def test_error_on_one_process_ends_the_run_instead_of_hanging(tmp_path: Path) ->
     assert result.results == [{}, {}]
 
 
-# (gradient accumulation) -> (the step skipped, the steps of epoch 1 with one process).
-CONTROL_EXPECTATIONS = {1: ([0, 2], 2), 2: ([0, 3], 2)}
+# (gradient accumulation) -> the step whose update is skipped (asked during epoch 0 step 2).
+SKIPPED_STEPS = {1: [0, 2], 2: [0, 3]}
+LAST_CONTROL_STEP = 5  # 6 steps an epoch
 
 
-@pytest.mark.parametrize("gradient_accumulation_steps", CONTROL_ACCUMULATION_STEPS)
+@pytest.mark.parametrize(("gradient_accumulation_steps", "vote_interval"), CONTROL_CASES)
 def test_control_requests_by_one_process_apply_on_all_at_the_same_step(
-    two_process_results: list[dict[str, Any]], gradient_accumulation_steps: int, tmp_path: Path
+    two_process_results: list[dict[str, Any]],
+    gradient_accumulation_steps: int,
+    vote_interval: int,
+    tmp_path: Path,
 ) -> None:
     first, last = (
-        rank_results[f"control:{gradient_accumulation_steps}"]
+        rank_results[f"control:{gradient_accumulation_steps}:{vote_interval}"]
         for rank_results in two_process_results
     )
     assert first == last  # the same decisions at the same steps: identical runs, weights too
     reference = control_on_one_process(gradient_accumulation_steps, str(tmp_path))
-    skipped_step, num_epoch_1_steps = CONTROL_EXPECTATIONS[gradient_accumulation_steps]
     for result, num_processes in ((reference, 1), (first, NUM_PROCESSES)):
-        # Evaluation and save asked at epoch 0 step 1: done before the next step with one
-        # process, a step later with several.
-        assert result["first_step_after_requests"] == [0, 1 + num_processes]
+        # Asked at epoch 0 step 1, the evaluation and the save are done at the end of that step
+        # with one process; with several, at the end of the step the vote_interval rule
+        # names, or after the epoch's last step if that comes first.
+        evaluated_at = acting_step(1, num_processes, vote_interval)
+        is_mid_epoch = evaluated_at <= LAST_CONTROL_STEP
+        expected_first = [0, evaluated_at + 1] if is_mid_epoch else [1, 0]
+        assert result["first_step_after_requests"] == expected_first
         assert result["num_evaluations"] == 1
-        assert result["skipped_at"] == [skipped_step]
+        assert result["skipped_at"] == [SKIPPED_STEPS[gradient_accumulation_steps]]
         assert result["num_skipped_updates"] == 1
         assert result["is_state_unchanged_by_skips"]
-        # Asked at epoch 1 step 1: the epoch ends after that step with one process, after
-        # the next one with several (the request travels with the step's vote).
+        # Asked at epoch 1 step 1: the epoch ends after the step that acts on it, as above
+        # (when that step is past the epoch's last, the epoch simply runs to its end).
+        ended_at = min(acting_step(1, num_processes, vote_interval), LAST_CONTROL_STEP)
         epoch_1_steps = [step for epoch, step in result["steps_ended"] if epoch == 1]
-        assert epoch_1_steps == list(range(num_epoch_1_steps + num_processes - 1))
+        assert epoch_1_steps == list(range(ended_at + 1))
         assert [step for epoch, step in result["steps_ended"] if epoch == 0] == list(range(6))
         # Every update but the skipped one steps the scheduler.
         assert result["scheduler_steps"] == result["num_updates"] - 1
+
+
+@pytest.mark.parametrize("vote_interval", COUNTED_VOTE_INTERVALS)
+def test_the_processes_exchange_requests_only_every_vote_interval_steps(
+    two_process_results: list[dict[str, Any]], vote_interval: int
+) -> None:
+    # Between the end of step s and the end of step s + 1: run control's vote, started at the
+    # end of step s when (s + 1) is a multiple of the interval, and none at the other steps;
+    # beside it, every update's all-reduce of the window's item count (exact accumulation,
+    # trainwright.accumulation). DDP's gradient all-reduce runs in its C++ reducer, outside
+    # the count.
+    per_update = 1
+    votes = [int((step + 1) % vote_interval == 0) for step in range(15)]
+    for rank_results in two_process_results:
+        result = rank_results[f"collectives:{vote_interval}"]
+        assert result["num_steps"] == 16
+        assert result["per_step"] == [per_update + vote for vote in votes]
 
 
 def test_process_helpers_print_and_run_on_the_main_process_only(

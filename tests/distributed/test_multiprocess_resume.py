@@ -24,12 +24,15 @@ SAVE_POINTS = {
     "mid-epoch after an update": (2, 1),
     "end of an epoch's last step": (1, 2),
 }
-# (epoch, step) whose end the SIGTERM reaches the last process at, and the step both
-# processes stop after: the next one (the processes agree on stopping one step behind), or
-# the end of the training epoch when the signal came in its last step.
+# (epoch, step) whose end the SIGTERM reaches the last process at, the step both processes
+# stop after, and how many steps apart they vote (None: the Trainer's default, 16): with a
+# vote every step, the next step (the processes read each vote one step later); with the
+# default, the end of the training epoch (3 steps, shorter than the interval), as when the
+# signal came in the epoch's last step.
 PREEMPTIONS = {
-    "mid-epoch": ((2, 0), (2, 1)),
-    "in an epoch's last step": ((1, 2), (1, 2)),
+    "mid-epoch": ((2, 0), (2, 2), None),
+    "mid-epoch, voting every step": ((2, 0), (2, 1), 1),
+    "in an epoch's last step": ((1, 2), (1, 2), None),
 }
 COMPARED = (
     "weights",
@@ -61,9 +64,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 (
                     f"preempted:{case}",
                     "preempted",
-                    {"epoch": epoch, "step": step, "save_dir": str(preemption_dirs[case])},
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        "save_dir": str(preemption_dirs[case]),
+                        "vote_interval": vote_interval,
+                    },
                 )
-                for case, ((epoch, step), _) in PREEMPTIONS.items()
+                for case, ((epoch, step), _, vote_interval) in PREEMPTIONS.items()
             ),
         ],
         tmp_path_factory.mktemp("first_launch"),
@@ -139,7 +147,7 @@ def test_sigterm_to_one_process_stops_all_after_the_same_step(
 ) -> None:
     first, last = (rank_results[f"preempted:{case}"] for rank_results in runs["results"])
     assert (first["sent_signal"], last["sent_signal"]) == (False, True)
-    _, stop_step = PREEMPTIONS[case]
+    _, stop_step, _ = PREEMPTIONS[case]
     for result in (first, last):
         # The process that got no signal stopped for the same reason, as an interruption.
         assert result["interrupt_signal"] == "SIGTERM"

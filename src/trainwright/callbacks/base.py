@@ -72,7 +72,8 @@ EVENTS: tuple[str, ...] = (
 #: [`RunControl`][trainwright.run_control.RunControl]). An event that maps to itself is an
 #: agreement point: the loop agrees right after it (``RunControl.agree`` refuses any other
 #: event), before anything else runs; ``on_train_step_end`` is followed by the step's vote
-#: (``RunControl.end_of_step``), and the epoch's last step by a blocking agreement. An event
+#: (``RunControl.end_of_step``, which exchanges requests every ``Trainer.vote_interval`` steps),
+#: and the epoch's last step by a blocking agreement (``RunControl.end_of_epoch_steps``). An event
 #: added to `EVENTS` must be declared here or in `EVENTS_OUTSIDE_AGREEMENT`, and an epoch-level
 #: event must be an agreement point itself, or a stop requested in it on one process is not
 #: agreed (tests/test_run_control.py runs a real Trainer against this table).
