@@ -9,9 +9,11 @@ import torch
 from helpers.tiny import RecorderCallback, make_dataset, make_model, make_trainer
 from torch.utils.data import TensorDataset
 
-from trainwright import TrainerCallback
+from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import (
     EarlyStoppingCallback,
+    NonFiniteLossError,
+    PrintMetricsCallback,
     PrintProgressCallback,
     SaveBestModelCallback,
     SaveTrainingStateCallback,
@@ -27,9 +29,9 @@ def dataset_with_nan_at(index: int, num_samples: int = 12) -> TensorDataset:
     return TensorDataset(inputs, targets)
 
 
-def test_nan_loss_stops_the_run_naming_the_step(capsys):
+def test_checked_every_step_a_nan_loss_stops_the_run_at_its_step(capsys):
     recorder = RecorderCallback()
-    trainer = make_trainer(callbacks=[TerminateOnNaNCallback(), recorder])
+    trainer = make_trainer(callbacks=[TerminateOnNaNCallback(check_every_n_steps=1), recorder])
     trainer.train(
         dataset_with_nan_at(5),
         num_epochs=3,
@@ -45,42 +47,186 @@ def test_nan_loss_stops_the_run_naming_the_step(capsys):
     assert recorder.events[-1][0] == "on_training_run_end"
 
 
+class CaptureStop(TrainerCallback):
+    error = None
+
+    def on_stop_training_error(self, trainer, error, **kwargs):
+        self.error = error
+
+
 def test_the_stop_message_names_the_step_and_no_system_exit():
-    class Capture(TrainerCallback):
-        message = None
-
-        def on_stop_training_error(self, trainer, error, **kwargs):
-            self.message = str(error)
-
-    capture = Capture()
-    trainer = make_trainer(callbacks=[TerminateOnNaNCallback(), capture])
+    capture = CaptureStop()
+    trainer = make_trainer(callbacks=[TerminateOnNaNCallback(check_every_n_steps=1), capture])
     trainer.train(
         dataset_with_nan_at(7),
         num_epochs=1,
         per_device_batch_size=2,
         train_dataloader_kwargs={"shuffle": False},
     )
-    assert capture.message == "Stopping training: the loss is nan at step 3 of epoch 1."
+    assert str(capture.error) == "Stopping training: the loss is nan at step 3 of epoch 1."
 
 
-def test_inf_loss_also_stops():
-    class InfLoss(torch.nn.Module):
-        def forward(self, outputs, targets):
-            return torch.nn.functional.cross_entropy(outputs, targets) * math.inf
+def test_by_default_the_run_stops_at_the_next_check_naming_the_first_bad_loss(capsys):
+    recorder, capture = RecorderCallback(), CaptureStop()
+    trainer = make_trainer(
+        callbacks=[
+            TerminateOnNaNCallback(check_every_n_steps=4),
+            recorder,
+            capture,
+            PrintMetricsCallback(),
+        ]
+    )
+    trainer.train(
+        dataset_with_nan_at(5, num_samples=24),  # 12 steps; the NaN in step 2
+        num_epochs=2,
+        per_device_batch_size=2,
+        train_dataloader_kwargs={"shuffle": False},
+    )
+    # checked after steps 3, 7 and 11: the run stops at the first check after the NaN
+    started = [step for event, step in recorder.steps if event == "on_train_step_start"]
+    assert started == [0, 1, 2, 3]
+    error = capture.error
+    assert isinstance(error, NonFiniteLossError) and isinstance(error, StopTrainingError)
+    assert (math.isnan(error.loss), error.epoch, error.step) == (True, 1, 2)
+    assert str(error) == "Stopping training: the loss is nan at step 2 of epoch 1."
+    history = trainer.run_history
+    assert history.get_metric_values("non_finite_loss_step") == [2]
+    assert math.isnan(history.get_latest_metric("non_finite_loss"))
+    assert "train_loss_epoch" not in history.get_metric_names()
+    assert "epoch 1: non_finite_loss: nan | non_finite_loss_step: 2" in capsys.readouterr().out
+
+
+class NanFromStep(Trainer):
+    """Its training loss is multiplied by ``factor`` from step ``bad_step`` of epoch
+    ``bad_epoch`` on (0-based), until the end of that epoch."""
+
+    bad_epoch, bad_step, factor = 1, 2, math.nan
+
+    def calculate_train_batch_loss(self, batch):
+        batch_output = super().calculate_train_batch_loss(batch)
+        if self.progress.epoch == self.bad_epoch and self.progress.step >= self.bad_step:
+            batch_output["loss"] = batch_output["loss"] * self.factor
+        return batch_output
+
+
+def nan_trainer(callbacks, bad_epoch=1, bad_step=2, factor=math.nan, lr=0.0):
+    model = make_model()
+    trainer = NanFromStep(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=lr),
+        callbacks=callbacks,
+    )
+    trainer.bad_epoch, trainer.bad_step, trainer.factor = bad_epoch, bad_step, factor
+    return trainer
+
+
+def test_an_infinite_loss_is_reported_with_its_value():
+    capture = CaptureStop()
+    trainer = nan_trainer([TerminateOnNaNCallback(), capture], bad_epoch=0, factor=math.inf)
+    trainer.train(make_dataset(12), num_epochs=2, per_device_batch_size=2)
+    assert (capture.error.loss, capture.error.epoch, capture.error.step) == (math.inf, 1, 2)
+    assert "the loss is inf at step 2 of epoch 1" in str(capture.error)
+
+
+def test_a_nan_loss_never_reaches_a_recorded_epoch_or_a_best_model(tmp_path):
+    # The default interval (100 steps) is longer than the epoch (6 steps): the epoch's last
+    # step is checked, so epoch 2's NaN stops the run before anything of epoch 2 is recorded.
+    recorder = RecorderCallback()
+    saver = SaveBestModelCallback(tmp_path / "best.pt", load_saved_checkpoint=False)
+    trainer = nan_trainer([TerminateOnNaNCallback(), saver, recorder], lr=0.1)
+    trainer.train(
+        make_dataset(12), num_epochs=3, eval_dataset=make_dataset(4), per_device_batch_size=2
+    )
+    history = trainer.run_history
+    assert len(history.get_metric_values("train_loss_epoch")) == 1  # epoch 1 only
+    assert len(history.get_metric_values("eval_loss_epoch")) == 1
+    assert history.get_metric_values("non_finite_loss_step") == [2]
+    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] == 1
+    events = [event for event, _ in recorder.events]
+    assert events.count("on_training_run_epoch_end") == 1
+    assert events.count("on_eval_epoch_start") == 1
+    # epoch 2 ran to its last step (5), whose check found the NaN of step 2
+    assert [s for e, s in recorder.steps if e == "on_train_step_start"][-1] == 5
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_num_train_batches_per_epoch": 4}, {"max_num_train_steps": 10}],
+)
+def test_the_last_step_of_an_epoch_cut_short_is_checked(limits):
+    trainer = nan_trainer([TerminateOnNaNCallback(), CaptureStop()])
+    trainer.train(make_dataset(12), num_epochs=3, per_device_batch_size=2, **limits)
+    # epoch 2 ends after 4 steps: at its last step, not at the epoch's end, the NaN is found
+    assert "train_loss_epoch" in trainer.run_history.get_metric_names()
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 1
+    assert trainer.run_history.get_metric_values("non_finite_loss_step") == [2]
+
+
+def test_an_epoch_ended_early_is_checked_before_its_evaluation(tmp_path):
+    class EndEpochAtStep3(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if step == 3:
+                trainer.request_end_epoch()
 
     recorder = RecorderCallback()
-    model = make_model()
-    from trainwright import Trainer
-
-    trainer = Trainer(
-        model,
-        InfLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        callbacks=[TerminateOnNaNCallback(), recorder],
+    saver = SaveBestModelCallback(tmp_path / "best.pt", load_saved_checkpoint=False)
+    trainer = nan_trainer(
+        [TerminateOnNaNCallback(), EndEpochAtStep3(), saver, recorder], bad_epoch=0
     )
-    trainer.train(make_dataset(8), num_epochs=2, per_device_batch_size=2)
-    assert ("on_stop_training_error", ("error",)) in recorder.events
-    assert [s for e, s in recorder.steps if e == "on_train_step_start"] == [0]
+    trainer.train(
+        make_dataset(12), num_epochs=2, eval_dataset=make_dataset(4), per_device_batch_size=2
+    )
+    events = [event for event, _ in recorder.events]
+    assert "on_eval_epoch_start" not in events and "on_training_run_epoch_end" not in events
+    assert not (tmp_path / "best.pt").exists()
+    assert trainer.run_history.get_metric_values("non_finite_loss_step") == [2]
+    # recorded before on_train_epoch_end, where the check runs: NaN, not a good value
+    assert math.isnan(trainer.run_history.get_latest_metric("train_loss_epoch"))
+
+
+def test_a_run_stopped_for_another_reason_reports_an_unchecked_bad_loss():
+    class StopAtStep4(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if step == 4:
+                raise StopTrainingError("enough")
+
+    capture = CaptureStop()
+    trainer = nan_trainer([TerminateOnNaNCallback(), StopAtStep4(), capture], bad_epoch=0)
+    with pytest.warns(RuntimeWarning, match="the loss is nan at step 2 of epoch 1"):
+        trainer.train(make_dataset(12), num_epochs=1, per_device_batch_size=2)
+    assert str(capture.error) == "enough"
+    assert trainer.run_history.get_metric_values("non_finite_loss_step") == [2]
+
+
+def test_a_resumed_run_checks_the_losses_left_unchecked_in_its_state(tmp_path):
+    class FailAtStep4(TrainerCallback):
+        def on_train_step_end(self, trainer, step, **kwargs):
+            if step == 4:
+                raise RuntimeError("crash")
+
+    def callbacks():
+        return [
+            TerminateOnNaNCallback(),
+            CaptureStop(),
+            SaveTrainingStateCallback(tmp_path, save_every_n_steps=4, save_at_end=False),
+        ]
+
+    # lr 0.1: from the NaN of step 2 on, the weights and every later loss are NaN
+    trainer = nan_trainer([*callbacks(), FailAtStep4()], bad_epoch=0, lr=0.1)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.train(make_dataset(12), num_epochs=1, per_device_batch_size=2)
+    state = find_latest_training_state(tmp_path)  # saved after step 3, steps 0-3 unchecked
+    resumed_callbacks = callbacks()
+    resumed = nan_trainer(resumed_callbacks, bad_epoch=0, lr=0.1)
+    resumed.train(make_dataset(12), num_epochs=1, per_device_batch_size=2, resume_from=state)
+    error = resumed_callbacks[1].error
+    assert (error.epoch, error.step) == (1, 2)  # not 4, the first bad loss of the resumed run
+
+
+def test_the_check_interval_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="check_every_n_steps"):
+        TerminateOnNaNCallback(check_every_n_steps=0)
 
 
 def test_the_same_trainer_trains_normally_afterwards():

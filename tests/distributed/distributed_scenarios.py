@@ -306,20 +306,44 @@ class NanLossOnLastProcessTrainer(Trainer):
         return batch_output
 
 
-def nan_loss_on_one_process() -> dict[str, Any]:
-    """TerminateOnNaNCallback sees the NaN on one process a step before the other."""
+class RecordStopError(TrainerCallback):
+    """Keeps the error that stopped the run."""
+
+    error: StopTrainingError | None = None
+
+    def on_stop_training_error(
+        self, trainer: Trainer, error: StopTrainingError, **kwargs: Any
+    ) -> None:
+        self.error = error
+
+
+def nan_loss_on_one_process(
+    check_every_n_steps: int, vote_interval: int | None = None
+) -> dict[str, Any]:
+    """TerminateOnNaNCallback sees the NaN on one process a step before the other (5 steps
+    per epoch and process); the processes vote every ``vote_interval`` steps (None: the
+    default)."""
     stopper = StopOnLastProcess("never", None)  # only records the steps and the stop
+    recorder = RecordStopError()
     trainer = make_trainer(
         lr=0.1,
-        callbacks=(TerminateOnNaNCallback(), stopper),
+        callbacks=(TerminateOnNaNCallback(check_every_n_steps), stopper, recorder),
         trainer_class=NanLossOnLastProcessTrainer,
     )
+    if vote_interval is not None:
+        trainer.vote_interval = vote_interval
     trainer.train(
         make_dataset(20), num_epochs=2, per_device_batch_size=2, train_dataloader_kwargs=IN_ORDER
     )
+    history = trainer.run_history
     return {
         "last_step_ended": list(stopper.steps_ended[-1]),
         "stop_message": stopper.stop_message,
+        "error_fields": [recorder.error.epoch, recorder.error.step, str(recorder.error.loss)],
+        "recorded": {
+            name: [str(value) for value in history.get_metric_values(name)]
+            for name in sorted(history.get_metric_names())
+        },
         "num_updates": trainer.progress.num_update_steps,
     }
 

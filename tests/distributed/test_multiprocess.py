@@ -100,7 +100,14 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             for moment in STOP_MOMENTS
             for vote_interval in VOTE_INTERVALS
         ),
-        ("nan_loss_on_one_process", "nan_loss_on_one_process", {}),
+        *(
+            (
+                f"nan_loss_on_one_process:{n}",
+                "nan_loss_on_one_process",
+                {"check_every_n_steps": n, "vote_interval": 1 if n == 1 else None},
+            )
+            for n in (1, 100)
+        ),
         *(
             (
                 f"control:{k}:{n}",
@@ -271,14 +278,38 @@ def test_stop_requested_by_one_process_stops_all_at_the_same_step(
 def test_nan_loss_on_one_process_stops_all_at_the_same_step(
     two_process_results: list[dict[str, Any]],
 ) -> None:
-    first, last = (rank_results["nan_loss_on_one_process"] for rank_results in two_process_results)
-    # The last process sees its NaN at step 2 and the first at step 3 (after the NaN update):
-    # both stop after the epoch's last step, 4 (with the default vote interval, 16 steps, the
-    # epoch's 5 steps end before the processes vote), before the epoch's end is recorded.
-    assert first["last_step_ended"] == last["last_step_ended"] == [0, 4]
-    assert first["num_updates"] == last["num_updates"] == 5
+    first, last = (
+        rank_results["nan_loss_on_one_process:1"] for rank_results in two_process_results
+    )
+    # Checked every step, voted on every step: the last process sees its NaN at step 2 and
+    # the first at step 3 (after the NaN update): both stop at the end of step 3, the step
+    # after the first request.
+    assert first["last_step_ended"] == last["last_step_ended"] == [0, 3]
+    assert first["num_updates"] == last["num_updates"] == 4
     assert "the loss is nan at step 2 of epoch 1" in last["stop_message"]
     assert "the loss is nan" in first["stop_message"]
+    # every process records the requesting process's first bad loss
+    assert last["error_fields"] == [1, 2, "nan"]
+    assert first["recorded"]["non_finite_loss_step"] == last["recorded"]["non_finite_loss_step"]
+
+
+def test_nan_loss_checked_at_an_interval_stops_all_before_the_epoch_is_recorded(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    first, last = (
+        rank_results["nan_loss_on_one_process:100"] for rank_results in two_process_results
+    )
+    # Checked at the epoch's last step (step 4), with the default vote interval: both
+    # processes ask to stop there, and the vote after the epoch's steps stops them before
+    # train_loss_epoch is recorded.
+    assert first["last_step_ended"] == last["last_step_ended"] == [0, 4]
+    assert first["num_updates"] == last["num_updates"] == 5
+    # each names its own first bad loss exactly: step 2 on the last process, 3 on the first
+    assert last["error_fields"] == [1, 2, "nan"]
+    assert first["error_fields"] == [1, 3, "nan"]
+    assert "the loss is nan at step 2 of epoch 1" in last["stop_message"]
+    for results, step in ((first, "3"), (last, "2")):
+        assert results["recorded"] == {"non_finite_loss": ["nan"], "non_finite_loss_step": [step]}
 
 
 def test_error_on_one_process_ends_the_run_instead_of_hanging(tmp_path: Path) -> None:

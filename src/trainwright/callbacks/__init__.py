@@ -50,7 +50,11 @@ from trainwright.callbacks.saving import (
     SaveTrainingStateCallback,
     WSDCheckpointCallback,
 )
-from trainwright.callbacks.stopping import EarlyStoppingCallback, TerminateOnNaNCallback
+from trainwright.callbacks.stopping import (
+    EarlyStoppingCallback,
+    NonFiniteLossError,
+    TerminateOnNaNCallback,
+)
 from trainwright.callbacks.torch_profiler import TorchProfilerCallback
 
 #: The callbacks a `Trainer` uses unless told otherwise.
@@ -104,6 +108,7 @@ __all__ = [
     "ModelSummaryCallback",
     "MonitorCallback",
     "MoveModulesToDeviceCallback",
+    "NonFiniteLossError",
     "PrintMetricsCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",

@@ -9,6 +9,7 @@ draws with tqdm (a dependency),
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import time
@@ -80,9 +81,16 @@ class ProgressBarCallback(TrainerCallback):
 
     The training bar shows the latest loss, refreshed every ``loss_every_n_steps`` batches
     without making the host wait for the device: the loss is copied to the host in the
-    background (`DeviceValueReader`) and shown once it has arrived (at once on the CPU, a
-    step or so later on a GPU). A dataloader without a length (an ``IterableDataset``
-    without ``__len__``) gets a bar that counts batches.
+    background (`DeviceValueReader`) and shown once it has arrived (on the CPU from the
+    bar's next redraw, on a GPU a redraw or so later). A dataloader without a length (an
+    ``IterableDataset`` without ``__len__``) gets a bar that counts batches.
+
+    Most steps cost the callback one counter and one comparison: the bar (or the plain
+    lines) is told of the batches done at a bounded rate, about every 0.05 s (or at the bar's
+    ``mininterval``, or ``line_every_n_seconds``, when shorter), judged from the rate of the
+    steps so far, so tqdm's own per-call work is not paid on every step. With
+    ``mininterval=0`` (or ``line_every_n_seconds=0``) it is told of every batch, as it
+    ends. The count is complete when the bar closes at the end of each epoch.
 
     Args:
         loss_every_n_steps: show the loss of every this-many-th batch; ``None`` hides it.
@@ -122,6 +130,12 @@ class ProgressBarCallback(TrainerCallback):
         self.tqdm_kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}
         self._losses = DeviceValueReader()
         self._is_shown = False
+        # Batches of the open bar: seen, and told to the bar; the counts at which to tell the
+        # bar next, to look at the next loss to show, and the earlier of the two.
+        self._num_batches = self._num_batches_told = 0
+        self._next_tell = self._next_values = self._next_check = math.inf
+        self._told_at = 0.0  # time.monotonic() when the bar was last told
+        self._period_s = math.inf  # the aimed-for time between two tells
 
     def _open(self, trainer: Trainer, dataloader: Any, description: str) -> None:
         """Opens the bar of an epoch over ``dataloader`` (``total=None`` without a length)."""
@@ -134,9 +148,39 @@ class ProgressBarCallback(TrainerCallback):
         else:
             self._bar = bar_class(total=total, desc=description, **self.tqdm_kwargs)
 
-    def _advance(self) -> None:
-        """Moves the bar on by one batch."""
-        self._bar.update(1)
+    def _redraw_period_s(self) -> float:
+        """The least time between two redraws of the open bar (``inf``: it never draws)."""
+        if isinstance(self._bar, _ProgressLines):
+            return math.inf if self._bar.interval is None else self._bar.interval
+        return self.tqdm_kwargs.get("mininterval", _TQDM_MININTERVAL_S)
+
+    def _start_counting(self) -> None:
+        """Starts the batch count of the bar just opened."""
+        self._num_batches = self._num_batches_told = 0
+        self._told_at = time.monotonic()
+        self._period_s = min(self._redraw_period_s(), _LONGEST_TELL_PERIOD_S)
+        self._next_tell = 1 if self._period_s < math.inf else math.inf
+        self._next_values = 1 if self._is_shown and self.loss_every_n_steps else math.inf
+        self._next_check = min(self._next_tell, self._next_values)
+
+    def _tell_bar(self) -> None:
+        """Moves the bar on by the batches done since it was last told, and schedules the
+        next time: after as many batches as take about ``_period_s`` at the rate since then
+        (at most twice as many as this time, so a slowdown is noticed soon)."""
+        now = time.monotonic()
+        num_batches = self._num_batches - self._num_batches_told
+        self._advance(num_batches)
+        self._num_batches_told = self._num_batches
+        gap = 1
+        elapsed = now - self._told_at
+        if self._period_s > 0 and elapsed > 0:
+            gap = max(1, min(int(num_batches * self._period_s / elapsed), 2 * num_batches))
+        self._told_at = now
+        self._next_tell = self._num_batches + gap
+
+    def _advance(self, num_batches: int) -> None:
+        """Moves the bar on by ``num_batches`` batches."""
+        self._bar.update(num_batches)
 
     def _show_values(self, values: dict[str, float]) -> None:
         """Shows ``values`` (the loss and any ``trainer.step_metrics``) beside the bar; drawn
@@ -146,8 +190,11 @@ class ProgressBarCallback(TrainerCallback):
         )
 
     def _close(self) -> None:
-        """Closes the open bar, if any."""
+        """Closes the open bar, if any, once it has counted every batch."""
         if self._bar is not None:
+            if self._num_batches > self._num_batches_told:
+                self._advance(self._num_batches - self._num_batches_told)
+                self._num_batches_told = self._num_batches
             self._bar.close()
             self._bar = None
 
@@ -155,22 +202,34 @@ class ProgressBarCallback(TrainerCallback):
         self._is_shown = trainer.accelerator.is_local_main_process
         self._losses.clear()
         self._open(trainer, trainer.train_dataloader, f"epoch {trainer.run_history.current_epoch}")
+        self._start_counting()
 
     def on_train_step_end(
         self, trainer: Trainer, batch_output: dict, step: int, **kwargs: Any
     ) -> None:
-        self._advance()
-        if self.loss_every_n_steps is None or not self._is_shown:
-            return
-        if (step + 1) % self.loss_every_n_steps == 0:
-            self._losses.submit(batch_output["loss"], tag="loss")
-            for name, value in trainer.step_metrics.items():  # e.g. gradient_norm
-                if torch.is_tensor(value):
-                    self._losses.submit(value, tag=name)
-        if self._losses:  # something submitted and not shown yet
-            arrived = dict(self._losses.ready())  # the newest value of each
-            if arrived:
-                self._show_values(arrived)
+        self._num_batches += 1
+        if self._num_batches >= self._next_check:  # rarely: the rest of the steps end here
+            self._check(trainer, batch_output, step)
+
+    def _check(self, trainer: Trainer, batch_output: dict, step: int) -> None:
+        """Tells the bar of the batches done and keeps the loss of a loss-showing step, as
+        scheduled."""
+        is_telling = self._num_batches >= self._next_tell
+        if is_telling:
+            self._tell_bar()
+        if self._next_values < math.inf:
+            every = self.loss_every_n_steps
+            if (step + 1) % every == 0:
+                self._losses.submit(batch_output["loss"], tag="loss")
+                for name, value in trainer.step_metrics.items():  # e.g. gradient_norm
+                    if torch.is_tensor(value):
+                        self._losses.submit(value, tag=name)
+            self._next_values = self._num_batches + every - (step + 1) % every
+            if is_telling and self._losses:  # shown from the bar's next redraw
+                arrived = dict(self._losses.ready())  # the newest value of each
+                if arrived:
+                    self._show_values(arrived)
+        self._next_check = min(self._next_tell, self._next_values)
 
     def on_train_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._losses.clear()
@@ -179,9 +238,14 @@ class ProgressBarCallback(TrainerCallback):
     def on_eval_epoch_start(self, trainer: Trainer, **kwargs: Any) -> None:
         self._is_shown = trainer.accelerator.is_local_main_process
         self._open(trainer, trainer.eval_dataloader, "evaluating")
+        self._start_counting()
+        self._next_values = math.inf  # the evaluation bar shows no loss
+        self._next_check = self._next_tell
 
     def on_eval_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._advance()
+        self._num_batches += 1
+        if self._num_batches >= self._next_tell:
+            self._tell_bar()
 
     def on_eval_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self._close()
@@ -245,9 +309,12 @@ class RichProgressBarCallback(ProgressBarCallback):
             description, total=dataloader_length(dataloader), loss=""
         )
 
-    def _advance(self) -> None:
+    def _redraw_period_s(self) -> float:
+        return 0.0  # rich redraws in its own thread: tell it of every batch
+
+    def _advance(self, num_batches: int) -> None:
         if self.progress is not None:
-            self.progress.advance(self._task)
+            self.progress.advance(self._task, num_batches)
 
     def _show_values(self, values: dict[str, float]) -> None:
         if self.progress is not None:
@@ -364,6 +431,11 @@ def _is_in_jupyter_kernel() -> bool:
         return False
     return isinstance(ipython.get_ipython(), zmqshell.ZMQInteractiveShell)
 
+
+#: tqdm's default ``mininterval``.
+_TQDM_MININTERVAL_S = 0.1
+#: The longest aimed-for time between two tells of the bar.
+_LONGEST_TELL_PERIOD_S = 0.05
 
 # tqdm's default line without the bar itself (without a total, tqdm's default has none).
 _LINE_FORMAT_WITH_TOTAL = (
