@@ -15,7 +15,10 @@ Checks:
      scheduler.
   2. A ``torch.compile``-d model trains through the Trainer.
   3. No host-device sync happens during training steps with ``DEFAULT_CALLBACKS``
-     (``torch.cuda.set_sync_debug_mode("error")`` turns any sync into an error).
+     (``torch.cuda.set_sync_debug_mode("error")`` turns any sync into an error). The one
+     deliberate wait, ``TerminateOnNaNCallback``'s read every ``check_every_n_steps`` steps
+     and at the epoch's last step, waits on a CUDA event after a non-blocking copy, which
+     that mode does not count.
   4. Throughput of the Trainer against a hand-written loop on the same model and data.
 """
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import torch
 from helpers.tiny import make_dataset, make_trainer
+from tqdm.std import tqdm
 
 from trainwright import TrainerCallback
 from trainwright.callbacks import (
@@ -267,3 +269,21 @@ def test_draw_bar_false_prints_plain_lines_even_to_a_terminal():
 def test_a_negative_line_interval_is_rejected():
     with pytest.raises(ValueError, match="line_every_n_seconds must be >= 0"):
         ProgressBarCallback(line_every_n_seconds=-1)
+
+
+def test_the_bar_is_told_of_the_batches_at_a_bounded_rate(monkeypatch):
+    # A clock that moves 1 µs per reading: the steps look fast, so the bar is told of the
+    # batches done after 1, 3, 7, 15, 31 and 63 of the 64 batches (each gap at most twice
+    # the last), and of the 64th as it closes; tqdm's own update runs 7 times, not 64.
+    readings = iter(range(10**9))
+    monkeypatch.setattr(time, "monotonic", lambda: next(readings) * 1e-6)
+    calls = []
+    original_update = tqdm.update
+    monkeypatch.setattr(
+        tqdm, "update", lambda bar, n=1: (calls.append(n), original_update(bar, n))[1]
+    )
+    output = TerminalStream()
+    trainer = make_trainer(callbacks=[ProgressBarCallback(file=output, leave=True)])
+    trainer.train(make_dataset(64), num_epochs=1, per_device_batch_size=1)
+    assert calls == [1, 2, 4, 8, 16, 32, 1]
+    assert "64/64" in output.getvalue()  # complete when closed

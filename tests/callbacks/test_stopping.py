@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
+from helpers.host_syncs import ALL_HOST_READS, HostSyncCounter, UninstallLast
 from helpers.tiny import RecorderCallback, make_dataset, make_model, make_trainer
 from torch.utils.data import TensorDataset
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import (
+    DEFAULT_CALLBACKS,
     EarlyStoppingCallback,
     NonFiniteLossError,
     PrintMetricsCallback,
     PrintProgressCallback,
+    ProgressBarCallback,
     SaveBestModelCallback,
     SaveTrainingStateCallback,
     TerminateOnNaNCallback,
@@ -420,3 +424,29 @@ def test_an_epoch_ended_by_early_stopping_counts(tmp_path):
     trainer.train(make_dataset(4), num_epochs=5, reset_run_history=False, **data)
     assert numbers.epochs == [1, 2, 3, 4]
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 3
+
+
+def test_the_default_callbacks_read_the_host_only_at_the_nan_checks():
+    counter = HostSyncCounter(names=ALL_HOST_READS)
+    defaults = [
+        TerminateOnNaNCallback(check_every_n_steps=4) if c is TerminateOnNaNCallback else c
+        for c in DEFAULT_CALLBACKS
+    ]
+    # the bar drawing every batch and showing every loss: its reads are of landed copies
+    defaults[defaults.index(ProgressBarCallback)] = ProgressBarCallback(
+        loss_every_n_steps=1, draw_bar=True, file=io.StringIO(), mininterval=0
+    )
+    trainer = make_trainer(callbacks=[*defaults, counter, UninstallLast(counter)])
+    try:
+        trainer.train(
+            make_dataset(40),
+            num_epochs=2,
+            eval_dataset=make_dataset(8),
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+            max_grad_norm=1.0,
+        )
+    finally:
+        counter._uninstall()
+    # 10 steps an epoch, checked after steps 3 and 7 and at the last one: one read each
+    assert counter.read_at == [(0, 3), (0, 7), (0, 9), (1, 3), (1, 7), (1, 9)]

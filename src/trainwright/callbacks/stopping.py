@@ -164,7 +164,7 @@ class TerminateOnNaNCallback(TrainerCallback):
     by `PrintMetricsCallback` with the stop).
 
     The run stops at the check that finds the bad loss: up to ``check_every_n_steps - 1``
-    steps after it (plus, with several processes, the one step the stop vote takes), never
+    steps after it (plus, with several processes, the steps the stop vote takes), never
     later than the end of its epoch's steps. Because the epoch's last step is always checked,
     a bad loss never reaches a recorded ``train_loss_epoch``, an evaluation, the epoch-end
     callbacks or a best-model save (`SaveBestModelCallback` saves at
