@@ -1,17 +1,20 @@
 """The Trainer: the whole training loop, as small overridable hooks.
 
-Read top to bottom: the constructor and public helpers, then ``train()`` (check the
-arguments, find the resume state, prepare, build the loaders, plan, create the scheduler,
-restore, run), one training epoch, one training step, one evaluation epoch, and finally the
-hooks a subclass may override. Every callback event is one literal ``call_event`` line at the
+Read top to bottom, in the order a run happens: the constructor; ``train()``, which reads as its
+steps (check the arguments, find the resume state, prepare, build the loaders, plan, create the
+scheduler, restore, run); the run's epochs; one training epoch and one training step; one
+evaluation epoch, ``evaluate()``, ``evaluate_model()``, ``predict()`` and the learning-rate
+finder; setting up a run; the hooks a subclass may override; the ``request_*`` methods that
+callbacks and hooks use to change the run's course; checkpoints and training states; and last
+the pass-throughs to Accelerate. Every callback event is one literal ``call_event`` line at the
 place it fires (``grep call_event trainer.py`` lists them all).
 
 Where the rest lives: the run plan, everything decided before the first step (epoch length,
 accumulation windows, batch limits, scheduler stepping), in ``trainwright.run_plan``; the
-agreement of processes on stop, end-epoch, evaluation, save and skip requests in
-``trainwright.distributed``; training states on disk (atomic, verified) in
-``trainwright.checkpointing``; item-weighted accumulation in ``trainwright.accumulation``;
-the loop's position in ``TrainingProgress`` below.
+requests that change a run's course and their agreement across processes in
+``trainwright.run_control``; training states on disk (atomic, verified) in
+``trainwright.checkpointing``; item-weighted accumulation in ``trainwright.accumulation``; the
+loop's position in ``TrainingProgress`` below.
 """
 
 from __future__ import annotations
@@ -187,108 +190,6 @@ class TrainingProgress:
     num_scaler_skipped_updates: int = 0
 
 
-class _EpochLoss:
-    """The sample-weighted mean of per-batch losses over an epoch, kept on the device.
-
-    The loop passes the number of genuine samples of each batch, leaving out the repeats
-    Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``), or the
-    batch's ``num_items`` when ``calculate_train_batch_loss`` returns it.
-
-    Each step only keeps a reference to its detached loss: the losses are summed by a few
-    tensor operations every ``fold_every`` steps and at epoch end, not one per step, and
-    nothing is read on the host until the epoch's result, after the sums of every process
-    are added together.
-    """
-
-    fold_every = 1024
-
-    def __init__(self, accelerator: Accelerator) -> None:
-        self._accelerator = accelerator
-        # float64 keeps the sum exact enough over long epochs; MPS has no float64.
-        self._dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
-        self.reset()
-
-    def reset(self) -> None:
-        self._loss_sum = torch.zeros((), dtype=self._dtype, device=self._accelerator.device)
-        self._num_samples: int | torch.Tensor = 0
-        self._losses: list[torch.Tensor] = []
-        self._batch_sizes: list[int | torch.Tensor] = []
-
-    def update(self, loss: torch.Tensor, batch_size: int | torch.Tensor) -> None:
-        self._losses.append(loss.detach())
-        self._batch_sizes.append(batch_size)
-        if len(self._losses) == self.fold_every:
-            self._fold()
-
-    def _fold(self) -> None:
-        if not self._losses:
-            return
-        losses = torch.stack(self._losses).to(self._dtype)
-        sizes = self._batch_sizes
-        if all(isinstance(size, int) for size in sizes):
-            # pinned + non-blocking: the copy to the GPU does not make the host wait
-            on_cuda = losses.device.type == "cuda"
-            weights = torch.tensor(sizes, dtype=self._dtype, pin_memory=on_cuda)
-            weights = weights.to(losses.device, non_blocking=True)
-            self._num_samples += sum(sizes)
-        else:
-            weights = torch.stack([torch.as_tensor(size).to(losses) for size in sizes])
-            self._num_samples = self._num_samples + weights.sum()
-        self._loss_sum = self._loss_sum + (losses * weights).sum()
-        self._losses, self._batch_sizes = [], []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss_sum": self._loss_sum.cpu(),
-            "num_samples": self._num_samples,
-            "losses": [loss.cpu() for loss in self._losses],
-            "batch_sizes": list(self._batch_sizes),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self._accelerator.device
-        self._loss_sum = state["loss_sum"].to(device)
-        self._num_samples = state["num_samples"]
-        self._losses = [loss.to(device) for loss in state["losses"]]
-        self._batch_sizes = list(state["batch_sizes"])
-
-    def compute(self) -> float:
-        self._fold()
-        num_samples = self._num_samples
-        if isinstance(num_samples, torch.Tensor):
-            num_samples = num_samples.to(self._loss_sum)
-        else:
-            num_samples = self._loss_sum.new_full((), num_samples)
-        totals = torch.stack([self._loss_sum, num_samples])
-        loss_sum, num_samples = self._accelerator.reduce(totals, reduction="sum").tolist()
-        return loss_sum / num_samples if num_samples else math.nan
-
-
-@dataclass
-class _TrainEpoch:
-    """The training epoch in progress, or the last one: its data seed also seeds the
-    evaluations after it, and a state saved during its end events records its start.
-
-    Attributes:
-        start_state: the epoch's data seed and the sampler's generator at its start, saved
-            with a training state so that a resumed epoch replays the same batches.
-        dataloader: the loader iterated: the training dataloader or, in an epoch resumed
-            mid-way, one that skips the batches already done (they are never loaded).
-        first_step: the first step iterated: 0, or the batches done before a resume.
-        num_batches: the epoch's batches, the plan's ``num_train_batches``; for data
-            without a length ``None`` until its last batch comes (``_marking_last_batch``).
-        padded_tail: the batch Accelerate completed with repeated samples, if any.
-        is_in_steps: whether its steps are running (an evaluation then is intermediate).
-    """
-
-    start_state: dict[str, Any]
-    dataloader: DataLoader
-    first_step: int
-    num_batches: int | None
-    padded_tail: PaddedTail | None
-    is_in_steps: bool = False
-
-
 class Trainer:
     """Trains a PyTorch model: ``Trainer(model, loss_func, optimizer).train(dataset, 3)``.
 
@@ -419,783 +320,6 @@ class Trainer:
         #: The loop itself never reads it.
         self.step_metrics: dict[str, Any] = {}
         self.callback_handler.call_event("on_init_end", self)
-
-    # ----------------------------------------------------------------------------------------
-    # Public helpers
-    # ----------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        """The device this process trains on."""
-        return self.accelerator.device
-
-    @property
-    def _accelerator(self) -> Accelerator:
-        """Alias of `accelerator` (the name used by pytorch-accelerated)."""
-        return self.accelerator
-
-    @property
-    def _train_dataloader(self) -> DataLoader | None:
-        """Alias of `train_dataloader` (the name used by pytorch-accelerated); assignable."""
-        return self.train_dataloader
-
-    @_train_dataloader.setter
-    def _train_dataloader(self, dataloader: DataLoader | None) -> None:
-        self.train_dataloader = dataloader
-
-    @property
-    def _eval_dataloader(self) -> DataLoader | None:
-        """Alias of `eval_dataloader` (the name used by pytorch-accelerated); assignable."""
-        return self.eval_dataloader
-
-    @_eval_dataloader.setter
-    def _eval_dataloader(self, dataloader: DataLoader | None) -> None:
-        self.eval_dataloader = dataloader
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        """Prints once per machine, like `print`: on the local main process of every
-        machine (``accelerator.print``), so once per run on a single machine and once per
-        machine on several. Use [`print_once`][trainwright.trainer.Trainer.print_once] for once per
-        run on any number."""
-        self.accelerator.print(*args, **kwargs)
-
-    def print_once(self, *args: Any, **kwargs: Any) -> None:
-        """Prints once per run, like `print`: on the main process of the whole run only
-        (process 0 of machine 0)."""
-        if self.accelerator.is_main_process:
-            print(*args, **kwargs)
-
-    def run_on_main_process(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Calls ``function(*args, **kwargs)`` on the main process of the run only, and returns
-        its result there (``None`` on the other processes). The other processes do not wait
-        for it; follow it with [`wait_for_everyone`][trainwright.trainer.Trainer.wait_for_everyone]
-        if they must.
-
-        Example:
-            ```python
-            trainer.run_on_main_process(write_report, "runs/report.md")
-            ```
-        """
-        return self.accelerator.on_main_process(function)(*args, **kwargs)
-
-    def run_on_local_main_process(
-        self, function: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
-        """Like `run_on_main_process`, but on the main process of every machine (e.g.
-        to write to a disk each machine has of its own)."""
-        return self.accelerator.on_local_main_process(function)(*args, **kwargs)
-
-    def main_process_first(self) -> contextlib.AbstractContextManager[None]:
-        """A context manager in which the main process runs first and the other processes
-        wait, entering the block once it has left it (Accelerate's ``main_process_first``):
-        e.g. the main process downloads or preprocesses a dataset into a cache that the others
-        then read. Enter it on every process (it waits for every process, twice).
-
-        Example:
-            ```python
-            with trainer.main_process_first():
-                dataset = load_or_build_cached_dataset("cache/")
-            ```
-        """
-        return self.accelerator.main_process_first()
-
-    def local_main_process_first(self) -> contextlib.AbstractContextManager[None]:
-        """Like `main_process_first`, with the main process of every machine first (for
-        a cache on each machine's own disk)."""
-        return self.accelerator.local_main_process_first()
-
-    def wait_for_everyone(self) -> None:
-        """Waits until every process reaches this call (a barrier; nothing on one process)."""
-        self.accelerator.wait_for_everyone()
-
-    def gather(self, tensor: Any, padding_value: float | None = None) -> Any:
-        """Concatenates ``tensor`` (or a nested structure of tensors) from every process.
-
-        Args:
-            tensor: a tensor, or a nested list, tuple or dict of tensors.
-            padding_value: if given, first pad every tensor along its first dimension with
-                this value to the longest one across the processes, so tensors of different
-                lengths can be gathered; drop the padding afterwards with
-                `trainwright.utils.remove_padding`.
-        """
-        if padding_value is not None:
-            tensor = self.accelerator.pad_across_processes(tensor, dim=0, pad_index=padding_value)
-        return self.accelerator.gather(tensor)
-
-    def gather_for_metrics(self, data: Any, use_gather_object: bool = False) -> Any:
-        """Concatenates ``data`` from every process, leaving out the samples repeated to give
-        every process equally many full batches, so that over an epoch the results hold each
-        sample of the dataset exactly once, in the dataloader's order.
-
-        Call it on every process, once per batch, from inside the loop over a dataloader the
-        trainer prepared (e.g. in ``on_eval_step_end``). ``data`` may be a tensor or a nested
-        list, tuple or dict of tensors whose first dimension is the batch; other objects need
-        ``use_gather_object=True`` (they are pickled). On one process it returns ``data``.
-
-        Example:
-            ```python
-            def on_eval_step_end(self, trainer, batch, batch_output, **kwargs):
-                preds, targets = trainer.gather_for_metrics(
-                    (batch_output["model_outputs"].argmax(-1), batch[1])
-                )
-                self.accuracy.update(preds, targets)
-            ```
-        """
-        return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
-
-    def get_model(self, keep_torch_compile: bool = False) -> nn.Module:
-        """The model without any wrapper added for distributed or compiled training: the
-        plain module, also when it was compiled with ``torch.compile`` (by you or through
-        Accelerate's ``dynamo_backend``), whose parameters the compiled model shares.
-
-        Args:
-            keep_torch_compile: return the `torch.compile` wrapper of a compiled model
-                instead of the plain module (pytorch-accelerated's default), where it wraps
-                the plain module itself; one compiled around a distributed wrapper gives the
-                plain module.
-        """
-        # keep_torch_compile=False: Accelerate keeping the compiled wrapper would also put it
-        # back around the unwrapped model, dropping a DDP wrapper from the one being trained.
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        plain = _without_compile_wrappers(model)  # compiled before a DDP wrapper was added
-        if keep_torch_compile:
-            compiled = self.model if is_compiled_module(self.model) else model
-            if is_compiled_module(compiled) and compiled._orig_mod is plain:
-                return compiled
-        return plain
-
-    def add_callback(self, callback: CallbackLike) -> TrainerCallback:
-        """Adds a callback (a class is instantiated with no arguments) and returns the
-        instance; see `CallbackHandler.add_callback`. The callbacks in execution order are
-        ``trainer.callback_handler.callbacks`` (a tuple).
-
-        Example:
-            ```python
-            trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=3))
-            ```
-        """
-        return self.callback_handler.add_callback(callback)
-
-    def remove_callback(self, callback: CallbackLike) -> None:
-        """Removes a callback instance, or the first callback of the given class; see
-        `CallbackHandler.remove_callback`.
-
-        Example:
-            ```python
-            trainer.remove_callback(ProgressBarCallback)
-            ```
-        """
-        self.callback_handler.remove_callback(callback)
-
-    def pop_callback(self, callback: CallbackLike) -> TrainerCallback:
-        """Removes a callback instance, or the first callback of the given class, and
-        returns it; see `CallbackHandler.pop_callback`."""
-        return self.callback_handler.pop_callback(callback)
-
-    # ----------------------------------------------------------------------------------------
-    # Control from callbacks and hooks: the same decision on every process
-    # ----------------------------------------------------------------------------------------
-
-    #: Whether hooks of this Trainer (subclass) may call `request_skip_update` on some
-    #: processes only; see ``TrainerCallback.may_skip_updates``.
-    may_skip_updates: bool = False
-
-    #: In a multi-process run, how many training steps apart the processes combine their
-    #: requests (`request_stop`, a `StopTrainingError`, `request_end_epoch`,
-    #: `request_evaluation`, `request_save`, SIGTERM / SIGINT): one small all-reduce, started
-    #: without waiting, every ``vote_interval`` steps, and none at the other steps. A request
-    #: made during step ``k`` of an epoch takes effect at the end of step
-    #: ``vote_interval * (k // vote_interval + 1)`` on every process (the first step after ``k``
-    #: whose index is a multiple of ``vote_interval``), or after the epoch's last step if that
-    #: comes first; ``1`` acts one step after the request, at the cost of a collective per
-    #: step. With one process, requests take effect at the end of the current step whatever
-    #: the interval. Set it on the class or on the trainer before ``train()``.
-    vote_interval: int = DEFAULT_VOTE_INTERVAL
-
-    #: Names of the metrics the hooks of this Trainer subclass record in the run history
-    #: (e.g. ``("accuracy",)`` for an ``eval_epoch_end`` that computes it), as callbacks
-    #: declare theirs: early stopping, best-model saving and ``scheduler_metric`` then know
-    #: the metric will be recorded. Undeclared, such a metric draws a warning when the run
-    #: starts and is checked when first read, at the end of the first epoch.
-    writes_metrics: tuple[str, ...] = ()
-
-    def request_stop(self, reason: str = "stop requested") -> None:
-        """Asks to end the run, like raising `StopTrainingError` but without leaving
-        the calling callback or hook: the run stops at the end of the current training step
-        (with several processes, on every process at the end of the step the processes next
-        agree on it, at most `vote_interval` steps later), or of the current
-        epoch-level event (``on_training_run_start``, ``on_train_epoch_end``, the evaluation
-        epoch, ``on_training_run_epoch_end``). ``on_stop_training_error`` then receives a
-        ``StopTrainingError(reason)``.
-
-        Example:
-            ```python
-            class StopWhenGoodEnough(TrainerCallback):
-                def on_training_run_epoch_end(self, trainer, **kwargs):
-                    if trainer.run_history.get_latest_metric("eval_loss_epoch") < 0.1:
-                        trainer.request_stop("eval loss below 0.1")
-            ```
-        """
-        self._run_control.request_stop(StopTrainingError(reason))
-
-    def request_end_epoch(self) -> None:
-        """Asks to end the current training epoch early; the run goes on with the epoch's
-        evaluation and epoch-end events, then the next epoch.
-
-        Asked during a training step (or ``on_train_epoch_start``), the epoch ends after the
-        current step with one process; with several, every process ends it after the same step,
-        the step the processes next agree on it (at most `vote_interval` steps later, without a
-        collective per step). Gradients of an
-        unfinished accumulation window are discarded. Asked elsewhere, it is ignored.
-
-        Example:
-            ```python
-            class ShortEpochs(TrainerCallback):
-                def on_train_step_end(self, trainer, step, **kwargs):
-                    if step == 99:
-                        trainer.request_end_epoch()
-            ```
-        """
-        self._run_control.request_at_step_end(END_EPOCH)
-
-    def request_evaluation(self) -> None:
-        """Asks for an evaluation at the end of the current training step (with several
-        processes, at the end of the step they next agree on it, on every process; see
-        `vote_interval`):
-        [`evaluate_model`][trainwright.trainer.Trainer.evaluate_model] on the training model and the
-        ``eval_dataset`` given to ``train()``, recording ``step_eval_loss``. Asked outside a step,
-        it happens at the end of the next step.
-
-        Raises:
-            ValueError: if the run has no evaluation data.
-
-        Example:
-            ```python
-            class EvaluateWhenTheLossSpikes(TrainerCallback):
-                def on_train_step_end(self, trainer, batch_output, **kwargs):
-                    if batch_output["loss"].item() > 10:  # a host sync, every step
-                        trainer.request_evaluation()
-            ```
-        """
-        if self.eval_dataloader is None:
-            raise ValueError(
-                "request_evaluation() needs evaluation data: pass eval_dataset to train()."
-            )
-        self._run_control.request_at_step_end(EVALUATE)
-
-    def request_save(self) -> None:
-        """Asks for a training state to be saved at the end of the current training step
-        (with several processes, at the end of the step they next agree on it, on every
-        process; see `vote_interval`), by the trainer's
-        [`SaveTrainingStateCallback`][trainwright.callbacks.saving.SaveTrainingStateCallback] (in
-        its ``save_dir``, with its pruning), after any requested evaluation. Asked outside a step,
-        it happens at the end of the next step.
-
-        Raises:
-            ValueError: if the trainer has no ``SaveTrainingStateCallback``.
-
-        Example:
-            ```python
-            class SaveBeforeRiskyPhase(TrainerCallback):
-                def on_train_epoch_start(self, trainer, **kwargs):
-                    if trainer.progress.epoch == 10:
-                        trainer.request_save()
-            ```
-        """
-        self._run_control.request_save()  # fails now, on the process that asks, if it cannot
-
-    def _act_on_step_end_requests(self, requests: int, step: int) -> bool:
-        """Evaluates and saves as requested; returns whether to end the epoch now."""
-        if requests & EVALUATE:
-            self.evaluate_model(self.model, metric_name="step_eval_loss")
-        if requests & SAVE:
-            self._run_control.state_saver().save(self)
-        if requests & END_EPOCH:
-            if not self._plan.is_update_step(step, self._epoch.num_batches):
-                self.optimizer_zero_grad()  # discard the unfinished accumulation window
-                self._item_weighting.discard_window()
-            return True
-        return False
-
-    def request_skip_update(self, reason: str = "skip requested") -> None:
-        """Asks to skip the optimizer update of the current accumulation window: its
-        gradients are discarded, and the optimizer, scheduler, gradient scaler and
-        ``on_after_optimizer_step`` (where the EMA is updated) do not step. The skipped update
-        still counts in ``progress.num_update_steps`` (the schedule is not lengthened), is
-        counted in ``progress.num_skipped_updates`` and logged (logger
-        ``trainwright.trainer``, level INFO).
-
-        Ask up to ``on_before_optimizer_step``; asked later in a step, it applies to the
-        next update. With several processes every process skips when any asked; this needs
-        ``may_skip_updates = True`` on the asking callback (or Trainer subclass), which costs
-        one small blocking all-reduce per update.
-
-        Raises:
-            RuntimeError: with several processes, if nothing declared ``may_skip_updates``.
-
-        Example:
-            ```python
-            class SkipHugeGradients(TrainerCallback):
-                may_skip_updates = True
-
-                def on_before_optimizer_step(self, trainer, **kwargs):
-                    norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in trainer.model.parameters() if p.grad is not None])
-                    if norm > 1e3:  # a host sync: only for callbacks that need it
-                        trainer.request_skip_update(f"gradient norm {norm:.3g}")
-            ```
-        """
-        self._run_control.request_skip_update(reason)
-
-    def _is_update_skipped(self) -> bool:
-        reason = self._run_control.skipped_update_reason()  # the same on every process
-        if reason is not None:
-            self.progress.num_skipped_updates += 1
-            _logger.info(
-                "Skipped optimizer update %d (epoch %d, step %d): %s",
-                self.progress.num_update_steps + 1,
-                self.progress.epoch,
-                self.progress.step,
-                reason,
-            )
-        return reason is not None
-
-    def _report_exception(self, exception: BaseException) -> None:
-        """Fires ``on_exception`` once for ``exception``, which then propagates."""
-        if isinstance(exception, StopTrainingError) or getattr(
-            exception, "_trainwright_reported", False
-        ):
-            return
-        exception._trainwright_reported = True  # evaluate() inside train(): report once
-        try:
-            self.callback_handler.call_event("on_exception", self, exception=exception)
-        except Exception as cleanup_error:  # never hide the original exception
-            warnings.warn(
-                f"{type(cleanup_error).__name__} in on_exception while handling "
-                f"{type(exception).__name__}: {cleanup_error}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    def save_checkpoint(
-        self,
-        save_path: str | os.PathLike,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        save_optimizer: bool = True,
-        save_scheduler: bool = True,
-        save_per_node: bool = False,
-    ) -> None:
-        """Saves a portable checkpoint: the unwrapped model's weights, optionally the
-        optimizer and scheduler state, and any extra entries, in one ``.pt`` file.
-
-        The file is written atomically by the main process (by the main process of every
-        machine with ``save_per_node``) and loads with ``torch.load(path,
-        weights_only=True)``. Call it on every process (weights sharded by FSDP or DeepSpeed
-        are gathered first).
-
-        Args:
-            save_path: the file to write.
-            checkpoint_kwargs: extra entries to store, e.g. ``{"epoch": 3}``; plain Python
-                values and tensors only.
-            save_optimizer: include the optimizer state.
-            save_scheduler: include the scheduler state, when there is a scheduler.
-            save_per_node: write the file on every machine (for disks that are not shared).
-
-        Example:
-            ```python
-            trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
-            ```
-        """
-        is_sharded = self._is_sharded()
-        checkpoint = {MODEL_STATE_KEY: self._portable_model_state_dict()}
-        if save_optimizer:
-            checkpoint[OPTIMIZER_STATE_KEY] = (
-                full_optimizer_state_dict(self.model, self.optimizer)
-                if is_sharded
-                else self.optimizer.state_dict()
-            )
-        if save_scheduler and hasattr(self.scheduler, "state_dict"):
-            checkpoint[SCHEDULER_STATE_KEY] = self.scheduler.state_dict()
-        for key, value in (checkpoint_kwargs or {}).items():
-            if key in (MODEL_STATE_KEY, OPTIMIZER_STATE_KEY, SCHEDULER_STATE_KEY):
-                raise ValueError(f"checkpoint_kwargs may not use the reserved key {key!r}.")
-            checkpoint[key] = value
-        is_writer = (
-            self.accelerator.is_local_main_process
-            if save_per_node
-            else self.accelerator.is_main_process
-        )
-        if is_writer:
-            atomic_save(checkpoint, save_path)
-        self.accelerator.wait_for_everyone()
-
-    def _portable_model_state_dict(self) -> dict[str, Any]:
-        """The plain model's weights: keys as in the uncompiled, unwrapped model."""
-        if can_forward_alone(self.accelerator):  # every process holds the whole model
-            return self.get_model().state_dict()
-        # Sharded weights (FSDP, DeepSpeed) are gathered by Accelerate, from the model
-        # without its torch.compile wrapper, whose key prefix the plain model lacks.
-        return self.accelerator.get_state_dict(_without_compile_wrappers(self.model))
-
-    def load_checkpoint(
-        self,
-        checkpoint_path: str | os.PathLike,
-        load_optimizer: bool = True,
-        load_scheduler: bool = True,
-    ) -> dict[str, Any]:
-        """Loads a checkpoint written by `save_checkpoint` (with ``weights_only=True``).
-
-        Args:
-            checkpoint_path: the ``.pt`` file.
-            load_optimizer: restore the optimizer state, when the file has it.
-            load_scheduler: restore the scheduler state, when the file and trainer have one.
-
-        Returns:
-            The whole checkpoint, as pytorch-accelerated returns it: ``"model_state_dict"``
-            (and ``"optimizer_state_dict"`` / ``"scheduler_state_dict"`` when saved) and the
-            entries given as ``checkpoint_kwargs`` (``ckpt["epoch"]``).
-
-        Raises:
-            RuntimeError: if the weights do not fit the model; the message lists the missing
-                and unexpected keys.
-        """
-        checkpoint = load_checkpoint_file(checkpoint_path)
-        is_sharded = self._is_sharded()
-        if is_sharded:  # every process loads the full weights, keeping its shard
-            load_full_model_state_dict(self.model, checkpoint[MODEL_STATE_KEY])
-        else:
-            self.get_model().load_state_dict(checkpoint[MODEL_STATE_KEY])
-        optimizer_state = checkpoint.get(OPTIMIZER_STATE_KEY)
-        if load_optimizer and optimizer_state is not None:
-            if is_sharded:
-                load_full_optimizer_state_dict(self.model, self.optimizer, optimizer_state)
-            else:
-                self.optimizer.load_state_dict(optimizer_state)
-        scheduler_state = checkpoint.get(SCHEDULER_STATE_KEY)
-        if load_scheduler and scheduler_state is not None and self.scheduler is not None:
-            self.scheduler.load_state_dict(scheduler_state)
-        return checkpoint
-
-    # ----------------------------------------------------------------------------------------
-    # Training states: everything needed to continue a run exactly
-    # ----------------------------------------------------------------------------------------
-
-    def save_training_state(
-        self, save_dir: str | os.PathLike, checkpoint_kwargs: dict[str, Any] | None = None
-    ) -> Path:
-        """Saves everything needed to continue this run exactly, as one directory.
-
-        The state holds the model, optimizer, gradient scaler and every RNG (Python, NumPy,
-        torch, CUDA; through Accelerate's ``save_state``, sharded under FSDP / DeepSpeed),
-        the scheduler, the loop position ([`progress`][trainwright.callbacks.progress]: epoch, batch
-        within the epoch, optimizer updates), the gradients accumulated so far in the current
-        accumulation window, the epoch's partial loss sums, the sampler's generator (now and at the
-        epoch's start) and the epoch's data seed (for the batch order and every random augmentation,
-        see `trainwright.data`), the run history, and every callback's
-        `state_dict()`. It warns (`RuntimeWarning`) when the training data is of a kind whose
-        random draws a resume cannot replay (see docs/checkpoints.md).
-
-        The directory is written atomically: complete, or absent (a save interrupted even by
-        SIGKILL leaves the previous state intact). Call it on every process, between steps
-        (e.g. from ``on_train_step_end`` or an epoch-end event). Values recorded in the run
-        history and callback states must be numbers, strings, tensors or containers of them.
-
-        Args:
-            save_dir: the state directory to write.
-            checkpoint_kwargs: extra entries stored with the state (numbers, strings,
-                tensors), which `load_training_state` returns.
-
-        Returns:
-            The directory written.
-
-        Example:
-            ```python
-            class SaveAtStep(TrainerCallback):
-                def on_train_step_end(self, trainer, step, **kwargs):
-                    if trainer.progress.num_update_steps == 100:
-                        trainer.save_training_state("checkpoints/state-100")
-            ```
-        """
-        reason = inexact_resume_reason(self.train_dataloader)
-        if reason is not None:
-            warnings.warn(
-                f"A run resumed from this training state continues exactly only if its data "
-                f"draws no random numbers from the global RNGs: {reason}. See "
-                "docs/checkpoints.md for the set-ups that resume exactly.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        extra = dict(checkpoint_kwargs or {})
-        return _save_training_state_directory(
-            self.accelerator, save_dir, lambda: {**self._trainer_state(), "extra": extra}
-        )
-
-    def load_training_state(self, load_dir: str | os.PathLike) -> dict[str, Any]:
-        """Loads a state written by `save_training_state` into this trainer: model,
-        optimizer, scaler, RNGs, scheduler (when the trainer has one), run history, progress
-        and callback states. To continue training from it, use
-        ``train(..., resume_from=load_dir)`` instead, which also restores the position in
-        the data.
-
-        Returns:
-            The ``checkpoint_kwargs`` the state was saved with (as pytorch-accelerated).
-
-        Raises:
-            FileNotFoundError: if ``load_dir`` does not exist.
-            ValueError: if it is incomplete or damaged (an ``InvalidTrainingStateError``
-                naming the file, found by checking every file against the state's
-                manifest), or was saved from a different model (nothing is loaded then).
-        """
-        directory = Path(load_dir)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"No training state directory at {str(directory)!r}.")
-        self._check_training_state(directory)
-        state = self._read_training_state(directory)
-        self._prepare_model_and_optimizer()
-        self._restore_training_state(Path(load_dir), state)
-        self.callback_handler.load_state_dict(state["callbacks"])
-        self._resume_position = None
-        return dict(state.get("extra", {}))
-
-    def _trainer_state(self) -> dict[str, Any]:
-        return {
-            "format": TRAINING_STATE_FORMAT,
-            "progress": dataclasses.asdict(self.progress),
-            "run": self._run_facts(),
-            "model_signature": _model_signature(self.get_model()),
-            "run_history": self.run_history.state_dict(),
-            "callbacks": self.callback_handler.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "epoch_start": self._epoch.start_state if self._epoch is not None else None,
-            "sampler": _generator_state(self.train_dataloader),
-            "train_loss": self._train_loss.state_dict(),
-            "accumulation": self._item_weighting.state_dict(),
-            "gradients": local_gradients(self.model),
-        }
-
-    def _run_facts(self) -> dict[str, Any]:
-        """What a resumed run must share with the saved one for the resume to be exact."""
-        config = self.run_config
-        if config is None:
-            return {}
-        dataset = self.train_dataset
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate's wrapper
-        return {
-            "train dataset length": len(dataset) if isinstance(dataset, Sized) else None,
-            "per_device_batch_size": config.train_per_device_batch_size,
-            "gradient_accumulation_steps": config.gradient_accumulation_steps,
-            "num_processes": config.num_processes,
-            "train_dataloader_len": config.train_dataloader_len,
-            # A state's optimizer entries only fit an optimizer of the same type, and a run of
-            # another length has other schedules and another end: both refused, not guessed.
-            "optimizer": type(optimizer).__name__,
-            "num_epochs": config.num_epochs,
-            "num_update_steps": config.num_update_steps,
-        }
-
-    def _find_resume_state(
-        self, resume_from: str | os.PathLike | None
-    ) -> tuple[Path | None, dict[str, Any] | None]:
-        """The state to resume from and this process's trainer state read from it. Every
-        state is verified against its manifest first; from a directory of states (or
-        "latest"), a state that fails is skipped with a warning for the newest valid one."""
-        if resume_from is None:
-            return None, None
-        is_latest = str(resume_from) == "latest"
-        if is_latest:
-            savers = [
-                callback
-                for callback in self.callback_handler.callbacks
-                if isinstance(callback, SaveTrainingStateCallback)
-            ]
-            if not savers:
-                raise ValueError(
-                    "resume_from='latest' needs a SaveTrainingStateCallback: the newest state "
-                    "is looked for in its save_dir. Add one, or pass a state directory."
-                )
-            target = savers[0].save_dir
-        else:
-            target = Path(resume_from)
-            if target.is_file():
-                raise ValueError(
-                    f"resume_from takes a training-state directory (written by "
-                    f"save_training_state or SaveTrainingStateCallback), but {str(target)!r} "
-                    "is a file. To start training from the weights of a checkpoint file, call "
-                    f"trainer.load_checkpoint({str(target)!r}) before train() instead."
-                )
-        # Leftovers of killed saves go first: a state moved aside by a re-save comes back.
-        if self.accelerator.is_main_process:
-            if not is_latest:
-                clean_up_training_states(target.parent, name=target.name)
-            if not is_training_state(target):  # a directory of states
-                clean_up_training_states(target)
-        self.accelerator.wait_for_everyone()
-        explicit, states_dir = None, target
-        if not is_latest and (target.name.endswith(STAGING_SUFFIX) or is_training_state(target)):
-            explicit = target
-        candidates, error = [], None
-        try:
-            candidates = _resume_candidates(explicit, states_dir, is_latest)
-        except FileNotFoundError as caught:  # raised below, on every process
-            error = caught
-        # Each process looked on its own file system (a machine's own disk, without shared
-        # storage): they agree before any state is verified or read.
-        check_same_training_states(self.accelerator, resume_from, candidates, error)
-        if explicit is not None:
-            self._check_training_state(explicit)
-            return explicit, self._read_training_state(explicit)
-        if not candidates:
-            self.print(f"No training state in {states_dir} yet: starting afresh.")
-            return None, None
-        problems = []
-        for directory in candidates:
-            problem = self._training_state_problem(directory)
-            if problem is None:
-                return directory, self._read_training_state(directory)
-            problems.append(problem)
-            warnings.warn(
-                f"Skipping the training state {str(directory)!r}: {problem} Falling back to "
-                "the next older state.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        raise InvalidTrainingStateError(
-            f"None of the {len(candidates)} training states in {str(states_dir)!r} can be "
-            "used, so nothing was loaded rather than silently starting afresh: "
-            + " ".join(problems)
-            + " Delete them to start afresh, or restore a good copy."
-        )
-
-    def _check_training_state(self, directory: Path) -> None:
-        problem = self._training_state_problem(directory)
-        if problem is not None:
-            raise InvalidTrainingStateError(
-                f"Cannot use the training state {str(directory)!r}: {problem} Nothing was loaded."
-            )
-
-    def _training_state_problem(self, directory: Path) -> str | None:
-        """What is wrong with a state (None when it is valid), as every process agrees: each
-        node's first process verifies the files it sees."""
-        problem = None
-        num_processes = self.accelerator.num_processes
-        missing = missing_state_parts(directory, num_processes) if num_processes > 1 else []
-        if missing:
-            problem = (
-                f"process {self.accelerator.process_index} (host {socket.gethostname()}) does "
-                f"not see {', '.join(missing)}: every process must see the whole state, which "
-                "all processes write into one directory (with a save_dir on each machine's own "
-                "disk, each machine holds only its own processes' part). Save to storage every "
-                "machine shares, or copy the whole state directory onto every machine."
-            )
-        elif self.accelerator.is_local_main_process:
-            try:
-                verify_training_state(directory)
-            except InvalidTrainingStateError as error:
-                problem = str(error)
-        problems = [p for p in gather_object([problem]) if p is not None]
-        return problems[0] if problems else None
-
-    def _read_training_state(self, directory: Path) -> dict[str, Any]:
-        state = read_trainer_state(directory, self.accelerator.process_index)
-        saved, current = state["model_signature"], _model_signature(self.get_model())
-        if saved != current:
-            missing = sorted(set(current) - set(saved))
-            unexpected = sorted(set(saved) - set(current))
-            resized = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
-            raise ValueError(
-                f"The training state in {str(directory)!r} was saved from a different model. "
-                f"Missing from the state: {missing or 'none'}; not in this model: "
-                f"{unexpected or 'none'}; different shapes: {resized or 'none'}. Nothing was "
-                "loaded."
-            )
-        return state
-
-    def _check_resume_matches_run(self, directory: Path, state: dict[str, Any]) -> None:
-        epoch_start = state["epoch_start"]
-        if epoch_start is not None and "data_seed" not in epoch_start:
-            raise ValueError(
-                f"Cannot resume from {str(directory)!r}: it was saved by an earlier trainwright, "
-                "whose data randomness a resume cannot replay exactly. Start the run afresh "
-                "(or load_training_state() it to use its weights). Nothing was loaded."
-            )
-        current = self._run_facts()
-        for name, saved_value in state["run"].items():
-            if current.get(name) != saved_value:
-                raise ValueError(
-                    f"Cannot resume from {str(directory)!r}: it was saved with {name}="
-                    f"{saved_value}, now {current.get(name)}. Resume with the same data and "
-                    "settings as the saved run. Nothing was loaded."
-                )
-
-    def _restore_training_state(self, directory: Path, state: dict[str, Any]) -> None:
-        # Accelerate restores the model, optimizer, scaler and every RNG (to the saved step).
-        self.accelerator.load_state(str(directory))
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.run_history.load_state_dict(state["run_history"])
-        self.progress = TrainingProgress(**state["progress"])
-        restore_local_gradients(self.model, state["gradients"])
-        if "accumulation" in state:  # states saved before accumulation was item-weighted
-            self._item_weighting.load_state_dict(state["accumulation"])
-        if self.progress.is_epoch_finished:  # saved during the epoch's last events
-            # The next epoch's order comes from the sampler's generator as it is now (with
-            # several processes, a generator of Accelerate's that save_state does not keep).
-            _set_generator_state(self.train_dataloader, state["sampler"])
-            self._finish_epoch()
-        elif self.progress.num_batches_done > 0:  # saved mid-epoch: continue that epoch
-            self._resume_position = {
-                "train_loss": state["train_loss"],
-                "epoch_start": state["epoch_start"],
-            }
-
-    def _resume(self, directory: Path, state: dict[str, Any]) -> None:
-        """Continues from the training state in ``directory`` (``state``: its trainer state,
-        read by ``_find_resume_state``) once the run is planned: checks that the state fits
-        the run, restores it and says so."""
-        self._check_resume_matches_run(directory, state)
-        self._restore_training_state(directory, state)
-        self._report_resume(directory)
-
-    def _report_resume(self, directory: Path) -> None:
-        progress = self.progress
-        within_epoch = (
-            f" ({progress.num_batches_done} batches into the epoch)"
-            if progress.num_batches_done
-            else ""
-        )
-        self.print(
-            f"Resumed from {str(directory)!r} at epoch {progress.epoch + 1}, update "
-            f"{progress.num_update_steps}{within_epoch}."
-        )
-
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[None]:
-        """Turns SIGTERM and SIGINT into a request to stop after the current step (see
-        [`TrainingInterrupted`][trainwright.callbacks.base.TrainingInterrupted]); a second SIGINT
-        interrupts at once. Signal handlers can only be set from the main thread: elsewhere, nothing
-        changes."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signal_number: int, frame: Any) -> None:
-            if self.interrupt_signal is not None and signal_number == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.interrupt_signal = signal.Signals(signal_number).name
-
-        previous = {
-            number: signal.signal(number, request_stop)
-            for number in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    # ----------------------------------------------------------------------------------------
-    # The run
-    # ----------------------------------------------------------------------------------------
 
     def train(
         self,
@@ -1402,12 +526,6 @@ class Trainer:
             self._run_control.agree(after="on_training_run_epoch_end")
             self._finish_epoch()
 
-    @property
-    def _scheduler_stepping(self) -> SchedulerStepping:
-        """How the scheduler is stepped: as the latest run planned, or not at all before any
-        ``train()`` (``load_training_state`` alone)."""
-        return self._plan.scheduler if self._plan is not None else SchedulerStepping()
-
     def _finish_epoch(self) -> None:
         if self._scheduler_stepping.per_epoch:  # after every epoch-end metric
             self.scheduler_epoch_step()
@@ -1415,6 +533,37 @@ class Trainer:
         self.progress.epoch += 1
         self.progress.num_batches_done = 0
         self.progress.is_epoch_finished = False
+
+    @property
+    def _scheduler_stepping(self) -> SchedulerStepping:
+        """How the scheduler is stepped: as the latest run planned, or not at all before any
+        ``train()`` (``load_training_state`` alone)."""
+        return self._plan.scheduler if self._plan is not None else SchedulerStepping()
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Turns SIGTERM and SIGINT into a request to stop after the current step (see
+        [`TrainingInterrupted`][trainwright.callbacks.base.TrainingInterrupted]); a second SIGINT
+        interrupts at once. Signal handlers can only be set from the main thread: elsewhere, nothing
+        changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signal_number: int, frame: Any) -> None:
+            if self.interrupt_signal is not None and signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.interrupt_signal = signal.Signals(signal_number).name
+
+        previous = {
+            number: signal.signal(number, request_stop)
+            for number in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     # ----------------------------------------------------------------------------------------
     # One training epoch, one training step
@@ -1457,15 +606,69 @@ class Trainer:
         epoch.is_in_steps = False
         if plan.num_train_batches is None and self.progress.num_batches_done == 0:
             raise ValueError(
-                f"The training data yielded no batches in epoch {self.progress.epoch + 1} on "
-                "this process. An iterable dataset must yield samples in every epoch "
-                "(iterating it again must start over); check its __iter__."
+                "The training data yielded no batches in epoch "
+                f"{self.run_history.current_epoch} on this process. An iterable dataset must "
+                "yield samples in every epoch (iterating it again must start over); check its "
+                "__iter__."
             )
         self._report_scaler_skips(num_scaler_skips_before)
         self.train_epoch_end()
         self.run_history.update_metric("train_loss_epoch", self._train_loss.compute())
         self.callback_handler.call_event("on_train_epoch_end", self)
         self._run_control.agree(after="on_train_epoch_end")
+
+    def _start_train_epoch(self) -> _TrainEpoch:
+        """The epoch about to run; in an epoch resumed mid-way, the batches not yet done,
+        skipped at the sampler so that they are never loaded."""
+        self.progress.is_epoch_finished = False
+        self._train_loss.reset()
+        resumed, self._resume_position = self._resume_position, None
+        if resumed is None:
+            self.progress.num_batches_done = 0
+            start_state = {
+                "data_seed": draw_data_seed(),
+                "sampler": _generator_state(self.train_dataloader),
+            }
+            dataloader = self.train_dataloader
+        else:
+            self._train_loss.load_state_dict(resumed["train_loss"])
+            start_state = resumed["epoch_start"]
+            # Replay the epoch as the saved run saw it: its data seed gives the same batch
+            # order and the same random augmentations (see trainwright.data), and the
+            # sampler's generator (Accelerate's, with several processes) starts where it did.
+            # The global RNG is not touched: it continues from where the saved step left it.
+            _set_generator_state(self.train_dataloader, start_state["sampler"])
+            # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
+            dataloader = self.accelerator.skip_first_batches(
+                self.train_dataloader, self.progress.num_batches_done
+            )
+        return _TrainEpoch(
+            start_state=start_state,
+            dataloader=dataloader,
+            first_step=self.progress.num_batches_done,
+            num_batches=self._plan.num_train_batches,
+            padded_tail=padded_tail(self.train_dataloader, self.accelerator),
+        )
+
+    def _marking_last_batch(
+        self, batches: Iterable[tuple[int, Any]], epoch: _TrainEpoch
+    ) -> Iterator[tuple[int, Any]]:
+        """The epoch's batches of data without a length, setting ``epoch.num_batches`` as its
+        last batch comes (or the batch limit's), so that it ends an accumulation window.
+
+        Accelerate's prepared loader reads one batch ahead and sets ``end_of_dataloader``
+        before it yields the last one.
+        """
+        max_num_batches = self._plan.limits.max_num_train_batches_per_epoch
+        for step, batch in batches:
+            if epoch.dataloader.end_of_dataloader or step + 1 == max_num_batches:
+                epoch.num_batches = step + 1
+            yield step, batch
+
+    def _data_seed(self) -> int:
+        """The data seed of the training epoch in progress (or last run): it also seeds the
+        evaluation data, so evaluating draws nothing from the global RNG."""
+        return self._epoch.start_state["data_seed"] if self._epoch is not None else 0
 
     def _run_train_step(self, step: int, batch: Any) -> None:
         handler = self.callback_handler
@@ -1526,58 +729,17 @@ class Trainer:
             self.callback_handler.call_event("on_after_optimizer_step", self, step=step)
         self.optimizer_zero_grad()
 
-    def _start_train_epoch(self) -> _TrainEpoch:
-        """The epoch about to run; in an epoch resumed mid-way, the batches not yet done,
-        skipped at the sampler so that they are never loaded."""
-        self.progress.is_epoch_finished = False
-        self._train_loss.reset()
-        resumed, self._resume_position = self._resume_position, None
-        if resumed is None:
-            self.progress.num_batches_done = 0
-            start_state = {
-                "data_seed": draw_data_seed(),
-                "sampler": _generator_state(self.train_dataloader),
-            }
-            dataloader = self.train_dataloader
-        else:
-            self._train_loss.load_state_dict(resumed["train_loss"])
-            start_state = resumed["epoch_start"]
-            # Replay the epoch as the saved run saw it: its data seed gives the same batch
-            # order and the same random augmentations (see trainwright.data), and the
-            # sampler's generator (Accelerate's, with several processes) starts where it did.
-            # The global RNG is not touched: it continues from where the saved step left it.
-            _set_generator_state(self.train_dataloader, start_state["sampler"])
-            # For an IterableDataset, Accelerate skips by iterating: those batches are loaded.
-            dataloader = self.accelerator.skip_first_batches(
-                self.train_dataloader, self.progress.num_batches_done
+    def _clip_gradients(self) -> None:
+        # Accelerate unscales fp16 gradients (once per update) before clipping.
+        if self.run_config.gradient_clip_value is not None:
+            self.accelerator.clip_grad_value_(
+                self.model.parameters(), self.run_config.gradient_clip_value
             )
-        return _TrainEpoch(
-            start_state=start_state,
-            dataloader=dataloader,
-            first_step=self.progress.num_batches_done,
-            num_batches=self._plan.num_train_batches,
-            padded_tail=padded_tail(self.train_dataloader, self.accelerator),
-        )
-
-    def _data_seed(self) -> int:
-        """The data seed of the training epoch in progress (or last run): it also seeds the
-        evaluation data, so evaluating draws nothing from the global RNG."""
-        return self._epoch.start_state["data_seed"] if self._epoch is not None else 0
-
-    def _marking_last_batch(
-        self, batches: Iterable[tuple[int, Any]], epoch: _TrainEpoch
-    ) -> Iterator[tuple[int, Any]]:
-        """The epoch's batches of data without a length, setting ``epoch.num_batches`` as its
-        last batch comes (or the batch limit's), so that it ends an accumulation window.
-
-        Accelerate's prepared loader reads one batch ahead and sets ``end_of_dataloader``
-        before it yields the last one.
-        """
-        max_num_batches = self._plan.limits.max_num_train_batches_per_epoch
-        for step, batch in batches:
-            if epoch.dataloader.end_of_dataloader or step + 1 == max_num_batches:
-                epoch.num_batches = step + 1
-            yield step, batch
+        if self.run_config.max_grad_norm is not None:
+            # The total norm before clipping, kept for GradientNormMonitorCallback.
+            self.gradient_norm = self.accelerator.clip_grad_norm_(
+                self.model.parameters(), self.run_config.max_grad_norm
+            )
 
     def _is_max_num_train_steps_reached(self) -> bool:
         max_num_train_steps = self.run_config.max_num_train_steps
@@ -1593,25 +755,13 @@ class Trainer:
                 "NaN gradients; the scheduler was not stepped for them), %d in this run; the "
                 "loss scale is now %g.",
                 num_skips,
-                self.progress.epoch + 1,
+                self.run_history.current_epoch,
                 self.progress.num_scaler_skipped_updates,
                 self.accelerator.scaler.get_scale(),
             )
 
-    def _clip_gradients(self) -> None:
-        # Accelerate unscales fp16 gradients (once per update) before clipping.
-        if self.run_config.gradient_clip_value is not None:
-            self.accelerator.clip_grad_value_(
-                self.model.parameters(), self.run_config.gradient_clip_value
-            )
-        if self.run_config.max_grad_norm is not None:
-            # The total norm before clipping, kept for GradientNormMonitorCallback.
-            self.gradient_norm = self.accelerator.clip_grad_norm_(
-                self.model.parameters(), self.run_config.max_grad_norm
-            )
-
     # ----------------------------------------------------------------------------------------
-    # One evaluation epoch, and evaluate()
+    # One evaluation epoch; evaluate(), evaluate_model(), predict(), find_learning_rate()
     # ----------------------------------------------------------------------------------------
 
     def _run_eval_epoch(
@@ -1647,6 +797,37 @@ class Trainer:
             if step + 1 == max_num_batches:
                 break
         return epoch_loss
+
+    def _eval_loss_and_weight(
+        self, batch: Any, batch_output: Any, step: int, tail: PaddedTail | None
+    ) -> tuple[torch.Tensor, Any]:
+        """An evaluation batch's loss and its weight in the epoch's mean: its ``num_items``
+        when returned, else its samples; for a last batch completed with repeated samples,
+        those of its genuine samples."""
+        loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
+        num_items = returned_num_items(batch_output, "calculate_eval_batch_loss")
+        if tail is not None and step == tail.step:
+            return self._loss_without_repeats(batch, loss, batch_size, num_items, tail)
+        return loss, batch_size if num_items is None else num_items
+
+    def _loss_without_repeats(
+        self, batch: Any, loss: torch.Tensor, batch_size: Any, num_items: Any, tail: PaddedTail
+    ) -> tuple[torch.Tensor, Any]:
+        # This last batch was completed with repeated samples, so its loss is not the loss
+        # of its genuine samples alone: compute that with one more forward pass over them (no
+        # gradients, no collective with DDP). Callbacks still get the whole batch, which
+        # gather_for_metrics trims. A model sharded over the processes (FSDP, DeepSpeed)
+        # cannot run a forward pass on one process alone: then the batch's loss is counted
+        # for its genuine share only, an approximation.
+        num_genuine = tail.num_genuine_samples
+        if num_genuine == 0:
+            return loss, 0
+        if not can_forward_alone(self.accelerator):
+            return loss, num_genuine if num_items is None else num_items * num_genuine / batch_size
+        genuine_output = self.calculate_eval_batch_loss(slice_tensors(batch, slice(num_genuine)))
+        genuine_loss, _ = _loss_and_batch_size(genuine_output, "calculate_eval_batch_loss")
+        genuine_items = returned_num_items(genuine_output, "calculate_eval_batch_loss")
+        return genuine_loss, num_genuine if genuine_items is None else genuine_items
 
     def _check_first_eval_batch(self) -> None:
         """Runs ``calculate_eval_batch_loss`` once, before training, on the first samples of
@@ -1688,37 +869,6 @@ class Trainer:
             ) from error
         finally:
             self.model.train(was_training)
-
-    def _eval_loss_and_weight(
-        self, batch: Any, batch_output: Any, step: int, tail: PaddedTail | None
-    ) -> tuple[torch.Tensor, Any]:
-        """An evaluation batch's loss and its weight in the epoch's mean: its ``num_items``
-        when returned, else its samples; for a last batch completed with repeated samples,
-        those of its genuine samples."""
-        loss, batch_size = _loss_and_batch_size(batch_output, "calculate_eval_batch_loss")
-        num_items = returned_num_items(batch_output, "calculate_eval_batch_loss")
-        if tail is not None and step == tail.step:
-            return self._loss_without_repeats(batch, loss, batch_size, num_items, tail)
-        return loss, batch_size if num_items is None else num_items
-
-    def _loss_without_repeats(
-        self, batch: Any, loss: torch.Tensor, batch_size: Any, num_items: Any, tail: PaddedTail
-    ) -> tuple[torch.Tensor, Any]:
-        # This last batch was completed with repeated samples, so its loss is not the loss
-        # of its genuine samples alone: compute that with one more forward pass over them (no
-        # gradients, no collective with DDP). Callbacks still get the whole batch, which
-        # gather_for_metrics trims. A model sharded over the processes (FSDP, DeepSpeed)
-        # cannot run a forward pass on one process alone: then the batch's loss is counted
-        # for its genuine share only, an approximation.
-        num_genuine = tail.num_genuine_samples
-        if num_genuine == 0:
-            return loss, 0
-        if not can_forward_alone(self.accelerator):
-            return loss, num_genuine if num_items is None else num_items * num_genuine / batch_size
-        genuine_output = self.calculate_eval_batch_loss(slice_tensors(batch, slice(num_genuine)))
-        genuine_loss, _ = _loss_and_batch_size(genuine_output, "calculate_eval_batch_loss")
-        genuine_items = returned_num_items(genuine_output, "calculate_eval_batch_loss")
-        return genuine_loss, num_genuine if genuine_items is None else genuine_items
 
     def evaluate(
         self,
@@ -2071,7 +1221,7 @@ class Trainer:
         return result
 
     # ----------------------------------------------------------------------------------------
-    # Setting up a run
+    # Setting up a run: loaders, Accelerate, the scheduler
     # ----------------------------------------------------------------------------------------
 
     def _build_dataloaders(self, arguments: TrainArguments) -> None:
@@ -2091,30 +1241,14 @@ class Trainer:
                 "eval",
             )
 
-    def _create_run_scheduler(self, arguments: TrainArguments) -> None:
-        """Creates the run's scheduler from ``create_scheduler_fn`` (placeholders resolved
-        with the plan's run config), and adds how it is stepped to the plan."""
-        self.scheduler = self.create_scheduler_fn = None
-        if arguments.create_scheduler_fn is not None:
-            self.create_scheduler_fn = resolve_placeholders(
-                arguments.create_scheduler_fn, self.run_config
-            )
-            self.scheduler = self._call_create_scheduler()
-            _check_scheduler(self.scheduler)
-        metric = arguments.scheduler_metric
-        stepping = scheduler_stepping(self.scheduler, arguments.scheduler_step_interval, metric)
-        self._plan = self._plan.with_scheduler(stepping)
-        if self.scheduler is not None and metric is not None:
-            check_metric_will_be_recorded(self, metric, "scheduler_metric")
-
-    def _is_sharded(self) -> bool:
-        return self._is_prepared and is_sharded(self.accelerator, self.model)
-
     def _prepare_model_and_optimizer(self) -> None:
         if not self._is_prepared:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
             self._is_prepared = True
             self._plain_optimizer = _plain_optimizer(self.accelerator, self.optimizer)
+
+    def _is_sharded(self) -> bool:
+        return self._is_prepared and is_sharded(self.accelerator, self.model)
 
     def _prepare_dataloader(self, dataloader: DataLoader, role: str) -> DataLoader:
         self._dataloader_settings[role] = _dataloader_settings(dataloader)
@@ -2144,6 +1278,51 @@ class Trainer:
                 "batch size, more data, or drop_last=False."
             )
         return prepared
+
+    def _create_run_scheduler(self, arguments: TrainArguments) -> None:
+        """Creates the run's scheduler from ``create_scheduler_fn`` (placeholders resolved
+        with the plan's run config), and adds how it is stepped to the plan."""
+        self.scheduler = self.create_scheduler_fn = None
+        if arguments.create_scheduler_fn is not None:
+            self.create_scheduler_fn = resolve_placeholders(
+                arguments.create_scheduler_fn, self.run_config
+            )
+            self.scheduler = self._call_create_scheduler()
+            _check_scheduler(self.scheduler)
+        metric = arguments.scheduler_metric
+        stepping = scheduler_stepping(self.scheduler, arguments.scheduler_step_interval, metric)
+        self._plan = self._plan.with_scheduler(stepping)
+        if self.scheduler is not None and metric is not None:
+            check_metric_will_be_recorded(self, metric, "scheduler_metric")
+
+    def _call_create_scheduler(self) -> Any:
+        # pytorch-accelerated's override takes no argument; ours receives the factory.
+        if inspect.signature(self.create_scheduler).parameters:
+            scheduler = self.create_scheduler(self.create_scheduler_fn)
+        else:
+            scheduler = self.create_scheduler()
+        if getattr(scheduler, "optimizer", None) is self.optimizer:
+            # Built on Accelerate's wrapper (an override passing self.optimizer): step the
+            # wrapper, whose step() a torch scheduler watches, not the optimizer inside.
+            self._plain_optimizer = None
+        return scheduler
+
+    def _report_exception(self, exception: BaseException) -> None:
+        """Fires ``on_exception`` once for ``exception``, which then propagates."""
+        if isinstance(exception, StopTrainingError) or getattr(
+            exception, "_trainwright_reported", False
+        ):
+            return
+        exception._trainwright_reported = True  # evaluate() inside train(): report once
+        try:
+            self.callback_handler.call_event("on_exception", self, exception=exception)
+        except Exception as cleanup_error:  # never hide the original exception
+            warnings.warn(
+                f"{type(cleanup_error).__name__} in on_exception while handling "
+                f"{type(exception).__name__}: {cleanup_error}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------------------------------
     # Hooks: override these in a subclass to change one part of the loop
@@ -2239,18 +1418,6 @@ class Trainer:
         if create_scheduler_fn is None:
             create_scheduler_fn = self.create_scheduler_fn
         return create_scheduler_fn(getattr(self.optimizer, "optimizer", self.optimizer))
-
-    def _call_create_scheduler(self) -> Any:
-        # pytorch-accelerated's override takes no argument; ours receives the factory.
-        if inspect.signature(self.create_scheduler).parameters:
-            scheduler = self.create_scheduler(self.create_scheduler_fn)
-        else:
-            scheduler = self.create_scheduler()
-        if getattr(scheduler, "optimizer", None) is self.optimizer:
-            # Built on Accelerate's wrapper (an override passing self.optimizer): step the
-            # wrapper, whose step() a torch scheduler watches, not the optimizer inside.
-            self._plain_optimizer = None
-        return scheduler
 
     def training_run_start(self) -> None:
         """Called once at the start of ``train()``, before ``on_training_run_start``."""
@@ -2407,6 +1574,839 @@ class Trainer:
             self._plain_optimizer.zero_grad()
         else:
             self.optimizer.zero_grad()
+
+    # ----------------------------------------------------------------------------------------
+    # Control from callbacks and hooks: the same decision on every process
+    # ----------------------------------------------------------------------------------------
+
+    #: Whether hooks of this Trainer (subclass) may call `request_skip_update` on some
+    #: processes only; see ``TrainerCallback.may_skip_updates``.
+    may_skip_updates: bool = False
+
+    #: In a multi-process run, how many training steps apart the processes combine their
+    #: requests (`request_stop`, a `StopTrainingError`, `request_end_epoch`,
+    #: `request_evaluation`, `request_save`, SIGTERM / SIGINT): one small all-reduce, started
+    #: without waiting, every ``vote_interval`` steps, and none at the other steps. A request
+    #: made during step ``k`` of an epoch takes effect at the end of step
+    #: ``vote_interval * (k // vote_interval + 1)`` on every process (the first step after ``k``
+    #: whose index is a multiple of ``vote_interval``), or after the epoch's last step if that
+    #: comes first; ``1`` acts one step after the request, at the cost of a collective per
+    #: step. With one process, requests take effect at the end of the current step whatever
+    #: the interval. Set it on the class or on the trainer before ``train()``.
+    vote_interval: int = DEFAULT_VOTE_INTERVAL
+
+    #: Names of the metrics the hooks of this Trainer subclass record in the run history
+    #: (e.g. ``("accuracy",)`` for an ``eval_epoch_end`` that computes it), as callbacks
+    #: declare theirs: early stopping, best-model saving and ``scheduler_metric`` then know
+    #: the metric will be recorded. Undeclared, such a metric draws a warning when the run
+    #: starts and is checked when first read, at the end of the first epoch.
+    writes_metrics: tuple[str, ...] = ()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Asks to end the run, like raising `StopTrainingError` but without leaving
+        the calling callback or hook: the run stops at the end of the current training step
+        (with several processes, on every process at the end of the step the processes next
+        agree on it, at most `vote_interval` steps later), or of the current
+        epoch-level event (``on_training_run_start``, ``on_train_epoch_end``, the evaluation
+        epoch, ``on_training_run_epoch_end``). ``on_stop_training_error`` then receives a
+        ``StopTrainingError(reason)``.
+
+        Example:
+            ```python
+            class StopWhenGoodEnough(TrainerCallback):
+                def on_training_run_epoch_end(self, trainer, **kwargs):
+                    if trainer.run_history.get_latest_metric("eval_loss_epoch") < 0.1:
+                        trainer.request_stop("eval loss below 0.1")
+            ```
+        """
+        self._run_control.request_stop(StopTrainingError(reason))
+
+    def request_end_epoch(self) -> None:
+        """Asks to end the current training epoch early; the run goes on with the epoch's
+        evaluation and epoch-end events, then the next epoch.
+
+        Asked during a training step (or ``on_train_epoch_start``), the epoch ends after the
+        current step with one process; with several, every process ends it after the same step,
+        the step the processes next agree on it (at most `vote_interval` steps later, without a
+        collective per step). Gradients of an
+        unfinished accumulation window are discarded. Asked elsewhere, it is ignored.
+
+        Example:
+            ```python
+            class ShortEpochs(TrainerCallback):
+                def on_train_step_end(self, trainer, step, **kwargs):
+                    if step == 99:
+                        trainer.request_end_epoch()
+            ```
+        """
+        self._run_control.request_at_step_end(END_EPOCH)
+
+    def request_evaluation(self) -> None:
+        """Asks for an evaluation at the end of the current training step (with several
+        processes, at the end of the step they next agree on it, on every process; see
+        `vote_interval`):
+        [`evaluate_model`][trainwright.trainer.Trainer.evaluate_model] on the training model and the
+        ``eval_dataset`` given to ``train()``, recording ``step_eval_loss``. Asked outside a step,
+        it happens at the end of the next step.
+
+        Raises:
+            ValueError: if the run has no evaluation data.
+
+        Example:
+            ```python
+            class EvaluateWhenTheLossSpikes(TrainerCallback):
+                def on_train_step_end(self, trainer, batch_output, **kwargs):
+                    if batch_output["loss"].item() > 10:  # a host sync, every step
+                        trainer.request_evaluation()
+            ```
+        """
+        if self.eval_dataloader is None:
+            raise ValueError(
+                "request_evaluation() needs evaluation data: pass eval_dataset to train()."
+            )
+        self._run_control.request_at_step_end(EVALUATE)
+
+    def request_save(self) -> None:
+        """Asks for a training state to be saved at the end of the current training step
+        (with several processes, at the end of the step they next agree on it, on every
+        process; see `vote_interval`), by the trainer's
+        [`SaveTrainingStateCallback`][trainwright.callbacks.saving.SaveTrainingStateCallback] (in
+        its ``save_dir``, with its pruning), after any requested evaluation. Asked outside a step,
+        it happens at the end of the next step.
+
+        Raises:
+            ValueError: if the trainer has no ``SaveTrainingStateCallback``.
+
+        Example:
+            ```python
+            class SaveBeforeRiskyPhase(TrainerCallback):
+                def on_train_epoch_start(self, trainer, **kwargs):
+                    if trainer.progress.epoch == 10:
+                        trainer.request_save()
+            ```
+        """
+        self._run_control.request_save()  # fails now, on the process that asks, if it cannot
+
+    def _act_on_step_end_requests(self, requests: int, step: int) -> bool:
+        """Evaluates and saves as requested; returns whether to end the epoch now."""
+        if requests & EVALUATE:
+            self.evaluate_model(self.model, metric_name="step_eval_loss")
+        if requests & SAVE:
+            self._run_control.state_saver().save(self)
+        if requests & END_EPOCH:
+            if not self._plan.is_update_step(step, self._epoch.num_batches):
+                self.optimizer_zero_grad()  # discard the unfinished accumulation window
+                self._item_weighting.discard_window()
+            return True
+        return False
+
+    def request_skip_update(self, reason: str = "skip requested") -> None:
+        """Asks to skip the optimizer update of the current accumulation window: its
+        gradients are discarded, and the optimizer, scheduler, gradient scaler and
+        ``on_after_optimizer_step`` (where the EMA is updated) do not step. The skipped update
+        still counts in ``progress.num_update_steps`` (the schedule is not lengthened), is
+        counted in ``progress.num_skipped_updates`` and logged (logger
+        ``trainwright.trainer``, level INFO).
+
+        Ask up to ``on_before_optimizer_step``; asked later in a step, it applies to the
+        next update. With several processes every process skips when any asked; this needs
+        ``may_skip_updates = True`` on the asking callback (or Trainer subclass), which costs
+        one small blocking all-reduce per update.
+
+        Raises:
+            RuntimeError: with several processes, if nothing declared ``may_skip_updates``.
+
+        Example:
+            ```python
+            class SkipHugeGradients(TrainerCallback):
+                may_skip_updates = True
+
+                def on_before_optimizer_step(self, trainer, **kwargs):
+                    norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in trainer.model.parameters() if p.grad is not None])
+                    if norm > 1e3:  # a host sync: only for callbacks that need it
+                        trainer.request_skip_update(f"gradient norm {norm:.3g}")
+            ```
+        """
+        self._run_control.request_skip_update(reason)
+
+    def _is_update_skipped(self) -> bool:
+        reason = self._run_control.skipped_update_reason()  # the same on every process
+        if reason is not None:
+            self.progress.num_skipped_updates += 1
+            _logger.info(
+                "Skipped optimizer update %d (epoch %d, step %d): %s",
+                self.progress.num_update_steps + 1,
+                self.progress.epoch,
+                self.progress.step,
+                reason,
+            )
+        return reason is not None
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints and training states: everything needed to continue a run exactly
+    # ----------------------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        save_path: str | os.PathLike,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        save_optimizer: bool = True,
+        save_scheduler: bool = True,
+        save_per_node: bool = False,
+    ) -> None:
+        """Saves a portable checkpoint: the unwrapped model's weights, optionally the
+        optimizer and scheduler state, and any extra entries, in one ``.pt`` file.
+
+        The file is written atomically by the main process (by the main process of every
+        machine with ``save_per_node``) and loads with ``torch.load(path,
+        weights_only=True)``. Call it on every process (weights sharded by FSDP or DeepSpeed
+        are gathered first).
+
+        Args:
+            save_path: the file to write.
+            checkpoint_kwargs: extra entries to store, e.g. ``{"epoch": 3}``; plain Python
+                values and tensors only.
+            save_optimizer: include the optimizer state.
+            save_scheduler: include the scheduler state, when there is a scheduler.
+            save_per_node: write the file on every machine (for disks that are not shared).
+
+        Example:
+            ```python
+            trainer.save_checkpoint("model.pt", checkpoint_kwargs={"eval_loss": 0.12})
+            ```
+        """
+        is_sharded = self._is_sharded()
+        checkpoint = {MODEL_STATE_KEY: self._portable_model_state_dict()}
+        if save_optimizer:
+            checkpoint[OPTIMIZER_STATE_KEY] = (
+                full_optimizer_state_dict(self.model, self.optimizer)
+                if is_sharded
+                else self.optimizer.state_dict()
+            )
+        if save_scheduler and hasattr(self.scheduler, "state_dict"):
+            checkpoint[SCHEDULER_STATE_KEY] = self.scheduler.state_dict()
+        for key, value in (checkpoint_kwargs or {}).items():
+            if key in (MODEL_STATE_KEY, OPTIMIZER_STATE_KEY, SCHEDULER_STATE_KEY):
+                raise ValueError(f"checkpoint_kwargs may not use the reserved key {key!r}.")
+            checkpoint[key] = value
+        is_writer = (
+            self.accelerator.is_local_main_process
+            if save_per_node
+            else self.accelerator.is_main_process
+        )
+        if is_writer:
+            atomic_save(checkpoint, save_path)
+        self.accelerator.wait_for_everyone()
+
+    def _portable_model_state_dict(self) -> dict[str, Any]:
+        """The plain model's weights: keys as in the uncompiled, unwrapped model."""
+        if can_forward_alone(self.accelerator):  # every process holds the whole model
+            return self.get_model().state_dict()
+        # Sharded weights (FSDP, DeepSpeed) are gathered by Accelerate, from the model
+        # without its torch.compile wrapper, whose key prefix the plain model lacks.
+        return self.accelerator.get_state_dict(_without_compile_wrappers(self.model))
+
+    def load_checkpoint(
+        self,
+        checkpoint_path: str | os.PathLike,
+        load_optimizer: bool = True,
+        load_scheduler: bool = True,
+    ) -> dict[str, Any]:
+        """Loads a checkpoint written by `save_checkpoint` (with ``weights_only=True``).
+
+        Args:
+            checkpoint_path: the ``.pt`` file.
+            load_optimizer: restore the optimizer state, when the file has it.
+            load_scheduler: restore the scheduler state, when the file and trainer have one.
+
+        Returns:
+            The whole checkpoint, as pytorch-accelerated returns it: ``"model_state_dict"``
+            (and ``"optimizer_state_dict"`` / ``"scheduler_state_dict"`` when saved) and the
+            entries given as ``checkpoint_kwargs`` (``ckpt["epoch"]``).
+
+        Raises:
+            RuntimeError: if the weights do not fit the model; the message lists the missing
+                and unexpected keys.
+        """
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        is_sharded = self._is_sharded()
+        if is_sharded:  # every process loads the full weights, keeping its shard
+            load_full_model_state_dict(self.model, checkpoint[MODEL_STATE_KEY])
+        else:
+            self.get_model().load_state_dict(checkpoint[MODEL_STATE_KEY])
+        optimizer_state = checkpoint.get(OPTIMIZER_STATE_KEY)
+        if load_optimizer and optimizer_state is not None:
+            if is_sharded:
+                load_full_optimizer_state_dict(self.model, self.optimizer, optimizer_state)
+            else:
+                self.optimizer.load_state_dict(optimizer_state)
+        scheduler_state = checkpoint.get(SCHEDULER_STATE_KEY)
+        if load_scheduler and scheduler_state is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(scheduler_state)
+        return checkpoint
+
+    def save_training_state(
+        self, save_dir: str | os.PathLike, checkpoint_kwargs: dict[str, Any] | None = None
+    ) -> Path:
+        """Saves everything needed to continue this run exactly, as one directory.
+
+        The state holds the model, optimizer, gradient scaler and every RNG (Python, NumPy,
+        torch, CUDA; through Accelerate's ``save_state``, sharded under FSDP / DeepSpeed),
+        the scheduler, the loop position ([`progress`][trainwright.callbacks.progress]: epoch, batch
+        within the epoch, optimizer updates), the gradients accumulated so far in the current
+        accumulation window, the epoch's partial loss sums, the sampler's generator (now and at the
+        epoch's start) and the epoch's data seed (for the batch order and every random augmentation,
+        see `trainwright.data`), the run history, and every callback's
+        `state_dict()`. It warns (`RuntimeWarning`) when the training data is of a kind whose
+        random draws a resume cannot replay (see docs/checkpoints.md).
+
+        The directory is written atomically: complete, or absent (a save interrupted even by
+        SIGKILL leaves the previous state intact). Call it on every process, between steps
+        (e.g. from ``on_train_step_end`` or an epoch-end event). Values recorded in the run
+        history and callback states must be numbers, strings, tensors or containers of them.
+
+        Args:
+            save_dir: the state directory to write.
+            checkpoint_kwargs: extra entries stored with the state (numbers, strings,
+                tensors), which `load_training_state` returns.
+
+        Returns:
+            The directory written.
+
+        Example:
+            ```python
+            class SaveAtStep(TrainerCallback):
+                def on_train_step_end(self, trainer, step, **kwargs):
+                    if trainer.progress.num_update_steps == 100:
+                        trainer.save_training_state("checkpoints/state-100")
+            ```
+        """
+        reason = inexact_resume_reason(self.train_dataloader)
+        if reason is not None:
+            warnings.warn(
+                f"A run resumed from this training state continues exactly only if its data "
+                f"draws no random numbers from the global RNGs: {reason}. See "
+                "docs/checkpoints.md for the set-ups that resume exactly.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        extra = dict(checkpoint_kwargs or {})
+        return _save_training_state_directory(
+            self.accelerator, save_dir, lambda: {**self._trainer_state(), "extra": extra}
+        )
+
+    def load_training_state(self, load_dir: str | os.PathLike) -> dict[str, Any]:
+        """Loads a state written by `save_training_state` into this trainer: model,
+        optimizer, scaler, RNGs, scheduler (when the trainer has one), run history, progress
+        and callback states. To continue training from it, use
+        ``train(..., resume_from=load_dir)`` instead, which also restores the position in
+        the data.
+
+        Returns:
+            The ``checkpoint_kwargs`` the state was saved with (as pytorch-accelerated).
+
+        Raises:
+            FileNotFoundError: if ``load_dir`` does not exist.
+            ValueError: if it is incomplete or damaged (an ``InvalidTrainingStateError``
+                naming the file, found by checking every file against the state's
+                manifest), or was saved from a different model (nothing is loaded then).
+        """
+        directory = Path(load_dir)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"No training state directory at {str(directory)!r}.")
+        self._check_training_state(directory)
+        state = self._read_training_state(directory)
+        self._prepare_model_and_optimizer()
+        self._restore_training_state(Path(load_dir), state)
+        self.callback_handler.load_state_dict(state["callbacks"])
+        self._resume_position = None
+        return dict(state.get("extra", {}))
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "format": TRAINING_STATE_FORMAT,
+            "progress": dataclasses.asdict(self.progress),
+            "run": self._run_facts(),
+            "model_signature": _model_signature(self.get_model()),
+            "run_history": self.run_history.state_dict(),
+            "callbacks": self.callback_handler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch_start": self._epoch.start_state if self._epoch is not None else None,
+            "sampler": _generator_state(self.train_dataloader),
+            "train_loss": self._train_loss.state_dict(),
+            "accumulation": self._item_weighting.state_dict(),
+            "gradients": local_gradients(self.model),
+        }
+
+    def _run_facts(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one for the resume to be exact."""
+        config = self.run_config
+        if config is None:
+            return {}
+        dataset = self.train_dataset
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate's wrapper
+        return {
+            "train dataset length": len(dataset) if isinstance(dataset, Sized) else None,
+            "per_device_batch_size": config.train_per_device_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "num_processes": config.num_processes,
+            "train_dataloader_len": config.train_dataloader_len,
+            # A state's optimizer entries only fit an optimizer of the same type, and a run of
+            # another length has other schedules and another end: both refused, not guessed.
+            "optimizer": type(optimizer).__name__,
+            "num_epochs": config.num_epochs,
+            "num_update_steps": config.num_update_steps,
+        }
+
+    def _find_resume_state(
+        self, resume_from: str | os.PathLike | None
+    ) -> tuple[Path | None, dict[str, Any] | None]:
+        """The state to resume from and this process's trainer state read from it. Every
+        state is verified against its manifest first; from a directory of states (or
+        "latest"), a state that fails is skipped with a warning for the newest valid one."""
+        if resume_from is None:
+            return None, None
+        is_latest = str(resume_from) == "latest"
+        if is_latest:
+            savers = [
+                callback
+                for callback in self.callback_handler.callbacks
+                if isinstance(callback, SaveTrainingStateCallback)
+            ]
+            if not savers:
+                raise ValueError(
+                    "resume_from='latest' needs a SaveTrainingStateCallback: the newest state "
+                    "is looked for in its save_dir. Add one, or pass a state directory."
+                )
+            target = savers[0].save_dir
+        else:
+            target = Path(resume_from)
+            if target.is_file():
+                raise ValueError(
+                    f"resume_from takes a training-state directory (written by "
+                    f"save_training_state or SaveTrainingStateCallback), but {str(target)!r} "
+                    "is a file. To start training from the weights of a checkpoint file, call "
+                    f"trainer.load_checkpoint({str(target)!r}) before train() instead."
+                )
+        # Leftovers of killed saves go first: a state moved aside by a re-save comes back.
+        if self.accelerator.is_main_process:
+            if not is_latest:
+                clean_up_training_states(target.parent, name=target.name)
+            if not is_training_state(target):  # a directory of states
+                clean_up_training_states(target)
+        self.accelerator.wait_for_everyone()
+        explicit, states_dir = None, target
+        if not is_latest and (target.name.endswith(STAGING_SUFFIX) or is_training_state(target)):
+            explicit = target
+        candidates, error = [], None
+        try:
+            candidates = _resume_candidates(explicit, states_dir, is_latest)
+        except FileNotFoundError as caught:  # raised below, on every process
+            error = caught
+        # Each process looked on its own file system (a machine's own disk, without shared
+        # storage): they agree before any state is verified or read.
+        check_same_training_states(self.accelerator, resume_from, candidates, error)
+        if explicit is not None:
+            self._check_training_state(explicit)
+            return explicit, self._read_training_state(explicit)
+        if not candidates:
+            self.print(f"No training state in {states_dir} yet: starting afresh.")
+            return None, None
+        problems = []
+        for directory in candidates:
+            problem = self._training_state_problem(directory)
+            if problem is None:
+                return directory, self._read_training_state(directory)
+            problems.append(problem)
+            warnings.warn(
+                f"Skipping the training state {str(directory)!r}: {problem} Falling back to "
+                "the next older state.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        raise InvalidTrainingStateError(
+            f"None of the {len(candidates)} training states in {str(states_dir)!r} can be "
+            "used, so nothing was loaded rather than silently starting afresh: "
+            + " ".join(problems)
+            + " Delete them to start afresh, or restore a good copy."
+        )
+
+    def _check_training_state(self, directory: Path) -> None:
+        problem = self._training_state_problem(directory)
+        if problem is not None:
+            raise InvalidTrainingStateError(
+                f"Cannot use the training state {str(directory)!r}: {problem} Nothing was loaded."
+            )
+
+    def _training_state_problem(self, directory: Path) -> str | None:
+        """What is wrong with a state (None when it is valid), as every process agrees: each
+        node's first process verifies the files it sees."""
+        problem = None
+        num_processes = self.accelerator.num_processes
+        missing = missing_state_parts(directory, num_processes) if num_processes > 1 else []
+        if missing:
+            problem = (
+                f"process {self.accelerator.process_index} (host {socket.gethostname()}) does "
+                f"not see {', '.join(missing)}: every process must see the whole state, which "
+                "all processes write into one directory (with a save_dir on each machine's own "
+                "disk, each machine holds only its own processes' part). Save to storage every "
+                "machine shares, or copy the whole state directory onto every machine."
+            )
+        elif self.accelerator.is_local_main_process:
+            try:
+                verify_training_state(directory)
+            except InvalidTrainingStateError as error:
+                problem = str(error)
+        problems = [p for p in gather_object([problem]) if p is not None]
+        return problems[0] if problems else None
+
+    def _read_training_state(self, directory: Path) -> dict[str, Any]:
+        state = read_trainer_state(directory, self.accelerator.process_index)
+        saved, current = state["model_signature"], _model_signature(self.get_model())
+        if saved != current:
+            missing = sorted(set(current) - set(saved))
+            unexpected = sorted(set(saved) - set(current))
+            resized = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+            raise ValueError(
+                f"The training state in {str(directory)!r} was saved from a different model. "
+                f"Missing from the state: {missing or 'none'}; not in this model: "
+                f"{unexpected or 'none'}; different shapes: {resized or 'none'}. Nothing was "
+                "loaded."
+            )
+        return state
+
+    def _check_resume_matches_run(self, directory: Path, state: dict[str, Any]) -> None:
+        epoch_start = state["epoch_start"]
+        if epoch_start is not None and "data_seed" not in epoch_start:
+            raise ValueError(
+                f"Cannot resume from {str(directory)!r}: it was saved by an earlier trainwright, "
+                "whose data randomness a resume cannot replay exactly. Start the run afresh "
+                "(or load_training_state() it to use its weights). Nothing was loaded."
+            )
+        current = self._run_facts()
+        for name, saved_value in state["run"].items():
+            if current.get(name) != saved_value:
+                raise ValueError(
+                    f"Cannot resume from {str(directory)!r}: it was saved with {name}="
+                    f"{saved_value}, now {current.get(name)}. Resume with the same data and "
+                    "settings as the saved run. Nothing was loaded."
+                )
+
+    def _resume(self, directory: Path, state: dict[str, Any]) -> None:
+        """Continues from the training state in ``directory`` (``state``: its trainer state,
+        read by ``_find_resume_state``) once the run is planned: checks that the state fits
+        the run, restores it and says so."""
+        self._check_resume_matches_run(directory, state)
+        self._restore_training_state(directory, state)
+        self._report_resume(directory)
+
+    def _restore_training_state(self, directory: Path, state: dict[str, Any]) -> None:
+        # Accelerate restores the model, optimizer, scaler and every RNG (to the saved step).
+        self.accelerator.load_state(str(directory))
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.run_history.load_state_dict(state["run_history"])
+        self.progress = TrainingProgress(**state["progress"])
+        restore_local_gradients(self.model, state["gradients"])
+        if "accumulation" in state:  # states saved before accumulation was item-weighted
+            self._item_weighting.load_state_dict(state["accumulation"])
+        if self.progress.is_epoch_finished:  # saved during the epoch's last events
+            # The next epoch's order comes from the sampler's generator as it is now (with
+            # several processes, a generator of Accelerate's that save_state does not keep).
+            _set_generator_state(self.train_dataloader, state["sampler"])
+            self._finish_epoch()
+        elif self.progress.num_batches_done > 0:  # saved mid-epoch: continue that epoch
+            self._resume_position = {
+                "train_loss": state["train_loss"],
+                "epoch_start": state["epoch_start"],
+            }
+
+    def _report_resume(self, directory: Path) -> None:
+        progress = self.progress
+        within_epoch = (
+            f" ({progress.num_batches_done} batches into the epoch)"
+            if progress.num_batches_done
+            else ""
+        )
+        self.print(
+            f"Resumed from {str(directory)!r} at epoch {self.run_history.current_epoch}, update "
+            f"{progress.num_update_steps}{within_epoch}."
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Pass-throughs to Accelerate, and the callbacks' list
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on."""
+        return self.accelerator.device
+
+    @property
+    def _accelerator(self) -> Accelerator:
+        """Alias of `accelerator` (the name used by pytorch-accelerated)."""
+        return self.accelerator
+
+    @property
+    def _train_dataloader(self) -> DataLoader | None:
+        """Alias of `train_dataloader` (the name used by pytorch-accelerated); assignable."""
+        return self.train_dataloader
+
+    @_train_dataloader.setter
+    def _train_dataloader(self, dataloader: DataLoader | None) -> None:
+        self.train_dataloader = dataloader
+
+    @property
+    def _eval_dataloader(self) -> DataLoader | None:
+        """Alias of `eval_dataloader` (the name used by pytorch-accelerated); assignable."""
+        return self.eval_dataloader
+
+    @_eval_dataloader.setter
+    def _eval_dataloader(self, dataloader: DataLoader | None) -> None:
+        self.eval_dataloader = dataloader
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Prints once per machine, like `print`: on the local main process of every
+        machine (``accelerator.print``), so once per run on a single machine and once per
+        machine on several. Use [`print_once`][trainwright.trainer.Trainer.print_once] for once per
+        run on any number."""
+        self.accelerator.print(*args, **kwargs)
+
+    def print_once(self, *args: Any, **kwargs: Any) -> None:
+        """Prints once per run, like `print`: on the main process of the whole run only
+        (process 0 of machine 0)."""
+        if self.accelerator.is_main_process:
+            print(*args, **kwargs)
+
+    def run_on_main_process(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Calls ``function(*args, **kwargs)`` on the main process of the run only, and returns
+        its result there (``None`` on the other processes). The other processes do not wait
+        for it; follow it with [`wait_for_everyone`][trainwright.trainer.Trainer.wait_for_everyone]
+        if they must.
+
+        Example:
+            ```python
+            trainer.run_on_main_process(write_report, "runs/report.md")
+            ```
+        """
+        return self.accelerator.on_main_process(function)(*args, **kwargs)
+
+    def run_on_local_main_process(
+        self, function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Like `run_on_main_process`, but on the main process of every machine (e.g.
+        to write to a disk each machine has of its own)."""
+        return self.accelerator.on_local_main_process(function)(*args, **kwargs)
+
+    def main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """A context manager in which the main process runs first and the other processes
+        wait, entering the block once it has left it (Accelerate's ``main_process_first``):
+        e.g. the main process downloads or preprocesses a dataset into a cache that the others
+        then read. Enter it on every process (it waits for every process, twice).
+
+        Example:
+            ```python
+            with trainer.main_process_first():
+                dataset = load_or_build_cached_dataset("cache/")
+            ```
+        """
+        return self.accelerator.main_process_first()
+
+    def local_main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """Like `main_process_first`, with the main process of every machine first (for
+        a cache on each machine's own disk)."""
+        return self.accelerator.local_main_process_first()
+
+    def wait_for_everyone(self) -> None:
+        """Waits until every process reaches this call (a barrier; nothing on one process)."""
+        self.accelerator.wait_for_everyone()
+
+    def gather(self, tensor: Any, padding_value: float | None = None) -> Any:
+        """Concatenates ``tensor`` (or a nested structure of tensors) from every process.
+
+        Args:
+            tensor: a tensor, or a nested list, tuple or dict of tensors.
+            padding_value: if given, first pad every tensor along its first dimension with
+                this value to the longest one across the processes, so tensors of different
+                lengths can be gathered; drop the padding afterwards with
+                `trainwright.utils.remove_padding`.
+        """
+        if padding_value is not None:
+            tensor = self.accelerator.pad_across_processes(tensor, dim=0, pad_index=padding_value)
+        return self.accelerator.gather(tensor)
+
+    def gather_for_metrics(self, data: Any, use_gather_object: bool = False) -> Any:
+        """Concatenates ``data`` from every process, leaving out the samples repeated to give
+        every process equally many full batches, so that over an epoch the results hold each
+        sample of the dataset exactly once, in the dataloader's order.
+
+        Call it on every process, once per batch, from inside the loop over a dataloader the
+        trainer prepared (e.g. in ``on_eval_step_end``). ``data`` may be a tensor or a nested
+        list, tuple or dict of tensors whose first dimension is the batch; other objects need
+        ``use_gather_object=True`` (they are pickled). On one process it returns ``data``.
+
+        Example:
+            ```python
+            def on_eval_step_end(self, trainer, batch, batch_output, **kwargs):
+                preds, targets = trainer.gather_for_metrics(
+                    (batch_output["model_outputs"].argmax(-1), batch[1])
+                )
+                self.accuracy.update(preds, targets)
+            ```
+        """
+        return self.accelerator.gather_for_metrics(data, use_gather_object=use_gather_object)
+
+    def get_model(self, keep_torch_compile: bool = False) -> nn.Module:
+        """The model without any wrapper added for distributed or compiled training: the
+        plain module, also when it was compiled with ``torch.compile`` (by you or through
+        Accelerate's ``dynamo_backend``), whose parameters the compiled model shares.
+
+        Args:
+            keep_torch_compile: return the `torch.compile` wrapper of a compiled model
+                instead of the plain module (pytorch-accelerated's default), where it wraps
+                the plain module itself; one compiled around a distributed wrapper gives the
+                plain module.
+        """
+        # keep_torch_compile=False: Accelerate keeping the compiled wrapper would also put it
+        # back around the unwrapped model, dropping a DDP wrapper from the one being trained.
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        plain = _without_compile_wrappers(model)  # compiled before a DDP wrapper was added
+        if keep_torch_compile:
+            compiled = self.model if is_compiled_module(self.model) else model
+            if is_compiled_module(compiled) and compiled._orig_mod is plain:
+                return compiled
+        return plain
+
+    def add_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Adds a callback (a class is instantiated with no arguments) and returns the
+        instance; see `CallbackHandler.add_callback`. The callbacks in execution order are
+        ``trainer.callback_handler.callbacks`` (a tuple).
+
+        Example:
+            ```python
+            trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=3))
+            ```
+        """
+        return self.callback_handler.add_callback(callback)
+
+    def remove_callback(self, callback: CallbackLike) -> None:
+        """Removes a callback instance, or the first callback of the given class; see
+        `CallbackHandler.remove_callback`.
+
+        Example:
+            ```python
+            trainer.remove_callback(ProgressBarCallback)
+            ```
+        """
+        self.callback_handler.remove_callback(callback)
+
+    def pop_callback(self, callback: CallbackLike) -> TrainerCallback:
+        """Removes a callback instance, or the first callback of the given class, and
+        returns it; see `CallbackHandler.pop_callback`."""
+        return self.callback_handler.pop_callback(callback)
+
+
+class _EpochLoss:
+    """The sample-weighted mean of per-batch losses over an epoch, kept on the device.
+
+    The loop passes the number of genuine samples of each batch, leaving out the repeats
+    Accelerate adds to the last batches of a multi-process epoch (see ``padded_tail``), or the
+    batch's ``num_items`` when ``calculate_train_batch_loss`` returns it.
+
+    Each step only keeps a reference to its detached loss: the losses are summed by a few
+    tensor operations every ``fold_every`` steps and at epoch end, not one per step, and
+    nothing is read on the host until the epoch's result, after the sums of every process
+    are added together.
+    """
+
+    fold_every = 1024
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self._accelerator = accelerator
+        # float64 keeps the sum exact enough over long epochs; MPS has no float64.
+        self._dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
+        self.reset()
+
+    def reset(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=self._dtype, device=self._accelerator.device)
+        self._num_samples: int | torch.Tensor = 0
+        self._losses: list[torch.Tensor] = []
+        self._batch_sizes: list[int | torch.Tensor] = []
+
+    def update(self, loss: torch.Tensor, batch_size: int | torch.Tensor) -> None:
+        self._losses.append(loss.detach())
+        self._batch_sizes.append(batch_size)
+        if len(self._losses) == self.fold_every:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).to(self._dtype)
+        sizes = self._batch_sizes
+        if all(isinstance(size, int) for size in sizes):
+            # pinned + non-blocking: the copy to the GPU does not make the host wait
+            on_cuda = losses.device.type == "cuda"
+            weights = torch.tensor(sizes, dtype=self._dtype, pin_memory=on_cuda)
+            weights = weights.to(losses.device, non_blocking=True)
+            self._num_samples += sum(sizes)
+        else:
+            weights = torch.stack([torch.as_tensor(size).to(losses) for size in sizes])
+            self._num_samples = self._num_samples + weights.sum()
+        self._loss_sum = self._loss_sum + (losses * weights).sum()
+        self._losses, self._batch_sizes = [], []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss_sum": self._loss_sum.cpu(),
+            "num_samples": self._num_samples,
+            "losses": [loss.cpu() for loss in self._losses],
+            "batch_sizes": list(self._batch_sizes),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self._accelerator.device
+        self._loss_sum = state["loss_sum"].to(device)
+        self._num_samples = state["num_samples"]
+        self._losses = [loss.to(device) for loss in state["losses"]]
+        self._batch_sizes = list(state["batch_sizes"])
+
+    def compute(self) -> float:
+        self._fold()
+        num_samples = self._num_samples
+        if isinstance(num_samples, torch.Tensor):
+            num_samples = num_samples.to(self._loss_sum)
+        else:
+            num_samples = self._loss_sum.new_full((), num_samples)
+        totals = torch.stack([self._loss_sum, num_samples])
+        loss_sum, num_samples = self._accelerator.reduce(totals, reduction="sum").tolist()
+        return loss_sum / num_samples if num_samples else math.nan
+
+
+@dataclass
+class _TrainEpoch:
+    """The training epoch in progress, or the last one: its data seed also seeds the
+    evaluations after it, and a state saved during its end events records its start.
+
+    Attributes:
+        start_state: the epoch's data seed and the sampler's generator at its start, saved
+            with a training state so that a resumed epoch replays the same batches.
+        dataloader: the loader iterated: the training dataloader or, in an epoch resumed
+            mid-way, one that skips the batches already done (they are never loaded).
+        first_step: the first step iterated: 0, or the batches done before a resume.
+        num_batches: the epoch's batches, the plan's ``num_train_batches``; for data
+            without a length ``None`` until its last batch comes (``_marking_last_batch``).
+        padded_tail: the batch Accelerate completed with repeated samples, if any.
+        is_in_steps: whether its steps are running (an evaluation then is intermediate).
+    """
+
+    start_state: dict[str, Any]
+    dataloader: DataLoader
+    first_step: int
+    num_batches: int | None
+    padded_tail: PaddedTail | None
+    is_in_steps: bool = False
 
 
 class TrainerWithTimmScheduler(Trainer):
