@@ -18,6 +18,19 @@ is exact only when every micro-batch holds as many items. Instead,
    multiplies the gradients once by ``P * scale / total_items``. They are then the gradient
    of the mean loss over every item of the window on every process.
 
+When every process's window provably holds as many items, step 2 is skipped: the total is
+``P`` times the local window's items, a Python number, and the factor and the next scale are
+computed on the host, without a collective or a host sync. That holds when the run plan says
+every training batch of every process holds the same number of samples
+(``RunPlan.window_items_match_across_processes``: several processes, not DeepSpeed,
+Accelerate's ``even_batches`` on, the loader batching with torch's own ``BatchSampler`` of a
+fixed size over a map-style dataset with a length; with ``split_batches`` too, whose batches
+are split evenly, the last one completed to full size first) and, in this window, every
+micro-batch was weighed by its ``batch_size`` (``calculate_train_batch_loss`` returned no
+``num_items``), a plain ``int``. A window with any ``num_items`` is all-reduced as above. A
+``batch_size`` other than the loader's there (e.g. a ``collate_fn`` that drops samples)
+raises a ``ValueError``: the other processes could not know it; return ``num_items`` then.
+
 The window's size is only needed at its end, so data without a length (whose last window's
 size is unknown until it ends) is exact too. Multiplying the gradients commutes with the fp16
 gradient scaler's unscaling (a division by its scale, before clipping or in its step) and
@@ -108,64 +121,130 @@ class ItemWeighting:
         self._dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
         self._scale: Weight = 1
         self._window_items: Weight = 0
+        # Every process's batches hold this many samples (None: not known to match).
+        self._matching_batch_size: int | None = None
+        self._is_window_of_batch_sizes = True  # every micro-batch so far weighed by its size
         self._total: torch.Tensor | None = None
         self._work: Any = None
 
-    def start_run(self, nominal_window_items: Number) -> None:
+    def start_run(
+        self, nominal_window_items: Number, matching_batch_size: int | None = None
+    ) -> None:
         """Starts a ``train()`` run: an empty window, and a scale of the items a window of
-        full batches holds on one process."""
+        full batches holds on one process.
+
+        Args:
+            nominal_window_items: the items a window of full batches holds on one process.
+            matching_batch_size: the samples of every training batch on every process, when
+                the run plan guarantees they match (``RunPlan.batch_size_of_every_process``);
+                a window weighed by batch sizes then needs no all-reduce. ``None``: always
+                all-reduce.
+        """
         self._scale = nominal_window_items
+        self._matching_batch_size = matching_batch_size
         self.discard_window()
 
     def discard_window(self) -> None:
         """Forgets the items of the current window (its gradients are being discarded)."""
         self._window_items = 0
+        self._is_window_of_batch_sizes = True
         self._total, self._work = None, None
 
-    def weigh(self, loss: torch.Tensor, num_items: Weight, is_window_end: bool) -> torch.Tensor:
+    def weigh(
+        self,
+        loss: torch.Tensor,
+        num_items: Weight,
+        is_window_end: bool,
+        is_batch_size: bool = False,
+    ) -> torch.Tensor:
         """The tensor to back-propagate for a micro-batch with mean loss ``loss`` over
         ``num_items`` items; at the window's last micro-batch (``is_window_end``), also
-        starts summing the window's items over the processes."""
+        starts summing the window's items over the processes, unless they are known to
+        match (see the module's docstring).
+
+        Args:
+            loss: the micro-batch's mean loss.
+            num_items: the items it averages over.
+            is_window_end: whether it is the window's last micro-batch.
+            is_batch_size: whether ``num_items`` is the batch's ``batch_size`` (the hook
+                returned no ``num_items``).
+
+        Raises:
+            ValueError: if a ``batch_size`` differs from that of every process's batches.
+        """
         if self._is_loss_folded:
             return _weighted(loss, self._folded_weight(num_items))
         self._window_items = self._window_items + num_items
-        if is_window_end and self._num_processes > 1:
+        self._is_window_of_batch_sizes = self._is_window_of_batch_sizes and (
+            is_batch_size and type(num_items) is int
+        )
+        if self._is_window_of_batch_sizes and self._matching_batch_size is not None:
+            self._check_batch_size(num_items)
+        if is_window_end and self._num_processes > 1 and not self._is_total_known():
             self._total = self._as_tensor(self._window_items)
             self._work = dist.all_reduce(self._total, async_op=True)
         return _weighted(loss, num_items / self._scale)
+
+    def _is_total_known(self) -> bool:
+        # Every process's window holds as many items: P times this one's (module docstring).
+        return self._matching_batch_size is not None and self._is_window_of_batch_sizes
+
+    def _check_batch_size(self, batch_size: int) -> None:
+        if batch_size != self._matching_batch_size:
+            raise ValueError(
+                f"calculate_train_batch_loss() returned batch_size={batch_size}, but the "
+                f"training dataloader batches {self._matching_batch_size} samples on every "
+                "process, which the item count of each accumulation window relies on. If "
+                "your collate_fn or hook changes the number of samples, return 'num_items' "
+                "(the number of samples the loss averages over) from "
+                "calculate_train_batch_loss() in every batch."
+            )
 
     def scale_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Scales the window's gradients to the mean over all its items on all processes;
         called once per window, after its last backward pass and before clipping."""
         if self._is_loss_folded:  # the losses were scaled instead
             return
-        if self._num_processes > 1:
-            self._work.wait()  # on a GPU, orders the stream; the host does not wait
-            total: Weight = self._total
+        if self._num_processes == 1:
+            total: Weight = self._window_items
+        elif self._is_total_known():
+            total = self._num_processes * self._window_items  # a Python int
         else:
-            total = self._window_items
+            self._work.wait()  # on a GPU, orders the stream; the host does not wait
+            total = self._total
         if isinstance(total, torch.Tensor):
             factor: Weight = torch.where(
                 total > 0, self._num_processes * self._scale / total, 0.0
             ).to(self._dtype)
             # The next window's items per process are likely those of this one.
             self._scale = total.to(self._dtype) / self._num_processes
+        elif total:
+            # Another window's scale may be a tensor: the factor is one then too.
+            factor = self._num_processes * self._scale / total
+            self._scale = total // self._num_processes if self._num_processes > 1 else total
         else:
-            factor = self._scale / total if total else 0.0
-            self._scale = total or self._scale
+            factor = 0.0
         self.discard_window()
         if not isinstance(factor, float) or factor != 1.0:
             _multiply_gradients(parameters, factor)
 
     def state_dict(self) -> dict[str, Any]:
-        """The scale and the current window's items, for an exact resume mid-window."""
-        return {"scale": _to_cpu(self._scale), "window_items": _to_cpu(self._window_items)}
+        """The scale (a number or a tensor) and the current window's items, for an exact
+        resume mid-window."""
+        return {
+            "scale": _to_cpu(self._scale),
+            "window_items": _to_cpu(self._window_items),
+            "is_window_of_batch_sizes": self._is_window_of_batch_sizes,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a `state_dict`; a state saved before it recorded whether the window was
+        weighed by batch sizes finishes its window with an all-reduce."""
         device = self._accelerator.device
         self.discard_window()
         self._scale = _to_device(state["scale"], device)
         self._window_items = _to_device(state["window_items"], device)
+        self._is_window_of_batch_sizes = state.get("is_window_of_batch_sizes", False)
 
     def _as_tensor(self, value: Weight) -> torch.Tensor:
         device = self._accelerator.device

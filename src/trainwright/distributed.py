@@ -73,7 +73,10 @@ def padded_tail(dataloader: Any, accelerator: Accelerator) -> PaddedTail | None:
     """
     num_processes = accelerator.num_processes
     dataset = getattr(dataloader, "dataset", None)
-    total_batch_size = getattr(dataloader, "total_batch_size", None)
+    try:
+        total_batch_size = getattr(dataloader, "total_batch_size", None)
+    except TypeError:  # Accelerate's, for a batch sampler without a batch size (None * P)
+        total_batch_size = None
     if num_processes == 1 or not isinstance(dataset, Sized) or not total_batch_size:
         return None
     if isinstance(dataset, IterableDataset):

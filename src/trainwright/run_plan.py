@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.data_loader import BatchSamplerShard, DataLoaderDispatcher
 from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
 
 from trainwright.callbacks.runtime import BatchLimitsCallback
 from trainwright.data import dataloader_length
@@ -58,6 +59,7 @@ __all__ = [
     "plan_run",
     "scheduler_stepping",
     "smaller_limit",
+    "window_items_match_across_processes",
 ]
 
 
@@ -256,6 +258,7 @@ class RunPlan:
     | ``gradient_accumulation_steps`` | micro-batches per optimizer update |
     | ``max_num_update_steps`` | the updates after which the run ends (``math.inf``: the epochs decide) |
     | ``nominal_window_items`` | samples a window of full batches holds on one process: the scale of the item-weighted accumulation (``trainwright.accumulation``) |
+    | ``batch_size_of_every_process`` | the samples every training batch holds on every process, when that is guaranteed (`window_items_match_across_processes`), else ``None``; a window whose micro-batches are weighed by their batch size then holds as many items on every process, and its item count is not all-reduced (``trainwright.accumulation``) |
     | ``defers_gradient_sync`` | whether micro-steps inside a window skip the gradient all-reduce (``no_sync``); not under FSDP, whose unsynchronised gradients a training state could not hold |
     | ``scheduler`` | how the scheduler is stepped (`SchedulerStepping`) |
     """  # noqa: E501
@@ -266,6 +269,7 @@ class RunPlan:
     gradient_accumulation_steps: int
     max_num_update_steps: float
     nominal_window_items: Any
+    batch_size_of_every_process: int | None
     defers_gradient_sync: bool
     scheduler: SchedulerStepping = SchedulerStepping()
 
@@ -365,7 +369,44 @@ def plan_run(
         # Batches of no fixed size: a window of k batches is scaled as k items per batch (the
         # scale only conditions the sums; a window's gradients are its exact mean either way).
         nominal_window_items=(train_batch_size or 1) * accumulation_steps,
+        batch_size_of_every_process=(
+            train_batch_size
+            if window_items_match_across_processes(accelerator, train_dataloader)
+            else None
+        ),
         defers_gradient_sync=accelerator.distributed_type != DistributedType.FSDP,
+    )
+
+
+def window_items_match_across_processes(
+    accelerator: Accelerator, train_dataloader: DataLoader
+) -> bool:
+    """Whether every training batch of every process holds as many samples, so that
+    accumulation windows weighed by batch size hold as many items on every process, known
+    without communication. When in doubt, ``False`` (the item counts are all-reduced).
+
+    It holds with several processes, not under DeepSpeed (which folds the item counts into
+    the losses), when the prepared loader shards torch's own ``BatchSampler`` (exactly that
+    type: a batch sampler of the user's may give the processes batches of different sizes) of
+    a fixed batch size over a map-style dataset with a length, with Accelerate's
+    ``even_batches`` on (its default): every process then gets as many batches, each full,
+    the last ones completed with samples from the start. With ``split_batches`` each batch is
+    split evenly among the processes, the last one completed to full size first. Batches
+    dispatched from the main process (``dispatch_batches``) are left out.
+    """
+    if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return False
+    shard = getattr(train_dataloader, "batch_sampler", None)
+    if isinstance(train_dataloader, DataLoaderDispatcher):
+        return False
+    if not isinstance(shard, BatchSamplerShard) or not shard.even_batches:
+        return False
+    batches = shard.batch_sampler
+    return (
+        type(batches) is BatchSampler
+        and isinstance(batches.batch_size, int)
+        and not isinstance(train_dataloader.dataset, IterableDataset)
+        and dataloader_length(train_dataloader) is not None
     )
 
 

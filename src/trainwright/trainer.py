@@ -456,7 +456,9 @@ class Trainer:
         self._create_run_scheduler(arguments)
         self._check_first_eval_batch()
         self.progress = TrainingProgress()
-        self._item_weighting.start_run(self._plan.nominal_window_items)
+        self._item_weighting.start_run(
+            self._plan.nominal_window_items, self._plan.batch_size_of_every_process
+        )
         if resume_state is not None:
             self._resume(resume_dir, resume_state)
         try:
@@ -676,7 +678,8 @@ class Trainer:
         batch_output = self.calculate_train_batch_loss(batch)
         loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
         num_items = returned_num_items(batch_output, "calculate_train_batch_loss")
-        if num_items is None:
+        is_batch_size = num_items is None
+        if is_batch_size:
             num_items = metric_weight = batch_size
             tail = self._epoch.padded_tail
             if tail is not None and step == tail.step:
@@ -692,7 +695,9 @@ class Trainer:
         # Each micro-batch's mean loss is weighed by its items; the window's gradients are
         # scaled to the mean over all of its items on all processes before the update.
         is_update_step = self._plan.is_update_step(step, self._epoch.num_batches)
-        scaled_loss = self._item_weighting.weigh(loss, num_items, is_window_end=is_update_step)
+        scaled_loss = self._item_weighting.weigh(
+            loss, num_items, is_window_end=is_update_step, is_batch_size=is_batch_size
+        )
         if is_update_step or not self._plan.defers_gradient_sync:
             self.backward_step(scaled_loss)
         else:  # no gradient all-reduce between processes until the window is complete

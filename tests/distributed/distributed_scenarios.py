@@ -750,22 +750,111 @@ class CollectivesPerStep(TrainerCallback):
         self.at_step_end.append(self.count[0])
 
 
-def collectives_per_step(vote_interval: int | None = None) -> dict[str, Any]:
+class BatchSizeAsNumItemsTrainer(Trainer):
+    """Returns each batch's size as its ``num_items``: the same weights, told explicitly."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        output = super().calculate_train_batch_loss(batch)
+        return {**output, "num_items": output["batch_size"]}
+
+
+def _steps_collectives(counter: CollectivesPerStep) -> list[int]:
+    steps = counter.at_step_end
+    return [after - before for before, after in itertools.pairwise(steps)]
+
+
+def collectives_per_step(
+    vote_interval: int | None = None, returns_num_items: bool = False
+) -> dict[str, Any]:
     """One epoch of 16 steps per process, without callbacks but the counter; the collectives
     called between the end of each step and the end of the next (the first entry: the
-    second step's), and in the whole ``train()``."""
+    second step's), and in the whole ``train()``. ``returns_num_items``: the hook returns
+    each batch's size as its ``num_items``."""
+    trainer_class = BatchSizeAsNumItemsTrainer if returns_num_items else Trainer
     with counting_collectives() as count:
         counter = CollectivesPerStep(count)
-        trainer = make_trainer(lr=0.1, callbacks=(counter,))
+        trainer = make_trainer(lr=0.1, callbacks=(counter,), trainer_class=trainer_class)
         if vote_interval is not None:
             trainer.vote_interval = vote_interval
         trainer.train(make_dataset(64), num_epochs=1, per_device_batch_size=2)
         total = count[0]
-    steps = counter.at_step_end
     return {
-        "per_step": [after - before for before, after in itertools.pairwise(steps)],
-        "num_steps": len(steps),
+        "per_step": _steps_collectives(counter),
+        "num_steps": len(counter.at_step_end),
         "in_train": total,
+    }
+
+
+def padded_dataset(num_samples: int, multiple: int) -> torch.utils.data.Subset:
+    """``make_dataset(num_samples)`` followed by its first samples again, up to a multiple of
+    ``multiple``: the samples that unshuffled batches of ``multiple // P`` samples on each
+    of ``P`` processes cover, as Accelerate completes the last ones (``even_batches``)."""
+    length = -(-num_samples // multiple) * multiple
+    indices = [index % num_samples for index in range(length)]
+    return torch.utils.data.Subset(make_dataset(num_samples), indices)
+
+
+def padded_last_batch(num_processes: int) -> dict[str, Any]:
+    """Default loader, 25 samples, 2 per batch and process, accumulation 2: with 2 processes
+    the last batch is completed by Accelerate, and each process holds as many items in every
+    window. One process trains on the samples the 2 processes see, 4 per batch."""
+    with counting_collectives() as count:
+        counter = CollectivesPerStep(count)
+        trainer = make_trainer(lr=0.2, callbacks=(counter,))
+        is_reference = trainer.accelerator.num_processes == 1
+        trainer.train(
+            padded_dataset(25, 2 * num_processes) if is_reference else make_dataset(25),
+            num_epochs=2,
+            per_device_batch_size=2 * num_processes if is_reference else 2,
+            gradient_accumulation_steps=2,
+            train_dataloader_kwargs=IN_ORDER,
+        )
+    return {
+        "weights": torch.cat(
+            [p.detach().flatten() for p in trainer.get_model().parameters()]
+        ).tolist(),
+        "per_step": _steps_collectives(counter),
+    }
+
+
+class AlternatingBatches(torch.utils.data.Sampler[list[int]]):
+    """Consecutive batches of ``sizes[0]``, ``sizes[1]``, ... samples in order, cycling through
+    ``sizes`` (each of 2 processes gets every other batch: its own size)."""
+
+    def __init__(self, num_samples: int, sizes: tuple[int, ...]) -> None:
+        self.num_samples, self.sizes = num_samples, sizes
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = 0
+        for size in itertools.cycle(self.sizes):
+            if start >= self.num_samples:
+                return
+            yield list(range(start, min(start + size, self.num_samples)))
+            start += size
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def uneven_batch_sampler() -> dict[str, Any]:
+    """24 samples in batches of 3 and 1 alternately (2 processes: 3 on one, 1 on the other),
+    accumulation 2: 8 samples per update in all. One process trains on batches of 4."""
+    with counting_collectives() as count:
+        counter = CollectivesPerStep(count)
+        trainer = make_trainer(lr=0.2, callbacks=(counter,))
+        is_reference = trainer.accelerator.num_processes == 1
+        sampler = AlternatingBatches(24, (4,) if is_reference else (3, 1))
+        trainer.train(
+            make_dataset(24),
+            num_epochs=1,
+            gradient_accumulation_steps=2,
+            train_dataloader_kwargs={"batch_sampler": sampler, **NO_WORKERS},
+        )
+    return {
+        "weights": torch.cat(
+            [p.detach().flatten() for p in trainer.get_model().parameters()]
+        ).tolist(),
+        "per_step": _steps_collectives(counter),
     }
 
 
@@ -790,4 +879,6 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "early_stop_counts_the_epoch": early_stop_counts_the_epoch,
     "batched_fetch": batched_fetch,
     "collectives_per_step": collectives_per_step,
+    "padded_last_batch": padded_last_batch,
+    "uneven_batch_sampler": uneven_batch_sampler,
 }

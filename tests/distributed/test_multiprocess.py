@@ -20,8 +20,10 @@ from distributed_scenarios import (
     equivalence,
     loss_metrics_with_tails,
     make_dataset,
+    padded_last_batch,
     stop_on_one_process,
     tiny_datasets,
+    uneven_batch_sampler,
 )
 from helpers.accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from launcher import NUM_PROCESSES, launch, run_scenarios
@@ -138,6 +140,13 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             (f"collectives:{n}", "collectives_per_step", {"vote_interval": n})
             for n in COUNTED_VOTE_INTERVALS
         ),
+        (
+            "collectives:num_items",
+            "collectives_per_step",
+            {"vote_interval": DEFAULT_VOTE_INTERVAL, "returns_num_items": True},
+        ),
+        ("padded_last_batch", "padded_last_batch", {"num_processes": NUM_PROCESSES}),
+        ("uneven_batch_sampler", "uneven_batch_sampler", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -365,16 +374,52 @@ def test_the_processes_exchange_requests_only_every_vote_interval_steps(
     two_process_results: list[dict[str, Any]], vote_interval: int
 ) -> None:
     # Between the end of step s and the end of step s + 1: run control's vote, started at the
-    # end of step s when (s + 1) is a multiple of the interval, and none at the other steps;
-    # beside it, every update's all-reduce of the window's item count (exact accumulation,
-    # trainwright.accumulation). DDP's gradient all-reduce runs in its C++ reducer, outside
-    # the count.
-    per_update = 1
+    # end of step s when (s + 1) is a multiple of the interval, and none at the other steps.
+    # The default loader gives every process windows of as many samples, so the window's
+    # item count is not all-reduced (trainwright.accumulation). DDP's gradient all-reduce
+    # runs in its C++ reducer, outside the count.
     votes = [int((step + 1) % vote_interval == 0) for step in range(15)]
     for rank_results in two_process_results:
         result = rank_results[f"collectives:{vote_interval}"]
         assert result["num_steps"] == 16
-        assert result["per_step"] == [per_update + vote for vote in votes]
+        assert result["per_step"] == votes
+
+
+def test_windows_weighed_by_num_items_sum_their_items_over_the_processes(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # The same run, but the hook returns num_items: every update all-reduces the window's
+    # items (one per step without accumulation), besides the votes.
+    votes = [int((step + 1) % DEFAULT_VOTE_INTERVAL == 0) for step in range(15)]
+    for rank_results in two_process_results:
+        result = rank_results["collectives:num_items"]
+        assert result["per_step"] == [1 + vote for vote in votes]
+
+
+def test_windows_of_a_padded_last_batch_need_no_item_count_and_stay_exact(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # 25 samples, 2 per batch and process, accumulation 2: Accelerate completes the last
+    # batch with the first samples. The weights equal one process's on those samples, with
+    # batches of 4, and no step of an epoch (7 each) calls a collective: only the epoch's end.
+    reference = padded_last_batch(NUM_PROCESSES)
+    for rank_results in two_process_results:
+        result = rank_results["padded_last_batch"]
+        _assert_close(result["weights"], reference["weights"])
+        per_step = result["per_step"]
+        assert per_step[:6] == per_step[7:] == [0] * 6, per_step
+
+
+def test_a_batch_sampler_of_different_sizes_per_process_sums_the_items_exactly(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # Batches of 3 samples on one process and 1 on the other: each update all-reduces the
+    # window's items (at steps 1, 3, 5), and the weights equal one process's on batches of 4.
+    reference = uneven_batch_sampler()
+    for rank_results in two_process_results:
+        result = rank_results["uneven_batch_sampler"]
+        _assert_close(result["weights"], reference["weights"])
+        assert result["per_step"] == [1, 0, 1, 0, 1], result["per_step"]
 
 
 def test_process_helpers_print_and_run_on_the_main_process_only(
