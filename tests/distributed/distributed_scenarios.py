@@ -785,6 +785,25 @@ def collectives_per_step(
     }
 
 
+class DropsASampleTrainer(Trainer):
+    """Reports one sample fewer than each batch holds, as a ``collate_fn`` that drops
+    samples would (without returning ``num_items``)."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        output = super().calculate_train_batch_loss(batch)
+        return {**output, "batch_size": output["batch_size"] - 1}
+
+
+def batch_size_unlike_the_loaders() -> dict[str, Any]:
+    """The error of a run whose hook reports batch sizes other than the default loader's."""
+    trainer = make_trainer(lr=0.1, trainer_class=DropsASampleTrainer)
+    try:
+        trainer.train(make_dataset(16), num_epochs=1, per_device_batch_size=4)
+    except ValueError as error:
+        return {"error": str(error), "num_updates": trainer.progress.num_update_steps}
+    return {"error": None}
+
+
 def padded_dataset(num_samples: int, multiple: int) -> torch.utils.data.Subset:
     """``make_dataset(num_samples)`` followed by its first samples again, up to a multiple of
     ``multiple``: the samples that unshuffled batches of ``multiple // P`` samples on each
@@ -881,4 +900,5 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "collectives_per_step": collectives_per_step,
     "padded_last_batch": padded_last_batch,
     "uneven_batch_sampler": uneven_batch_sampler,
+    "batch_size_unlike_the_loaders": batch_size_unlike_the_loaders,
 }

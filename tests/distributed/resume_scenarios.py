@@ -29,8 +29,22 @@ from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import SaveTrainingStateCallback
 
 
-def _build(extra_callbacks: tuple[TrainerCallback, ...] = ()) -> tuple[Trainer, Any]:
-    trainer, dataset = resume_job.build(extra_callbacks=extra_callbacks)
+class BatchSizeAsNumItemsTrainer(Trainer):
+    """Returns each batch's size as its ``num_items``: the same weights, but every window's
+    item count is all-reduced (trainwright.accumulation)."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        output = super().calculate_train_batch_loss(batch)
+        return {**output, "num_items": output["batch_size"]}
+
+
+def _build(
+    extra_callbacks: tuple[TrainerCallback, ...] = (), returns_num_items: bool = False
+) -> tuple[Trainer, Any]:
+    trainer_class = BatchSizeAsNumItemsTrainer if returns_num_items else Trainer
+    trainer, dataset = resume_job.build(
+        extra_callbacks=extra_callbacks, trainer_class=trainer_class
+    )
     torch.manual_seed(1000 + trainer.accelerator.process_index)  # per-process dropout masks
     return trainer, dataset
 
@@ -55,9 +69,10 @@ def _summary(trainer: Trainer, dataset: Any) -> dict[str, Any]:
     }
 
 
-def uninterrupted() -> dict[str, Any]:
-    """The reference: the whole job, saving nothing."""
-    trainer, dataset = _build()
+def uninterrupted(returns_num_items: bool = False) -> dict[str, Any]:
+    """The reference: the whole job, saving nothing (``returns_num_items``: its hook returns
+    each batch's size as ``num_items``)."""
+    trainer, dataset = _build(returns_num_items=returns_num_items)
     resume_job.train(trainer, dataset)
     return _summary(trainer, dataset)
 
@@ -78,7 +93,9 @@ class SaveAtSteps(TrainerCallback):
             trainer.save_training_state(self.save_dir / f"e{epoch}-s{step}")
 
 
-def save_along_the_way(points: list[list[int]], save_dir: str) -> dict[str, Any]:
+def save_along_the_way(
+    points: list[list[int]], save_dir: str, returns_num_items: bool = False
+) -> dict[str, Any]:
     """The whole job, saving training states at the end of the steps ``points`` and at the
     end of every epoch (``save_dir / "epochs" / "state-<updates>"``)."""
     trainer, dataset = _build(
@@ -87,15 +104,16 @@ def save_along_the_way(points: list[list[int]], save_dir: str) -> dict[str, Any]
             SaveTrainingStateCallback(
                 Path(save_dir) / "epochs", save_every_n_epochs=1, save_at_end=False
             ),
-        )
+        ),
+        returns_num_items,
     )
     resume_job.train(trainer, dataset)
     return _summary(trainer, dataset)
 
 
-def resume(resume_from: str) -> dict[str, Any]:
+def resume(resume_from: str, returns_num_items: bool = False) -> dict[str, Any]:
     """The job continued from the training state ``resume_from``."""
-    trainer, dataset = _build()
+    trainer, dataset = _build(returns_num_items=returns_num_items)
     resume_job.train(trainer, dataset, resume_from=resume_from)
     return _summary(trainer, dataset)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from distributed_scenarios import (
+    batch_size_unlike_the_loaders,
     batched_fetch,
     control_on_one_process,
     early_stop_counts_the_epoch,
@@ -147,6 +148,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
         ),
         ("padded_last_batch", "padded_last_batch", {"num_processes": NUM_PROCESSES}),
         ("uneven_batch_sampler", "uneven_batch_sampler", {}),
+        ("batch_size_unlike_the_loaders", "batch_size_unlike_the_loaders", {}),
     ]
     return run_scenarios(specs, tmp_path_factory.mktemp("two_processes"))
 
@@ -557,3 +559,17 @@ def test_the_trainer_fetches_batches_whole_with_the_plain_loop_weights(num_worke
     assert batched["batches"] == per_sample["batches"]
     assert batched["weights"] == per_sample["weights"]  # bit for bit
     assert sorted(i for batch in batched["batches"][:8] for i in batch) == list(range(30))
+
+
+def test_a_batch_size_unlike_the_loaders_is_an_error_not_a_wrong_item_count(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # The other processes cannot know this process's window holds fewer items than its
+    # loader's batches: a clear error at the first step, before any update; with one
+    # process the run trains (its item count is its own).
+    for rank_results in two_process_results:
+        result = rank_results["batch_size_unlike_the_loaders"]
+        assert result["num_updates"] == 0
+        assert "returned batch_size=3" in result["error"]
+        assert "return 'num_items'" in result["error"]
+    assert batch_size_unlike_the_loaders() == {"error": None}

@@ -49,12 +49,24 @@ COMPARED = (
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     states = tmp_path_factory.mktemp("states")
+    num_items_states = tmp_path_factory.mktemp("num_items_states")
     preemption_dirs = {
         case: states / f"preempted-{index}" for index, case in enumerate(PREEMPTIONS)
     }
     first = run_scenarios(
         [
             ("uninterrupted", "uninterrupted", {}),
+            # The same job weighing by num_items: item counts all-reduced (see below).
+            ("uninterrupted:num_items", "uninterrupted", {"returns_num_items": True}),
+            (
+                "save_along_the_way:num_items",
+                "save_along_the_way",
+                {
+                    "points": [SAVE_POINTS["mid accumulation window"]],
+                    "save_dir": str(num_items_states),
+                    "returns_num_items": True,
+                },
+            ),
             (
                 "save_along_the_way",
                 "save_along_the_way",
@@ -76,6 +88,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ],
         tmp_path_factory.mktemp("first_launch"),
     )
+    mid_window = SAVE_POINTS["mid accumulation window"]
     resume_dirs = {
         f"resume:{case}": states / f"e{epoch}-s{step}"
         for case, (epoch, step) in SAVE_POINTS.items()
@@ -91,6 +104,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     second = run_scenarios(
         [
             ("fallback", "resume_with_fallback", {"resume_from": str(damaged)}),
+            (
+                "resume:num_items",
+                "resume",
+                {
+                    "resume_from": str(num_items_states / "e{}-s{}".format(*mid_window)),
+                    "returns_num_items": True,
+                },
+            ),
             *(
                 (key, "resume", {"resume_from": str(directory)})
                 for key, directory in resume_dirs.items()
@@ -126,8 +147,28 @@ def test_the_processes_differ_in_dropout_and_saving_changes_nothing(runs: dict[s
 
 @pytest.mark.parametrize("case", [*SAVE_POINTS, "epoch end"])
 def test_resume_in_a_fresh_launch_is_bit_identical(runs: dict[str, Any], case: str) -> None:
+    # The job's windows are weighed by batch size from the default loader: their item counts
+    # are known without an all-reduce (trainwright.accumulation).
     for rank_results in runs["results"]:
         assert_same_run(rank_results[f"resume:{case}"], rank_results["uninterrupted"])
+
+
+def test_resume_mid_window_of_all_reduced_item_counts_is_bit_identical(
+    runs: dict[str, Any],
+) -> None:
+    # The hook returns num_items (each batch's size): the windows' item counts are
+    # all-reduced, the scale a tensor; the same weights as weighing by batch size.
+    for rank_results in runs["results"]:
+        reference = rank_results["uninterrupted:num_items"]
+        assert_same_run(rank_results["save_along_the_way:num_items"], reference)
+        assert_same_run(rank_results["resume:num_items"], reference)
+        for name, weights in reference["weights"].items():
+            torch.testing.assert_close(
+                torch.tensor(weights),
+                torch.tensor(rank_results["uninterrupted"]["weights"][name]),
+                rtol=1e-6,
+                atol=1e-7,
+            )
 
 
 def test_a_damaged_newest_state_makes_every_process_fall_back_to_the_same_one(

@@ -124,6 +124,7 @@ def build(
     best_model_path: Path | None = None,
     save_every_n_steps: int = 2,
     max_checkpoints: int | None = None,
+    trainer_class: type[Trainer] = Trainer,
 ) -> tuple[Trainer, CountingDataset]:
     torch.manual_seed(1234)
     model = CountingModel()
@@ -141,7 +142,7 @@ def build(
                 save_dir, save_every_n_steps=save_every_n_steps, max_checkpoints=max_checkpoints
             )
         )
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
+    trainer = trainer_class(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
     return trainer, CountingDataset()
 
 
