@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from accelerate import DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
-from helpers.accumulation_cases import token_weighted_run
+from helpers.accumulation_cases import BatchSizeAsNumItemsTrainer, token_weighted_run
 from torch import nn
 from torch.utils.data import TensorDataset, default_collate
 
@@ -748,14 +748,6 @@ class CollectivesPerStep(TrainerCallback):
 
     def on_train_step_end(self, trainer: Trainer, **kwargs: Any) -> None:
         self.at_step_end.append(self.count[0])
-
-
-class BatchSizeAsNumItemsTrainer(Trainer):
-    """Returns each batch's size as its ``num_items``: the same weights, told explicitly."""
-
-    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
-        output = super().calculate_train_batch_loss(batch)
-        return {**output, "num_items": output["batch_size"]}
 
 
 def _steps_collectives(counter: CollectivesPerStep) -> list[int]:

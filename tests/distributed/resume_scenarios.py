@@ -24,18 +24,10 @@ from typing import Any
 
 import torch
 from helpers import resume_job
+from helpers.accumulation_cases import BatchSizeAsNumItemsTrainer
 
 from trainwright import StopTrainingError, Trainer, TrainerCallback
 from trainwright.callbacks import SaveTrainingStateCallback
-
-
-class BatchSizeAsNumItemsTrainer(Trainer):
-    """Returns each batch's size as its ``num_items``: the same weights, but every window's
-    item count is all-reduced (trainwright.accumulation)."""
-
-    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
-        output = super().calculate_train_batch_loss(batch)
-        return {**output, "num_items": output["batch_size"]}
 
 
 def _build(

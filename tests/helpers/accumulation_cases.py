@@ -68,6 +68,16 @@ class TokenTrainer(Trainer):
     calculate_eval_batch_loss = calculate_train_batch_loss
 
 
+class BatchSizeAsNumItemsTrainer(Trainer):
+    """Returns each batch's size as its ``num_items``: the same weights as weighing by
+    ``batch_size``, but with several processes every window's item count is all-reduced
+    (``trainwright.accumulation``)."""
+
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        output = super().calculate_train_batch_loss(batch)
+        return {**output, "num_items": output["batch_size"]}
+
+
 def make_token_trainer(
     lr: float = 0.5, trainer_class: type = TokenTrainer, callbacks: Any = ()
 ) -> Trainer:
