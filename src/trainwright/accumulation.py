@@ -21,8 +21,9 @@ is exact only when every micro-batch holds as many items. Instead,
 When every process's window provably holds as many items, step 2 is skipped: the total is
 ``P`` times the local window's items, a Python number, and the factor and the next scale are
 computed on the host, without a collective or a host sync. That holds when the run plan says
-every training batch of every process holds the same number of samples
-(``RunPlan.window_items_match_across_processes``: several processes, not DeepSpeed,
+every training batch of every process holds the same number of samples (its
+``batch_size_of_every_process``, from ``trainwright.run_plan``'s
+``window_items_match_across_processes``: several processes, not DeepSpeed,
 Accelerate's ``even_batches`` on, the loader batching with torch's own ``BatchSampler`` of a
 fixed size over a map-style dataset with a length; with ``split_batches`` too, whose batches
 are split evenly, the last one completed to full size first) and, in this window, every

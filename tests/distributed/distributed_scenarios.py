@@ -805,18 +805,28 @@ def padded_dataset(num_samples: int, multiple: int) -> torch.utils.data.Subset:
     return torch.utils.data.Subset(make_dataset(num_samples), indices)
 
 
-def padded_last_batch(num_processes: int) -> dict[str, Any]:
+def padded_last_batch(num_processes: int, split_batches: bool = False) -> dict[str, Any]:
     """Default loader, 25 samples, 2 per batch and process, accumulation 2: with 2 processes
     the last batch is completed by Accelerate, and each process holds as many items in every
-    window. One process trains on the samples the 2 processes see, 4 per batch."""
+    window. One process trains on the samples the 2 processes see, 4 per batch.
+    ``split_batches``: batches of 4 split between the processes (the same samples)."""
     with counting_collectives() as count:
         counter = CollectivesPerStep(count)
-        trainer = make_trainer(lr=0.2, callbacks=(counter,))
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        config = DataLoaderConfiguration(split_batches=split_batches)
+        trainer = Trainer(
+            model,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.2),
+            callbacks=(counter,),
+            accelerator_kwargs={"dataloader_config": config},
+        )
         is_reference = trainer.accelerator.num_processes == 1
         trainer.train(
             padded_dataset(25, 2 * num_processes) if is_reference else make_dataset(25),
             num_epochs=2,
-            per_device_batch_size=2 * num_processes if is_reference else 2,
+            per_device_batch_size=2 * num_processes if is_reference or split_batches else 2,
             gradient_accumulation_steps=2,
             train_dataloader_kwargs=IN_ORDER,
         )

@@ -146,7 +146,14 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             "collectives_per_step",
             {"vote_interval": DEFAULT_VOTE_INTERVAL, "returns_num_items": True},
         ),
-        ("padded_last_batch", "padded_last_batch", {"num_processes": NUM_PROCESSES}),
+        *(
+            (
+                f"padded_last_batch:{split}",
+                "padded_last_batch",
+                {"num_processes": NUM_PROCESSES, "split_batches": split},
+            )
+            for split in (False, True)
+        ),
         ("uneven_batch_sampler", "uneven_batch_sampler", {}),
         ("batch_size_unlike_the_loaders", "batch_size_unlike_the_loaders", {}),
     ]
@@ -398,15 +405,17 @@ def test_windows_weighed_by_num_items_sum_their_items_over_the_processes(
         assert result["per_step"] == [1 + vote for vote in votes]
 
 
+@pytest.mark.parametrize("split_batches", [False, True])
 def test_windows_of_a_padded_last_batch_need_no_item_count_and_stay_exact(
-    two_process_results: list[dict[str, Any]],
+    two_process_results: list[dict[str, Any]], split_batches: bool
 ) -> None:
     # 25 samples, 2 per batch and process, accumulation 2: Accelerate completes the last
-    # batch with the first samples. The weights equal one process's on those samples, with
-    # batches of 4, and no step of an epoch (7 each) calls a collective: only the epoch's end.
+    # batch with the first samples (split_batches: the batch of 4 before splitting it). The
+    # weights equal one process's on those samples, with batches of 4, and no step of an
+    # epoch (7 each) calls a collective: only the epoch's end.
     reference = padded_last_batch(NUM_PROCESSES)
     for rank_results in two_process_results:
-        result = rank_results["padded_last_batch"]
+        result = rank_results[f"padded_last_batch:{split_batches}"]
         _assert_close(result["weights"], reference["weights"])
         per_step = result["per_step"]
         assert per_step[:6] == per_step[7:] == [0] * 6, per_step
