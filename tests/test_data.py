@@ -29,6 +29,8 @@ from trainwright.data import (
     create_dataloader,
     default_dataloader_kwargs,
     default_num_workers,
+    seeded_dataloader,
+    seeded_epoch,
 )
 
 
@@ -310,3 +312,26 @@ def test_batched_fetching_only_where_exact():
         _batches(DataLoader(Doubled(dataset.tensors[0]), batch_size=3)),
         _batches(create_dataloader(Doubled(dataset.tensors[0]), batch_size=3)),
     )
+
+
+class _NoisyTensors(TensorDataset):
+    def __getitem__(self, index):
+        inputs, targets = super().__getitem__(index)
+        return inputs + torch.randn_like(inputs), targets
+
+
+def test_only_data_that_draws_no_random_numbers_is_fetched_without_seeding():
+    def seeded(dataset, **kwargs):
+        return seeded_dataloader(DataLoader(dataset, batch_size=4, **kwargs)).dataset
+
+    assert seeded(make_dataset(8)).draws_no_random_numbers  # a TensorDataset, default_collate
+    batched = seeded_dataloader(create_dataloader(make_dataset(8), batch_size=4))
+    assert batched.dataset.draws_no_random_numbers  # batched fetching
+    noisy = _NoisyTensors(*make_dataset(8).tensors)
+    assert not seeded(noisy).draws_no_random_numbers  # a subclass may augment: seeded
+    assert not seeded(make_dataset(8), collate_fn=lambda s: s).draws_no_random_numbers
+    # Seeded or not, an epoch's batches are the same for the same data seed.
+    loader = seeded_dataloader(DataLoader(noisy, batch_size=4))
+    first = [batch[0] for batch in seeded_epoch(loader, 7)]
+    second = [batch[0] for batch in seeded_epoch(loader, 7)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -44,7 +44,14 @@ from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    TensorDataset,
+    default_collate,
+)
 
 __all__ = [
     "BatchedTensorDataset",
@@ -327,11 +334,19 @@ class _SeededDataset(Dataset):
     function is then `_already_collated`), so that a random collator is seeded as well. The
     epoch's data seed is in shared memory, so persistent workers see each new epoch's seed.
     Other attributes are those of the wrapped dataset.
+
+    A plain `TensorDataset` (or `BatchedTensorDataset`) collated by ``default_collate`` (or
+    passed through) draws no random numbers, so its batches are fetched without seeding: the
+    same batches, without saving, seeding and restoring three RNGs per batch (about 150 µs).
     """
 
     def __init__(self, dataset: Dataset, collate_fn: Callable[[list], Any]) -> None:
         self.dataset = dataset
         self.collate_fn = collate_fn
+        self.draws_no_random_numbers = type(dataset) in (
+            TensorDataset,
+            BatchedTensorDataset,
+        ) and collate_fn in (default_collate, _collated)
         self.epoch_seed = torch.zeros((), dtype=torch.int64).share_memory_()
         #: The generator given to the loader's ``RandomSampler``, reseeded every epoch.
         self.sampler_generator: torch.Generator | None = None
@@ -350,10 +365,15 @@ class _SeededDataset(Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list) -> Any:
+        if self.draws_no_random_numbers:
+            return self._fetch(indices)
         with rngs_seeded(_batch_seed(self._current_seed(), indices)):
-            getitems = getattr(self.dataset, "__getitems__", None)
-            samples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
-            return self.collate_fn(samples)
+            return self._fetch(indices)
+
+    def _fetch(self, indices: list) -> Any:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        samples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
+        return self.collate_fn(samples)
 
     def __getstate__(self) -> dict[str, Any]:  # to a worker: the sampler stays behind
         return {**self.__dict__, "sampler_generator": None, "_seed_view": None}
