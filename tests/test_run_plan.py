@@ -12,6 +12,7 @@ from helpers.tiny import make_dataset, make_trainer
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 from torch.utils.data import DataLoader, IterableDataset
 
+from trainwright import TrainerCallback
 from trainwright.callbacks import LimitBatchesCallback, LimitEvalStepsCallback
 from trainwright.run_plan import (
     BatchLimits,
@@ -135,3 +136,16 @@ def test_the_trainer_runs_the_plan_it_made():
     assert plan.scheduler.per_update and not plan.scheduler.per_epoch
     assert trainer.progress.num_update_steps == plan.run_config.num_update_steps == 2
     assert plan.max_num_update_steps == 2 and math.isfinite(plan.max_num_update_steps)
+
+
+class _MaySkip(TrainerCallback):
+    may_skip_updates = True
+
+
+def test_updates_are_agreed_on_only_with_several_processes_and_a_declaration():
+    dataset = make_dataset(8)
+    arguments = TrainArguments(dataset, num_epochs=1, per_device_batch_size=2)
+    loader = DataLoader(dataset, batch_size=2)
+    plan = _plan(arguments, loader, callbacks=[_MaySkip()])
+    assert not plan.may_skip_updates  # one process: there is nothing to agree on
+    # (the 2-process skip tests in tests/distributed/ cover a declaration on several processes)

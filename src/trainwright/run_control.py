@@ -140,18 +140,15 @@ class RunControl:
         deferred and combined.
 
         Args:
-            may_skip_updates: whether the Trainer (subclass) declares ``may_skip_updates``; the
-                callbacks' declarations are read from the handler. With several processes and
-                a declaration, every update is agreed on (see `skipped_update_reason`).
+            may_skip_updates: whether every update is agreed on (see
+                `skipped_update_reason`): the run plan's ``may_skip_updates`` (several
+                processes, and the Trainer or a callback declares ``may_skip_updates``).
             vote_interval: how many training steps apart the processes combine their requests.
         """
         self._reset()
         self._vote_interval = vote_interval
         self.is_active = self._accelerator.num_processes > 1
-        self._is_skip_vote_needed = self.is_active and (
-            may_skip_updates
-            or any(callback.may_skip_updates for callback in self._callback_handler.callbacks)
-        )
+        self._is_skip_vote_needed = self.is_active and may_skip_updates
         if self.is_active:
             self._callback_handler.defer_stop_requests_to(self.request_stop)
 

@@ -260,6 +260,7 @@ class RunPlan:
     | ``nominal_window_items`` | samples a window of full batches holds on one process: the scale of the item-weighted accumulation (``trainwright.accumulation``) |
     | ``batch_size_of_every_process`` | the samples every training batch holds on every process, when that is guaranteed (`window_items_match_across_processes`), else ``None``; a window whose micro-batches are weighed by their batch size then holds as many items on every process, and its item count is not all-reduced (``trainwright.accumulation``) |
     | ``defers_gradient_sync`` | whether micro-steps inside a window skip the gradient all-reduce (``no_sync``); not under FSDP, whose unsynchronised gradients a training state could not hold |
+    | ``may_skip_updates`` | whether updates may be skipped on some processes only (the Trainer or a callback declares ``may_skip_updates``) in a run of several processes: every update is then agreed on (``trainwright.run_control``) |
     | ``scheduler`` | how the scheduler is stepped (`SchedulerStepping`) |
     """  # noqa: E501
 
@@ -271,6 +272,7 @@ class RunPlan:
     nominal_window_items: Any
     batch_size_of_every_process: int | None
     defers_gradient_sync: bool
+    may_skip_updates: bool = False
     scheduler: SchedulerStepping = SchedulerStepping()
 
     def is_update_step(self, step: int, num_batches_in_epoch: int | None) -> bool:
@@ -298,10 +300,13 @@ def plan_run(
     train_dataloader: DataLoader,
     eval_dataloader: DataLoader | None,
     dataloader_settings: dict[str, dict[str, Any]],
+    may_skip_updates: bool = False,
 ) -> RunPlan:
     """The plan of a ``train()`` run, from its checked arguments, the trainer's callbacks
-    (for their batch limits), the accelerator (processes, device) and the prepared
-    DataLoaders, whose settings as built are ``dataloader_settings[role]``.
+    (for their batch limits and ``may_skip_updates`` declarations), the accelerator
+    (processes, device) and the prepared DataLoaders, whose settings as built are
+    ``dataloader_settings[role]``; ``may_skip_updates`` is the Trainer (subclass)'s own
+    declaration.
 
     The scheduler is created from the plan's ``run_config`` (its placeholders), so its
     stepping is added afterwards: ``plan.with_scheduler(scheduler_stepping(...))``. Nothing is
@@ -375,6 +380,8 @@ def plan_run(
             else None
         ),
         defers_gradient_sync=accelerator.distributed_type != DistributedType.FSDP,
+        may_skip_updates=accelerator.num_processes > 1
+        and (may_skip_updates or any(callback.may_skip_updates for callback in callbacks)),
     )
 
 

@@ -451,6 +451,7 @@ class Trainer:
             self.train_dataloader,
             self.eval_dataloader,
             self._dataloader_settings,
+            may_skip_updates=self.may_skip_updates,
         )
         self.run_config = self._plan.run_config
         self._create_run_scheduler(arguments)
@@ -473,7 +474,7 @@ class Trainer:
             self.optimizer.zero_grad()  # start from clean gradients whatever ran before
         # With several processes, requests are combined across them at every agreement point
         # (_run_control.agree / end_of_step), so that all processes act at the same step.
-        self._run_control.start(self.may_skip_updates, self.vote_interval)
+        self._run_control.start(self._plan.may_skip_updates, self.vote_interval)
         self.callback_handler.reset_event_filters(self)  # count from the (resumed) position
         self.interrupt_signal = None
         try:
