@@ -6,6 +6,7 @@ The 2-process runs of the token-weighted case are in ``tests/distributed/test_mu
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -25,7 +26,7 @@ from helpers.accumulation_cases import (
 from helpers.host_syncs import HostSyncCounter, UninstallLast
 from helpers.tiny import make_dataset, make_model, make_trainer
 from torch import nn
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from trainwright import StopTrainingError, TrainerCallback
 
@@ -275,3 +276,24 @@ def test_a_window_cut_short_by_request_end_epoch_leaves_no_items_behind():
     assert trainer.progress.num_update_steps == 2  # only epoch 1's windows updated
     expected = reference_token_steps(dataset, 12, LR, None)
     assert_weights_close(flat_weights(trainer.get_model()), expected)
+
+
+def test_windows_of_one_batch_match_a_plain_loop_bit_for_bit():
+    # 11 samples in batches of 4: the last batch of 3 is weighed 3/4, then rescaled by 4/3 if
+    # weighed at all; a window of one micro-batch is back-propagated as it is instead.
+    dataset = make_dataset(11)
+    model = make_model()
+    reference = copy.deepcopy(model)
+    trainer = make_trainer(model=model)
+    no_shuffle = {"shuffle": False, "num_workers": 0}
+    trainer.train(
+        dataset, num_epochs=3, per_device_batch_size=4, train_dataloader_kwargs=no_shuffle
+    )
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(3):
+        for inputs, targets in DataLoader(dataset, batch_size=4):
+            nn.CrossEntropyLoss()(reference(inputs), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for trained, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(trained, expected)

@@ -32,6 +32,11 @@ micro-batch was weighed by its ``batch_size`` (``calculate_train_batch_loss`` re
 ``batch_size`` other than the loader's there (e.g. a ``collate_fn`` that drops samples)
 raises a ``ValueError``: the other processes could not know it; return ``num_items`` then.
 
+A window of one micro-batch (``gradient_accumulation_steps=1``, or an epoch's last window of
+one batch) on one process, or with as many items on every process, needs none of this: its
+mean loss is already the window's mean, so it is back-propagated as it is, and the weights
+are bit for bit those of a plain loop, a short last batch included.
+
 The window's size is only needed at its end, so data without a length (whose last window's
 size is unknown until it ends) is exact too. Multiplying the gradients commutes with the fp16
 gradient scaler's unscaling (a division by its scale, before clipping or in its step) and
@@ -149,6 +154,8 @@ class ItemWeighting:
         """Forgets the items of the current window (its gradients are being discarded)."""
         self._window_items = 0
         self._is_window_of_batch_sizes = True
+        self._is_window_unweighted = False
+        self._num_micro_batches = 0
         self._total, self._work = None, None
 
     def weigh(
@@ -175,12 +182,20 @@ class ItemWeighting:
         """
         if self._is_loss_folded:
             return _weighted(loss, self._folded_weight(num_items))
+        is_window_of_one = is_window_end and self._num_micro_batches == 0
+        self._num_micro_batches += 1
         self._window_items = self._window_items + num_items
         self._is_window_of_batch_sizes = self._is_window_of_batch_sizes and (
             is_batch_size and type(num_items) is int
         )
         if self._is_window_of_batch_sizes and self._matching_batch_size is not None:
             self._check_batch_size(num_items)
+        if is_window_of_one and (self._num_processes == 1 or self._is_total_known()):
+            # A window of one micro-batch with as many items on every process: its mean loss
+            # is already the window's, so it is back-propagated as it is, bit for bit what a
+            # plain loop computes (a short last batch included), and nothing is rescaled.
+            self._is_window_unweighted = True
+            return loss
         if is_window_end and self._num_processes > 1 and not self._is_total_known():
             self._total = self._as_tensor(self._window_items)
             self._work = dist.all_reduce(self._total, async_op=True)
@@ -205,6 +220,9 @@ class ItemWeighting:
         """Scales the window's gradients to the mean over all its items on all processes;
         called once per window, after its last backward pass and before clipping."""
         if self._is_loss_folded:  # the losses were scaled instead
+            return
+        if self._is_window_unweighted:  # already the window's mean (see weigh)
+            self.discard_window()
             return
         if self._num_processes == 1:
             total: Weight = self._window_items
@@ -236,6 +254,7 @@ class ItemWeighting:
             "scale": _to_cpu(self._scale),
             "window_items": _to_cpu(self._window_items),
             "is_window_of_batch_sizes": self._is_window_of_batch_sizes,
+            "num_micro_batches": self._num_micro_batches,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -246,6 +265,8 @@ class ItemWeighting:
         self._scale = _to_device(state["scale"], device)
         self._window_items = _to_device(state["window_items"], device)
         self._is_window_of_batch_sizes = state.get("is_window_of_batch_sizes", False)
+        # Older states: a window with items so far has had a micro-batch.
+        self._num_micro_batches = state.get("num_micro_batches", int(bool(state["window_items"])))
 
     def _as_tensor(self, value: Weight) -> torch.Tensor:
         device = self._accelerator.device
