@@ -52,13 +52,18 @@ def make_dataset(num_samples: int, seed: int = 0) -> TensorDataset:
 
 
 def make_trainer(
-    lr: float, callbacks: tuple[TrainerCallback, ...] = (), trainer_class: type = Trainer
+    lr: float,
+    callbacks: tuple[TrainerCallback, ...] = (),
+    trainer_class: type = Trainer,
+    **trainer_kwargs: Any,
 ) -> Trainer:
     """A small MLP classifier with SGD, identically initialised on every process."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return trainer_class(model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks)
+    return trainer_class(
+        model, nn.CrossEntropyLoss(), optimizer, callbacks=callbacks, **trainer_kwargs
+    )
 
 
 def _per_process(total_batch_size: int, trainer: Trainer) -> int:
@@ -859,10 +864,16 @@ class AlternatingBatches(torch.utils.data.Sampler[list[int]]):
 
 def uneven_batch_sampler() -> dict[str, Any]:
     """24 samples in batches of 3 and 1 alternately (2 processes: 3 on one, 1 on the other),
-    accumulation 2: 8 samples per update in all. One process trains on batches of 4."""
+    accumulation 2: 8 samples per update in all. One process trains on batches of 4.
+
+    ``even_batches=False``: the 12 batches split evenly anyway, and Accelerate before 1.15
+    refuses a batch sampler without a ``batch_size`` with ``even_batches`` on."""
     with counting_collectives() as count:
         counter = CollectivesPerStep(count)
-        trainer = make_trainer(lr=0.2, callbacks=(counter,))
+        config = DataLoaderConfiguration(even_batches=False)
+        trainer = make_trainer(
+            lr=0.2, callbacks=(counter,), accelerator_kwargs={"dataloader_config": config}
+        )
         is_reference = trainer.accelerator.num_processes == 1
         sampler = AlternatingBatches(24, (4,) if is_reference else (3, 1))
         trainer.train(
