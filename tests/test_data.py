@@ -54,7 +54,7 @@ def test_the_trainer_uses_the_defaults_and_the_overrides():
     trainer = make_trainer()
     trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=4)
     used = trainer.run_config.train_dl_kwargs
-    assert used["num_workers"] == default_num_workers(1)
+    assert used["num_workers"] == 0  # a TensorDataset: read in memory, whatever the CPUs
     assert used["pin_memory"] is False
     overrides = {"num_workers": 1, "persistent_workers": True}
     trainer.train(
@@ -89,8 +89,28 @@ def test_persistent_workers_follow_the_workers_after_the_users_kwargs(eight_cpus
     assert len(trainer.run_history.get_metric_values("evaluation_loss")) == 1
     predictions = trainer.predict(make_dataset(4), dataloader_kwargs=no_workers)
     assert predictions.shape == (4, 3)
+    dataloader = trainer.create_train_dataloader(4)  # a TensorDataset, read in memory
+    assert (
+        dataloader.num_workers == 0
+        and not hasattr(dataloader, "persistent_workers")
+        or (dataloader.persistent_workers is False)
+    )
+    trainer.collate_fn = default_collate  # sample by sample: workers help
     dataloader = trainer.create_train_dataloader(4)  # not iterated: no workers start
     assert dataloader.num_workers == 4 and dataloader.persistent_workers is True
+
+
+def test_a_tensor_dataset_is_read_in_memory_on_a_machine_with_many_cpus(eight_cpus):
+    trainer = make_trainer()
+    trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=4)
+    assert trainer.run_config.train_dl_kwargs["num_workers"] == 0
+    assert trainwright.data.is_read_in_memory(trainer.train_dataloader)
+    asked = {"num_workers": 2, "persistent_workers": False}  # workers asked for: kept
+    trainer.train(
+        make_dataset(8), num_epochs=1, per_device_batch_size=4, train_dataloader_kwargs=asked
+    )
+    assert trainer.train_dataloader.num_workers == 2
+    assert not trainwright.data.is_read_in_memory(trainer.train_dataloader)
 
 
 def test_workers_asked_for_on_a_small_machine_persist(monkeypatch):
@@ -335,3 +355,93 @@ def test_only_data_that_draws_no_random_numbers_is_fetched_without_seeding():
     first = [batch[0] for batch in seeded_epoch(loader, 7)]
     second = [batch[0] for batch in seeded_epoch(loader, 7)]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def _prepared(dataset, accelerator, device_placement=False, skip=0, **kwargs):
+    loader = accelerator.prepare_data_loader(
+        seeded_dataloader(create_dataloader(dataset, **kwargs)), device_placement=device_placement
+    )
+    return accelerator.skip_first_batches(loader, skip) if skip else loader
+
+
+def _epoch_and_states(loader, seed, gradient_state):
+    """Every batch of two epochs, with the end-of-data flags seen at each batch, and the
+    loader's and Accelerate's gradient state after each epoch."""
+    seen = []
+    for _ in range(2):
+        for batch in seeded_epoch(loader, seed):
+            seen.append((tuple(batch), loader.end_of_dataloader, gradient_state.end_of_dataloader))
+        seen.append((loader.iteration, loader.remainder, gradient_state.active_dataloader))
+        seed += 1
+    return seen
+
+
+def _dataloader_iterator_ran(loader, seed) -> bool:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        list(seeded_epoch(loader, seed))
+    return any("DataLoaderIter" in event.name for event in profile.events())
+
+
+IN_MEMORY_CASES = {
+    "shuffled": {"batch_size": 4, "shuffle": True},
+    "in order, last batch dropped": {"batch_size": 4, "drop_last": True},
+    "a batch sampler": {"batch_sampler": BatchSampler(SequentialSampler(range(21)), 5, False)},
+    "resumed after 2 batches": {"batch_size": 3, "shuffle": True, "skip": 2},
+    "placed on the device": {"batch_size": 4, "device_placement": True},
+}
+
+
+@pytest.mark.parametrize("case", IN_MEMORY_CASES)
+def test_in_memory_tensors_are_read_as_the_dataloader_reads_them(case):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    dataset = TensorDataset(torch.randn(21, 3), torch.arange(21), torch.randn(5, 21).t())
+    kwargs = IN_MEMORY_CASES[case]
+    in_memory = _prepared(dataset, accelerator, **kwargs)
+    per_sample = _prepared(dataset, accelerator, collate_fn=default_collate, **kwargs)
+    assert trainwright.data.is_read_in_memory(in_memory)
+    assert not trainwright.data.is_read_in_memory(per_sample)
+    expected = _epoch_and_states(per_sample, 11, accelerator.gradient_state)
+    actual = _epoch_and_states(in_memory, 11, accelerator.gradient_state)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        if isinstance(want[0], tuple):  # a batch and its flags
+            _assert_same_batches([want[0]], [got[0]])
+            assert got[1:] == want[1:]
+        else:
+            assert got == want
+    assert not _dataloader_iterator_ran(in_memory, 3)
+    assert _dataloader_iterator_ran(per_sample, 3)
+
+
+def test_loaders_with_workers_or_pinned_memory_are_iterated():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    dataset = make_dataset(8)
+    assert not trainwright.data.is_read_in_memory(
+        _prepared(dataset, accelerator, batch_size=2, num_workers=1)
+    )
+    pinned = accelerator.prepare_data_loader(
+        seeded_dataloader(create_dataloader(dataset, batch_size=2, pin_memory=True))
+    )
+    assert not trainwright.data.is_read_in_memory(pinned)
+    assert not trainwright.data.is_read_in_memory(create_dataloader(dataset, batch_size=2))
+
+
+def test_the_trainer_reads_a_tensor_dataset_in_memory_with_the_plain_loop_weights():
+    trainers = {}
+    for collate_fn in (None, default_collate):
+        torch.manual_seed(3)
+        trainer = make_trainer()
+        trainer.train(
+            make_dataset(30), num_epochs=2, per_device_batch_size=4, collate_fn=collate_fn
+        )
+        trainers[collate_fn] = trainer
+    assert trainwright.data.is_read_in_memory(trainers[None].train_dataloader)
+    assert not trainwright.data.is_read_in_memory(trainers[default_collate].train_dataloader)
+    for a, b in zip(
+        trainers[None].model.parameters(), trainers[default_collate].model.parameters()
+    ):
+        assert torch.equal(a, b)

@@ -82,9 +82,9 @@ def returned_num_items(
     Raises:
         ValueError: if both keys are given, or the count is not a number or 0-dim tensor.
     """
+    if "num_items" not in batch_output and "num_items_in_batch" not in batch_output:
+        return None  # the common case, checked without building a list
     given = [key for key in NUM_ITEMS_KEYS if key in batch_output]
-    if not given:
-        return None
     if len(given) > 1:
         raise ValueError(
             f"{hook_name}() returned both 'num_items' and 'num_items_in_batch'; "
@@ -130,11 +130,15 @@ class ItemWeighting:
         # Every process's batches hold this many samples (None: not known to match).
         self._matching_batch_size: int | None = None
         self._is_window_of_batch_sizes = True  # every micro-batch so far weighed by its size
+        self._is_every_window_one_batch = False
         self._total: torch.Tensor | None = None
         self._work: Any = None
 
     def start_run(
-        self, nominal_window_items: Number, matching_batch_size: int | None = None
+        self,
+        nominal_window_items: Number,
+        matching_batch_size: int | None = None,
+        gradient_accumulation_steps: int = 1,
     ) -> None:
         """Starts a ``train()`` run: an empty window, and a scale of the items a window of
         full batches holds on one process.
@@ -145,9 +149,17 @@ class ItemWeighting:
                 the run plan guarantees they match (``RunPlan.batch_size_of_every_process``);
                 a window weighed by batch sizes then needs no all-reduce. ``None``: always
                 all-reduce.
+            gradient_accumulation_steps: the micro-batches of a window. With 1, on one
+                process (DeepSpeed aside), every window is one micro-batch whose mean loss is
+                the window's: nothing is ever weighed or rescaled.
         """
         self._scale = nominal_window_items
         self._matching_batch_size = matching_batch_size
+        self._is_every_window_one_batch = (
+            gradient_accumulation_steps == 1
+            and self._num_processes == 1
+            and not self._is_loss_folded
+        )
         self.discard_window()
 
     def discard_window(self) -> None:
@@ -180,6 +192,8 @@ class ItemWeighting:
         Raises:
             ValueError: if a ``batch_size`` differs from that of every process's batches.
         """
+        if self._is_every_window_one_batch:
+            return loss  # as a window of one below, without the bookkeeping
         if self._is_loss_folded:
             return _weighted(loss, self._folded_weight(num_items))
         is_window_of_one = is_window_end and self._num_micro_batches == 0
@@ -219,7 +233,7 @@ class ItemWeighting:
     def scale_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Scales the window's gradients to the mean over all its items on all processes;
         called once per window, after its last backward pass and before clipping."""
-        if self._is_loss_folded:  # the losses were scaled instead
+        if self._is_loss_folded or self._is_every_window_one_batch:  # nothing to rescale
             return
         if self._is_window_unweighted:  # already the window's mean (see weigh)
             self.discard_window()

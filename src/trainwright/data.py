@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import itertools
 import operator
 import os
 import random
@@ -44,6 +45,8 @@ from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import torch
+from accelerate.data_loader import DataLoaderShard
+from accelerate.utils import send_to_device, synchronize_rng_states
 from torch.utils.data import (
     DataLoader,
     Dataset,
@@ -61,6 +64,7 @@ __all__ = [
     "default_dataloader_kwargs",
     "draw_data_seed",
     "inexact_resume_reason",
+    "is_read_in_memory",
     "merge_dataloader_kwargs",
     "rngs_seeded",
     "seeded_dataloader",
@@ -498,14 +502,18 @@ def seeded_epoch(dataloader: DataLoader, seed: int) -> Iterator[Any]:
     prepared from it, or ``skip_first_batches`` made of that), and to the sampler's generator
     when the loader gave it one. The iterator starts (workers' seeds, the sampler's first draw,
     the first batches) with the RNGs forked and seeded: the global RNG is left as it was.
+
+    A prepared loader over in-memory tensors (see `is_read_in_memory`) is read without its
+    ``DataLoader``: the same batches from the same batch sampler, indexed directly.
     """
     dataset = getattr(dataloader, "dataset", None)
     if isinstance(dataset, _SeededDataset):
         dataset.epoch_seed.fill_(seed)
         if dataset.sampler_generator is not None:
             dataset.sampler_generator.manual_seed(seed)
+    in_memory = _in_memory_source(dataloader)
     with rngs_seeded(seed), _stop_signals_held():
-        iterator = iter(dataloader)
+        iterator = iter(dataloader) if in_memory is None else _shard_batches(dataloader, in_memory)
         first_batch = next(iterator, _NO_BATCH)
     if first_batch is _NO_BATCH:
         return
@@ -514,3 +522,68 @@ def seeded_epoch(dataloader: DataLoader, seed: int) -> Iterator[Any]:
 
 
 _NO_BATCH = object()
+
+
+def is_read_in_memory(dataloader: Any) -> bool:
+    """Whether the trainer reads the batches of ``dataloader`` (one it prepared) straight
+    from in-memory tensors, without iterating the ``DataLoader`` under it.
+
+    That is Accelerate's ``DataLoaderShard`` (not stateful) over a `BatchedTensorDataset`
+    (what `create_dataloader` makes of a plain `TensorDataset` without a ``collate_fn``),
+    loaded in the main process (``num_workers=0``) without pinned memory. Each batch is then
+    one indexing call per tensor, from the same batch sampler in the same order, and the
+    ``DataLoader``'s iterator, fetcher and profiler annotations around it would be most of
+    the cost of a small model's step (see docs/performance.md). Loaders with workers or
+    pinned memory are iterated as usual.
+    """
+    return _in_memory_source(dataloader) is not None
+
+
+def _in_memory_source(dataloader: Any) -> BatchedTensorDataset | None:
+    """The tensors `is_read_in_memory` reads ``dataloader``'s batches from, or ``None``."""
+    if type(dataloader) is not DataLoaderShard or dataloader.use_stateful_dataloader:
+        return None
+    dataset = dataloader.dataset
+    if not (
+        isinstance(dataset, _SeededDataset)
+        and dataset.draws_no_random_numbers
+        and type(dataset.dataset) is BatchedTensorDataset
+        and dataset.collate_fn is _collated
+        and dataloader.batch_sampler is not None
+        and dataloader.num_workers == 0
+        and not dataloader.pin_memory
+    ):
+        return None
+    return dataset.dataset
+
+
+def _shard_batches(loader: DataLoaderShard, source: BatchedTensorDataset) -> Iterator[Any]:
+    """The batches iterating ``loader`` (Accelerate's ``DataLoaderShard``) yields, read from
+    ``source`` by index without the ``DataLoader`` under it.
+
+    What the shard does around its loader is done the same way, with its own methods:
+    synchronizing the RNGs it synchronizes, registering with Accelerate's gradient state
+    (``begin`` / ``end``), setting the sampler's epoch, skipping ``skip_batches``, moving each
+    batch to its ``device``, setting ``end_of_dataloader`` before the last batch and counting
+    the ``iteration``. The batch sampler is read one batch ahead, as the shard reads its
+    loader. `tests/test_data.py` compares it with iterating the loader, on 1 and 2 processes.
+    """
+    if loader.rng_types is not None:
+        synchronize_rng_states(loader.rng_types, loader.synchronized_generator)
+    loader.begin()
+    loader.set_epoch(loader.iteration)
+    device, non_blocking = loader.device, loader._non_blocking
+    index_batches = itertools.islice(loader.batch_sampler, loader.skip_batches, None)
+    indices = next(index_batches, None)
+    if indices is None:
+        loader.end()
+        return
+    for next_indices in index_batches:
+        batch = source.__getitems__(indices)
+        yield batch if device is None else send_to_device(batch, device, non_blocking)
+        indices = next_indices
+    loader.end_of_dataloader = True
+    batch = source.__getitems__(indices)
+    yield batch if device is None else send_to_device(batch, device, non_blocking)
+    loader.iteration += 1
+    loader.end()

@@ -83,6 +83,7 @@ from trainwright.data import (
     default_dataloader_kwargs,
     draw_data_seed,
     inexact_resume_reason,
+    is_batched_fetch_exact,
     merge_dataloader_kwargs,
     rngs_seeded,
     seeded_dataloader,
@@ -458,7 +459,9 @@ class Trainer:
         self._check_first_eval_batch()
         self.progress = TrainingProgress()
         self._item_weighting.start_run(
-            self._plan.nominal_window_items, self._plan.batch_size_of_every_process
+            self._plan.nominal_window_items,
+            self._plan.batch_size_of_every_process,
+            self.run_config.gradient_accumulation_steps,
         )
         if resume_state is not None:
             self._resume(resume_dir, resume_state)
@@ -1338,7 +1341,11 @@ class Trainer:
         """The training ``DataLoader`` settings before the ``collate_fn`` and
         ``train_dataloader_kwargs`` given to ``train()`` are applied: shuffled, except an
         ``IterableDataset``, whose order is its own (``DataLoader`` rejects ``shuffle=True``
-        for one); see `trainwright.data.default_dataloader_kwargs`.
+        for one); see `trainwright.data.default_dataloader_kwargs`. A plain `TensorDataset`
+        without a ``collate_fn`` is loaded in the main process (``num_workers=0``): each batch
+        is one indexing call, read straight from the tensors (see
+        `trainwright.data.is_read_in_memory`), which worker processes could only slow down;
+        pass ``num_workers`` in ``train_dataloader_kwargs`` to have workers anyway.
 
         An override may return any settings: ``train()``'s ``collate_fn`` still applies, and
         ``persistent_workers`` is decided from the final ``num_workers`` (see
@@ -1355,9 +1362,12 @@ class Trainer:
                     return {**super().get_default_train_dl_kwargs(batch_size), "shuffle": False}
             ```
         """
-        return self._default_dl_kwargs(
+        kwargs = self._default_dl_kwargs(
             batch_size, is_shuffled=not isinstance(self.train_dataset, IterableDataset)
         )
+        if is_batched_fetch_exact(self.train_dataset, kwargs):
+            kwargs["num_workers"] = 0  # read in memory: workers would only add copies
+        return kwargs
 
     def get_default_eval_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
         """The evaluation ``DataLoader`` settings before the ``collate_fn`` and

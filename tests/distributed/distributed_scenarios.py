@@ -36,6 +36,7 @@ from trainwright.callbacks import (
     SaveTrainingStateCallback,
     TerminateOnNaNCallback,
 )
+from trainwright.data import is_read_in_memory
 
 NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
 IN_ORDER = {"shuffle": False, **NO_WORKERS}
@@ -680,9 +681,10 @@ def _fetching_dataset_type(trainer: Trainer) -> str:
 
 
 def batched_fetch(num_workers: int = 0) -> dict[str, Any]:
-    """Shuffled training with batched fetching (the default for a ``TensorDataset``) and
-    with the sample-by-sample path (``collate_fn=default_collate``), from the same seed: the
-    batches each saw, the final weights, and the type of the loader's dataset."""
+    """Shuffled training with batched fetching (the default for a ``TensorDataset``: without
+    workers, read straight from the tensors) and with the sample-by-sample path
+    (``collate_fn=default_collate``), from the same seed: the batches each saw, the final
+    weights, the type of the loader's dataset and whether it was read in memory."""
     runs = {}
     for name, collate_fn in (("batched", None), ("per_sample", default_collate)):
         sample_ids = SampleIds()
@@ -702,6 +704,7 @@ def batched_fetch(num_workers: int = 0) -> dict[str, Any]:
             "batches": sample_ids.batches,
             "weights": weights.tolist(),
             "dataset_type": _fetching_dataset_type(trainer),
+            "read_in_memory": is_read_in_memory(trainer.train_dataloader),
         }
     return runs
 

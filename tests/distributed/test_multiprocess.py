@@ -553,6 +553,7 @@ def test_batched_fetching_is_exact_on_every_process(
         runs = rank_results["batched_fetch"]
         assert runs["batched"]["dataset_type"] == "BatchedTensorDataset"
         assert runs["per_sample"]["dataset_type"] == "TensorDataset"
+        assert runs["batched"]["read_in_memory"] and not runs["per_sample"]["read_in_memory"]
         assert runs["batched"]["batches"] == runs["per_sample"]["batches"]
         assert runs["batched"]["weights"] == runs["per_sample"]["weights"]  # bit for bit
         seen.append({i for batch in runs["batched"]["batches"][:3] for i in batch})
@@ -565,6 +566,7 @@ def test_the_trainer_fetches_batches_whole_with_the_plain_loop_weights(num_worke
     batched, per_sample = result["batched"], result["per_sample"]
     assert batched["dataset_type"] == "BatchedTensorDataset"
     assert per_sample["dataset_type"] == "TensorDataset"  # collate_fn=default_collate: off
+    assert batched["read_in_memory"] == (num_workers == 0) and not per_sample["read_in_memory"]
     assert batched["batches"] == per_sample["batches"]
     assert batched["weights"] == per_sample["weights"]  # bit for bit
     assert sorted(i for batch in batched["batches"][:8] for i in batch) == list(range(30))
