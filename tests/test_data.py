@@ -90,11 +90,7 @@ def test_persistent_workers_follow_the_workers_after_the_users_kwargs(eight_cpus
     predictions = trainer.predict(make_dataset(4), dataloader_kwargs=no_workers)
     assert predictions.shape == (4, 3)
     dataloader = trainer.create_train_dataloader(4)  # a TensorDataset, read in memory
-    assert (
-        dataloader.num_workers == 0
-        and not hasattr(dataloader, "persistent_workers")
-        or (dataloader.persistent_workers is False)
-    )
+    assert dataloader.num_workers == 0 and dataloader.persistent_workers is False
     trainer.collate_fn = default_collate  # sample by sample: workers help
     dataloader = trainer.create_train_dataloader(4)  # not iterated: no workers start
     assert dataloader.num_workers == 4 and dataloader.persistent_workers is True
