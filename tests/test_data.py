@@ -286,6 +286,7 @@ def _assert_same_batches(expected: list, actual: list) -> None:
         assert len(want) == len(got)
         for a, b in zip(want, got):
             assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+            assert a.stride() == b.stride()  # contiguous, as default_collate's stacks
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

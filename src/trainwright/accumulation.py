@@ -230,6 +230,12 @@ class ItemWeighting:
                 "calculate_train_batch_loss() in every batch."
             )
 
+    @property
+    def rescales_gradients(self) -> bool:
+        """Whether `scale_gradients` may change the gradients: not when every window is one
+        micro-batch on one process, nor with DeepSpeed (the losses are weighed instead)."""
+        return not (self._is_every_window_one_batch or self._is_loss_folded)
+
     def scale_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Scales the window's gradients to the mean over all its items on all processes;
         called once per window, after its last backward pass and before clipping."""

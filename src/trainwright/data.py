@@ -92,12 +92,17 @@ class BatchedTensorDataset(TensorDataset):
     def __init__(self, dataset: TensorDataset) -> None:
         super().__init__(*dataset.tensors)
         self.source = dataset
+        # Rows indexed out of a contiguous tensor are contiguous already, as default_collate's
+        # stacks are; only the others need a copy.
+        self._are_contiguous = all(tensor.is_contiguous() for tensor in self.tensors)
 
     def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The batch at ``indices``: one stacked tensor per dataset tensor, as a list."""
         # A list index, turned into an index tensor inside torch, once per dataset tensor: a
         # Python-level index tensor per batch was seen to keep memory alive across epochs.
-        index = list(indices)
+        index = indices if type(indices) is list else list(indices)
+        if self._are_contiguous:
+            return [tensor[index] for tensor in self.tensors]
         return [tensor[index].contiguous() for tensor in self.tensors]
 
 

@@ -677,8 +677,11 @@ class Trainer:
         return self._epoch.start_state["data_seed"] if self._epoch is not None else 0
 
     def _run_train_step(self, step: int, batch: Any) -> None:
+        # The step's events are fired only when a callback listens (read at each event, as
+        # a callback may add another): on a small model, every call counts.
         handler = self.callback_handler
-        handler.call_event("on_train_step_start", self, batch=batch, step=step)
+        if "on_train_step_start" in handler.listened_events:
+            handler.call_event("on_train_step_start", self, batch=batch, step=step)
         batch_output = self.calculate_train_batch_loss(batch)
         loss, batch_size = _loss_and_batch_size(batch_output, "calculate_train_batch_loss")
         num_items = returned_num_items(batch_output, "calculate_train_batch_loss")
@@ -693,9 +696,10 @@ class Trainer:
         else:
             metric_weight = num_items
         self._train_loss.update(loss, metric_weight)
-        handler.call_event(
-            "on_before_backward", self, batch=batch, batch_output=batch_output, step=step
-        )
+        if "on_before_backward" in handler.listened_events:
+            handler.call_event(
+                "on_before_backward", self, batch=batch, batch_output=batch_output, step=step
+            )
         # Each micro-batch's mean loss is weighed by its items; the window's gradients are
         # scaled to the mean over all of its items on all processes before the update.
         is_update_step = self._plan.is_update_step(step, self._epoch.num_batches)
@@ -707,22 +711,27 @@ class Trainer:
         else:  # no gradient all-reduce between processes until the window is complete
             with self.accelerator.no_sync(self.model):
                 self.backward_step(scaled_loss)
-        if is_update_step:  # from here on (on_after_backward too), the window's mean
+        if is_update_step and self._item_weighting.rescales_gradients:
+            # From here on (on_after_backward too), the gradients are the window's mean.
             self._item_weighting.scale_gradients(self.model.parameters())
-        handler.call_event(
-            "on_after_backward", self, batch=batch, batch_output=batch_output, step=step
-        )
+        if "on_after_backward" in handler.listened_events:
+            handler.call_event(
+                "on_after_backward", self, batch=batch, batch_output=batch_output, step=step
+            )
         if is_update_step:
             self._update_parameters(step)
         self.progress.num_batches_done = step + 1
-        handler.call_event(
-            "on_train_step_end", self, batch=batch, batch_output=batch_output, step=step
-        )
+        if "on_train_step_end" in handler.listened_events:
+            handler.call_event(
+                "on_train_step_end", self, batch=batch, batch_output=batch_output, step=step
+            )
 
     def _update_parameters(self, step: int) -> None:
         """The end of an accumulation window: clip, update, step the scheduler, clear."""
+        handler = self.callback_handler
         self._clip_gradients()
-        self.callback_handler.call_event("on_before_optimizer_step", self, step=step)
+        if "on_before_optimizer_step" in handler.listened_events:
+            handler.call_event("on_before_optimizer_step", self, step=step)
         if self._is_update_skipped():
             self.progress.num_update_steps += 1  # request_skip_update(): nothing steps
         else:
@@ -735,7 +744,8 @@ class Trainer:
                 self.progress.num_scaler_skipped_updates += 1
             elif self._plan.scheduler.per_update:
                 self.scheduler_step()
-            self.callback_handler.call_event("on_after_optimizer_step", self, step=step)
+            if "on_after_optimizer_step" in handler.listened_events:
+                handler.call_event("on_after_optimizer_step", self, step=step)
         self.optimizer_zero_grad()
 
     def _clip_gradients(self) -> None:

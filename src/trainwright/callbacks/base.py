@@ -509,6 +509,10 @@ class CallbackHandler:
         self._ordered: list[TrainerCallback] = []
         self._classes_given: dict[type, TrainerCallback] = {}
         self._dispatch: dict[str, tuple[Callable, ...]] = {}
+        #: The built-in events some callback (or the profiler) listens to, kept with the
+        #: dispatch table: the training step fires only these, so that an event nobody
+        #: listens to costs a set lookup, not a call.
+        self.listened_events: frozenset[str] = frozenset()
         self._disabled: list[TrainerCallback] = []  # by error_policy="warn"
         # Filter state per (callback, event), kept across rebuilds of the table.
         self._filtered_methods: dict[tuple[int, str], Any] = {}
@@ -758,6 +762,7 @@ class CallbackHandler:
         self._dispatch = {event: self._methods_for(event) for event in EVENTS}
         for event in custom_events:
             self._dispatch[event] = self._methods_for(event)
+        self.listened_events = frozenset(event for event in EVENTS if self._dispatch[event])
 
     def _methods_for(self, event: str) -> tuple[Callable, ...]:
         methods: list[Callable] = []
