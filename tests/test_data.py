@@ -385,6 +385,15 @@ IN_MEMORY_CASES = {
     "a batch sampler": {"batch_sampler": BatchSampler(SequentialSampler(range(21)), 5, False)},
     "resumed after 2 batches": {"batch_size": 3, "shuffle": True, "skip": 2},
     "placed on the device": {"batch_size": 4, "device_placement": True},
+    "a generator of the user's": {
+        "batch_size": 4,
+        "shuffle": True,
+        "generator": torch.Generator().manual_seed(5),
+    },
+    "a sampler drawing from the global RNG": {
+        "batch_size": 4,
+        "sampler": WeightedRandomSampler([1.0] * 21, num_samples=21),
+    },
 }
 
 
@@ -396,6 +405,8 @@ def test_in_memory_tensors_are_read_as_the_dataloader_reads_them(case):
     dataset = TensorDataset(torch.randn(21, 3), torch.arange(21), torch.randn(5, 21).t())
     kwargs = IN_MEMORY_CASES[case]
     in_memory = _prepared(dataset, accelerator, **kwargs)
+    if "generator" in kwargs:  # its own, in the same state
+        kwargs = {**kwargs, "generator": torch.Generator().manual_seed(5)}
     per_sample = _prepared(dataset, accelerator, collate_fn=default_collate, **kwargs)
     assert trainwright.data.is_read_in_memory(in_memory)
     assert not trainwright.data.is_read_in_memory(per_sample)

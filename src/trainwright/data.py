@@ -568,9 +568,10 @@ def _shard_batches(loader: DataLoaderShard, source: BatchedTensorDataset) -> Ite
 
     What the shard does around its loader is done the same way, with its own methods:
     synchronizing the RNGs it synchronizes, registering with Accelerate's gradient state
-    (``begin`` / ``end``), setting the sampler's epoch, skipping ``skip_batches``, moving each
-    batch to its ``device``, setting ``end_of_dataloader`` before the last batch and counting
-    the ``iteration``. The batch sampler is read one batch ahead, as the shard reads its
+    (``begin`` / ``end``), setting the sampler's epoch, the random draw the ``DataLoader``
+    iterator makes as it starts, skipping ``skip_batches``, moving each batch to its
+    ``device``, setting ``end_of_dataloader`` before the last batch and counting the
+    ``iteration``. The batch sampler is read one batch ahead, as the shard reads its
     loader. `tests/test_data.py` compares it with iterating the loader, on 1 and 2 processes.
     """
     if loader.rng_types is not None:
@@ -579,6 +580,10 @@ def _shard_batches(loader: DataLoaderShard, source: BatchedTensorDataset) -> Ite
     loader.set_epoch(loader.iteration)
     device, non_blocking = loader.device, loader._non_blocking
     index_batches = itertools.islice(loader.batch_sampler, loader.skip_batches, None)
+    # The draw a DataLoader iterator makes as it starts (its workers' base seed), from the
+    # loader's generator or torch's global RNG: a sampler drawing from the same one then
+    # draws the numbers it draws under the DataLoader.
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     indices = next(index_batches, None)
     if indices is None:
         loader.end()
