@@ -1,14 +1,15 @@
-"""What the default callbacks cost per step on the overhead-bound workload, callback by callback.
+"""What the default callbacks cost per step, callback by callback.
 
 Usage (from the repository root)::
 
-    python -m bench.callbacks_overhead [--rounds 9] [--quick]
+    python -m bench.callbacks_overhead [--rounds 9] [--workload mlp] [--quick]
 
-One process runs trainwright on the ``mlp`` workload with several callback lists, interleaved
-round-robin (each round starts one further along), each run on a freshly built workload. It
-prints, per callback list, the median wall-clock and CPU time per step and their ratios to the
-bare trainer (``callbacks=()``): as a ratio of medians, and as the median of the ratios of runs
-taken next to each other in the same round, which cancels slow drifts of a shared machine.
+One process runs trainwright on a workload (the overhead-bound ``mlp`` by default, or the
+compute-bound ``cnn``) with several callback lists, interleaved round-robin (each round starts
+one further along), each run on a freshly built workload. It prints, per callback list, the
+median wall-clock and CPU time per step and their ratios to the bare trainer
+(``callbacks=()``): as a ratio of medians, and as the median of the ratios of runs taken next to
+each other in the same round, which cancels slow drifts of a shared machine.
 ``run_bench.py`` measures the same lists in fresh processes beside the hand-written loops; this
 one isolates the callbacks, with less noise per minute of machine time.
 """
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bench.workloads import DATALOADER_KWARGS, build_mlp_workload
+from bench.workloads import DATALOADER_KWARGS, WORKLOAD_BUILDERS
 from trainwright import Trainer
 from trainwright.callbacks import (
     DEFAULT_CALLBACKS,
@@ -42,9 +43,9 @@ CALLBACK_LISTS: dict[str, Sequence] = {
 }
 
 
-def timed_run(callbacks: Sequence, quick: bool) -> tuple[float, float, int]:
+def timed_run(callbacks: Sequence, workload_name: str, quick: bool) -> tuple[float, float, int]:
     """Wall and CPU seconds of one ``train()`` on a fresh workload, and its number of steps."""
-    workload = build_mlp_workload(quick)
+    workload = WORKLOAD_BUILDERS[workload_name](quick)
     trainer = Trainer(workload.model, workload.loss_func, workload.optimizer, callbacks=callbacks)
     start, start_cpu = time.perf_counter(), time.process_time()
     trainer.train(
@@ -59,7 +60,8 @@ def timed_run(callbacks: Sequence, quick: bool) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--quick", action="store_true", help="300 steps per run, 2 rounds")
+    parser.add_argument("--workload", default="mlp", choices=list(WORKLOAD_BUILDERS))
+    parser.add_argument("--quick", action="store_true", help="a short run per list, 2 rounds")
     parser.add_argument(
         "--lists", nargs="+", default=list(CALLBACK_LISTS), choices=list(CALLBACK_LISTS)
     )
@@ -69,7 +71,8 @@ def main() -> None:
     names = ["bare", *(name for name in args.lists if name != "bare")]
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    timed_run((), quick=True)  # warm-up: first-call costs (imports, allocator) go here
+    # Warm-up: first-call costs (imports, allocator) go here.
+    timed_run((), args.workload, quick=True)
     num_steps = 1
     for round_index in range(rounds):
         shift = round_index % len(names)
@@ -78,7 +81,9 @@ def main() -> None:
             with open(os.devnull, "w") as devnull:
                 stdout, sys.stdout = sys.stdout, devnull
                 try:
-                    wall_s, cpu_s, num_steps = timed_run(CALLBACK_LISTS[name], args.quick)
+                    wall_s, cpu_s, num_steps = timed_run(
+                        CALLBACK_LISTS[name], args.workload, args.quick
+                    )
                 finally:
                     sys.stdout = stdout
             wall[name].append(wall_s)
@@ -92,7 +97,10 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(times[name], times["bare"]))
 
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"{num_steps} steps per run, {rounds} interleaved rounds, load average {load}\n")
+    print(
+        f"`{args.workload}`: {num_steps} steps per run, {rounds} interleaved rounds, "
+        f"load average {load}\n"
+    )
     print(
         "| callbacks | wall µs/step | CPU µs/step | wall ratio to bare (of medians / paired) "
         "| CPU ratio to bare (of medians / paired) |"
