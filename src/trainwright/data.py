@@ -578,7 +578,8 @@ def _shard_batches(loader: DataLoaderShard, source: BatchedTensorDataset) -> Ite
         synchronize_rng_states(loader.rng_types, loader.synchronized_generator)
     loader.begin()
     loader.set_epoch(loader.iteration)
-    device, non_blocking = loader.device, loader._non_blocking
+    # non_blocking is the shard's own setting (dataloader_config), read as it reads it.
+    device, non_blocking = loader.device, getattr(loader, "_non_blocking", False)
     index_batches = itertools.islice(loader.batch_sampler, loader.skip_batches, None)
     # The draw a DataLoader iterator makes as it starts (its workers' base seed), from the
     # loader's generator or torch's global RNG: a sampler drawing from the same one then
