@@ -106,20 +106,25 @@ def record_first_forward(model: nn.Module) -> list[float]:
 
 
 def timed_run(setup: Setup, workload_name: str, quick: bool) -> dict:
-    """Build the workload, then time one training run: wall and CPU time, and memory."""
+    """Build the workload, then time one training run: wall and CPU time, memory, and a hash of
+    the final weights."""
     workload = WORKLOAD_BUILDERS[workload_name](quick)
     run = setup(workload)
     first_forward = record_first_forward(workload.model)
     rss_before_kib = read_status_kib("VmRSS")
     has_reset_peak = reset_peak_rss()
     start, start_cpu = time.perf_counter(), time.process_time()
-    run()
+    model = run()
     train_seconds = time.perf_counter() - start
     # CPU time of this process: unlike wall time, barely affected by other processes competing
     # for the cores, so it tells whether a slow run was the loop or a busy machine.
     train_cpu_seconds = time.process_time() - start_cpu
     peak_during_train_kib = read_status_kib("VmHWM") if has_reset_peak else None
+    # The timed run's own weights (the check pass reads its data through a recording dataset,
+    # which may take another path through a trainer's data loading): compared across runs.
+    weights = torch.cat([tensor.detach().flatten() for tensor in model.state_dict().values()])
     return {
+        "weights_sha256": hashlib.sha256(weights.numpy().tobytes()).hexdigest(),
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
         # Set-up inside the timed run (DataLoader, prepare, callbacks) plus the first batch.
