@@ -123,7 +123,9 @@ def worker(impl: str, quick: bool) -> None:
             "weights_sha256": hashlib.sha256(weights.numpy().tobytes()).hexdigest(),
         }
         print(RESULT_PREFIX + json.dumps(result), flush=True)
-    dist.destroy_process_group()
+    # No destroy_process_group(): with a DDP model still alive, destroying the process group
+    # here made the exit hang at random (gloo's thread waiting for the GIL to destroy a work
+    # while the interpreter shut down); torchrun ends the processes cleanly without it.
 
 
 def launch(impl: str, quick: bool) -> dict:
