@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bench.workloads import DATALOADER_KWARGS, WORKLOAD_BUILDERS, Workload
+from bench.workloads import WORKLOAD_BUILDERS, Workload
 
 IMPLS = ("ddp", "trainwright", "trainwright+defaults")
 RESULT_PREFIX = "DDP_RESULT "
@@ -73,26 +73,6 @@ def _hand_written_ddp(workload: Workload) -> nn.Module:
     return model.module
 
 
-def _trainwright(workload: Workload, callbacks: tuple) -> Callable[[], nn.Module]:
-    """The Trainer's timed run; the import and the constructor (which joins the process
-    group, as the hand-written loop's ``init_process_group``) stay outside the clock, as in
-    the single-process benchmark."""
-    from trainwright import Trainer
-
-    trainer = Trainer(workload.model, workload.loss_func, workload.optimizer, callbacks=callbacks)
-
-    def run() -> nn.Module:
-        trainer.train(
-            train_dataset=workload.dataset,
-            num_epochs=workload.num_epochs,
-            per_device_batch_size=workload.batch_size,
-            train_dataloader_kwargs=dict(DATALOADER_KWARGS),
-        )
-        return trainer.get_model()
-
-    return run
-
-
 def worker(impl: str, quick: bool) -> None:
     """One process of a run (under torchrun); rank 0 prints the result line."""
     torch.set_num_threads(1)
@@ -103,10 +83,12 @@ def worker(impl: str, quick: bool) -> None:
     if impl == "ddp":
         run = functools.partial(_hand_written_ddp, workload)
     else:
-        from trainwright.callbacks import DEFAULT_CALLBACKS
+        # The single-process benchmark's set-up: the Trainer is imported and constructed (its
+        # Accelerator joins the process group, as the hand-written loop's init_process_group)
+        # before the clock starts.
+        from bench.worker import load_setup
 
-        callbacks = DEFAULT_CALLBACKS if impl == "trainwright+defaults" else ()
-        run = _trainwright(workload, callbacks)
+        run = load_setup(impl)(workload)
     start = time.perf_counter()
     model = run()
     seconds = time.perf_counter() - start
