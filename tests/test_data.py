@@ -7,6 +7,7 @@ import functools
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 from helpers import resume_job
@@ -306,6 +307,25 @@ def test_batched_fetching_gives_the_batches_of_the_plain_loader(num_workers):
     assert type(first) is type(next(iter(plain))) is list  # default_collate's type
     torch.manual_seed(7)
     _assert_same_batches(plain_batches, _batches(batched))
+
+
+def test_batched_fetching_reads_any_indices_a_sampler_gives_as_the_plain_loader():
+    # Read with one index tensor when it can be, else as a list index (negative indices,
+    # numpy or tensor integers, a range); the same batches either way.
+    dataset = TensorDataset(torch.randn(10, 3), torch.arange(10), torch.randn(4, 10).t())
+    batches = [[3, 1, 4], [-1, 0, -10], [np.int64(2), 5], [torch.tensor(7)], range(2, 6), [9]]
+    plain = DataLoader(dataset, batch_sampler=batches)
+    _assert_same_batches(
+        _batches(plain), _batches(create_dataloader(dataset, batch_sampler=batches))
+    )
+    for out_of_range in ([10], [-11]):
+        with pytest.raises(IndexError):
+            _batches(create_dataloader(dataset, batch_sampler=[out_of_range]))
+    # Plain indices are read with index_select, through one index tensor for all tensors.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        _batches(create_dataloader(dataset, batch_sampler=[[3, 1, 4]]))
+    ops = [event.name for event in profile.events()]
+    assert ops.count("aten::index_select") == 3 and "aten::index" not in ops
 
 
 class Doubled(TensorDataset):

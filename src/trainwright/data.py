@@ -32,6 +32,7 @@ order, bit-identical values (the seeded fetch above then calls it once per batch
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import inspect
@@ -95,11 +96,26 @@ class BatchedTensorDataset(TensorDataset):
         # Rows indexed out of a contiguous tensor are contiguous already, as default_collate's
         # stacks are; only the others need a copy.
         self._are_contiguous = all(tensor.is_contiguous() for tensor in self.tensors)
+        # Dense tensors in host memory are read with index_select and an index tensor made
+        # from the indices in one step (see __getitems__).
+        self._are_dense_on_cpu = all(
+            tensor.layout == torch.strided and tensor.device.type == "cpu"
+            for tensor in self.tensors
+        )
 
     def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The batch at ``indices``: one stacked tensor per dataset tensor, as a list."""
-        # A list index, turned into an index tensor inside torch, once per dataset tensor: a
-        # Python-level index tensor per batch was seen to keep memory alive across epochs.
+        if self._are_dense_on_cpu:
+            try:
+                # One index tensor for every dataset tensor, made from a C array of the
+                # indices: indexing with a Python list converts it element by element, once
+                # per tensor, which costs more than reading the rows of a small batch.
+                # index_select's rows are contiguous, as default_collate's stacks are.
+                index = torch.frombuffer(array.array("q", indices), dtype=torch.int64)
+                return [tensor.index_select(0, index) for tensor in self.tensors]
+            except (TypeError, ValueError, OverflowError, IndexError):
+                pass  # negative or odd indices, or none: read as any indices below
+        # A list index, turned into an index tensor inside torch, once per dataset tensor.
         index = indices if type(indices) is list else list(indices)
         if self._are_contiguous:
             return [tensor[index] for tensor in self.tensors]
