@@ -126,6 +126,8 @@ class RunControl:
         self._requested_flags = 0  # this process's step-end requests, not yet sent
         self._agreed_flags = 0  # agreed by every process, for the next step's end
         self._in_flight: _Ballot | None = None
+        # The last ballot read, kept until the next one is (see _read_in_flight).
+        self._last_read: _Ballot | None = None
         self._skip_reason: str | None = None
         self._is_skip_vote_needed = False
         self._vote_interval = DEFAULT_VOTE_INTERVAL
@@ -351,6 +353,13 @@ class RunControl:
         assert self._in_flight is not None
         ballot, self._in_flight = self._in_flight, None
         requesting_rank, *flags = ballot.read()
+        # Kept alive: gloo's thread may still hold the finished all-reduce and its tensor for
+        # a moment after the wait. If it dropped the tensor's last reference, it would need
+        # the GIL to free the tensor's Python object, and a destroy_process_group() made right
+        # after train() (holding the GIL while it joins gloo's threads) could then hang or
+        # abort at exit ("terminate called without an active exception"). Holding the last
+        # ballot here makes this thread the one that frees it, later.
+        self._last_read = ballot
         return requesting_rank, functools.reduce(operator.or_, flags, 0)
 
     def _raise_if_requested(self, requesting_rank: int) -> None:
