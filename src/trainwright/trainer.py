@@ -106,7 +106,13 @@ from trainwright.lr_finder import (
 from trainwright.placeholders import TrainerPlaceholderValues, resolve_placeholders
 from trainwright.prediction import concatenate_outputs, predict_inputs
 from trainwright.run_config import RunConfig
-from trainwright.run_control import DEFAULT_VOTE_INTERVAL, END_EPOCH, EVALUATE, SAVE, RunControl
+from trainwright.run_control import (
+    END_EPOCH,
+    EVALUATE,
+    SAVE,
+    RunControl,
+    default_vote_interval,
+)
 from trainwright.run_plan import (
     BatchLimits,
     RunPlan,
@@ -437,7 +443,8 @@ class Trainer:
         """
         # train()'s arguments, checked: a bad one raises here, before anything changes.
         arguments = TrainArguments(**{name: v for name, v in locals().items() if name != "self"})
-        check_positive_int("vote_interval", self.vote_interval)  # a class attribute, settable
+        if self.vote_interval is not None:  # a class attribute, settable
+            check_positive_int("vote_interval", self.vote_interval)
         resume_dir, resume_state = self._find_resume_state(arguments.resume_from)
         if reset_run_history:
             self.run_history.reset()
@@ -477,7 +484,8 @@ class Trainer:
             self.optimizer.zero_grad()  # start from clean gradients whatever ran before
         # With several processes, requests are combined across them at every agreement point
         # (_run_control.agree / end_of_step), so that all processes act at the same step.
-        self._run_control.start(self._plan.may_skip_updates, self.vote_interval)
+        vote_interval = self.vote_interval or default_vote_interval()
+        self._run_control.start(self._plan.may_skip_updates, vote_interval)
         self.callback_handler.reset_event_filters(self)  # count from the (resumed) position
         self.interrupt_signal = None
         try:
@@ -1618,8 +1626,11 @@ class Trainer:
     #: whose index is a multiple of ``vote_interval``), or after the epoch's last step if that
     #: comes first; ``1`` acts one step after the request, at the cost of a collective per
     #: step. With one process, requests take effect at the end of the current step whatever
-    #: the interval. Set it on the class or on the trainer before ``train()``.
-    vote_interval: int = DEFAULT_VOTE_INTERVAL
+    #: the interval. Set it on the class or on the trainer before ``train()``. ``None`` (the
+    #: default): 16 steps, or 64 when the processes talk over gloo (CPU processes), where one
+    #: collective costs about as much as a small model's step (see
+    #: `trainwright.run_control.default_vote_interval`).
+    vote_interval: int | None = None
 
     #: Names of the metrics the hooks of this Trainer subclass record in the run history
     #: (e.g. ``("accuracy",)`` for an ``eval_epoch_end`` that computes it), as callbacks

@@ -764,19 +764,19 @@ def _steps_collectives(counter: CollectivesPerStep) -> list[int]:
 
 
 def collectives_per_step(
-    vote_interval: int | None = None, returns_num_items: bool = False
+    vote_interval: int | None = None, returns_num_items: bool = False, num_steps: int = 16
 ) -> dict[str, Any]:
-    """One epoch of 16 steps per process, without callbacks but the counter; the collectives
-    called between the end of each step and the end of the next (the first entry: the
-    second step's), and in the whole ``train()``. ``returns_num_items``: the hook returns
-    each batch's size as its ``num_items``."""
+    """One epoch of ``num_steps`` steps per process, without callbacks but the counter; the
+    collectives called between the end of each step and the end of the next (the first
+    entry: the second step's), and in the whole ``train()``. ``returns_num_items``: the hook
+    returns each batch's size as its ``num_items``. ``vote_interval`` None: the default."""
     trainer_class = BatchSizeAsNumItemsTrainer if returns_num_items else Trainer
     with counting_collectives() as count:
         counter = CollectivesPerStep(count)
         trainer = make_trainer(lr=0.1, callbacks=(counter,), trainer_class=trainer_class)
         if vote_interval is not None:
             trainer.vote_interval = vote_interval
-        trainer.train(make_dataset(64), num_epochs=1, per_device_batch_size=2)
+        trainer.train(make_dataset(4 * num_steps), num_epochs=1, per_device_batch_size=2)
         total = count[0]
     return {
         "per_step": _steps_collectives(counter),

@@ -29,7 +29,7 @@ from distributed_scenarios import (
 from helpers.accumulation_cases import make_token_dataset, reference_token_steps, token_weighted_run
 from launcher import NUM_PROCESSES, launch, run_scenarios
 
-from trainwright.run_control import DEFAULT_VOTE_INTERVAL
+from trainwright.run_control import DEFAULT_VOTE_INTERVAL, GLOO_VOTE_INTERVAL
 
 pytestmark = pytest.mark.multiprocess
 
@@ -146,6 +146,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[s
             "collectives_per_step",
             {"vote_interval": DEFAULT_VOTE_INTERVAL, "returns_num_items": True},
         ),
+        ("collectives:default", "collectives_per_step", {"num_steps": GLOO_VOTE_INTERVAL + 2}),
         *(
             (
                 f"padded_last_batch:{split}",
@@ -391,6 +392,20 @@ def test_the_processes_exchange_requests_only_every_vote_interval_steps(
     for rank_results in two_process_results:
         result = rank_results[f"collectives:{vote_interval}"]
         assert result["num_steps"] == 16
+        assert result["per_step"] == votes
+
+
+def test_processes_on_gloo_vote_every_64_steps_by_default(
+    two_process_results: list[dict[str, Any]],
+) -> None:
+    # On gloo a collective costs about a small model's step: by default the vote comes every
+    # GLOO_VOTE_INTERVAL (64) steps there, not every DEFAULT_VOTE_INTERVAL (16).
+    assert GLOO_VOTE_INTERVAL == 64
+    num_steps = GLOO_VOTE_INTERVAL + 2
+    votes = [int((step + 1) % GLOO_VOTE_INTERVAL == 0) for step in range(num_steps - 1)]
+    for rank_results in two_process_results:
+        result = rank_results["collectives:default"]
+        assert result["num_steps"] == num_steps
         assert result["per_step"] == votes
 
 
