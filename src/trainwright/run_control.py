@@ -77,8 +77,9 @@ class RunControl:
     points, which the event registry declares
     ([`AGREED_AT`][trainwright.callbacks.base.AGREED_AT]):
 
-    - every ``vote_interval`` training steps (`DEFAULT_VOTE_INTERVAL` unless the Trainer says
-      otherwise), by an all-reduce started without waiting at the end of each step whose index
+    - every ``vote_interval`` training steps (`default_vote_interval` unless the Trainer says
+      otherwise: 16, or 64 on gloo), by an all-reduce started without waiting at the end of
+      each step whose index
       ``v`` in the epoch has ``(v + 1) % vote_interval == 0``, and read at the end of the next
       step, so the per-step path never blocks and the other steps exchange nothing; every
       process reads the same result at the same step. So a request made during step ``k`` (or
