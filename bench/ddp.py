@@ -2,22 +2,33 @@
 
 Usage (from the repository root)::
 
-    python -m bench.ddp [--rounds 3] [--quick]
+    python -m bench.ddp [--rounds 15] [--quick]
 
 ``python bench/run_bench.py`` runs it too, after the single-process tables.
 
-Each run is a fresh ``torchrun --nproc_per_node 2`` launch on the CPU (gloo), one thread per
-process, over the overhead-bound ``mlp`` workload (each process reads every other batch, in
-order, as Accelerate shards a loader). Rank 0 reports the training time, the
-``torch.distributed`` collectives called from Python per step (DDP's gradient all-reduce runs
-in its C++ reducer, one bucket per step for this model, and is not among them), peak RSS and a
-hash of the final weights. Prints a markdown table: median seconds, µs per step and the ratio
-to the hand-written loop (median of the per-round ratios).
+Every run uses ``torchrun --nproc_per_node 2`` on the CPU (gloo), one thread per process, each
+process pinned to a CPU of its own (with gloo's threads, which it starts), over the
+overhead-bound ``mlp`` workload (each process reads every other batch, in order, as
+Accelerate shards a loader). Two kinds of launch:
+
+- **timing**: one launch runs every implementation ``--rounds`` times, interleaved, in a
+  rotating order (after one untimed warm-up run of each), and reports the ratio of the median
+  times and the median of the per-round ratios to the hand-written loop. On a machine as noisy
+  as a shared 2-core VM, the time of one launch varies by ±20% from one launch to the next;
+  runs a second apart in the same processes compare far more steadily than fresh launches
+  tens of seconds apart.
+- **checks**: one fresh launch per implementation reports the ``torch.distributed``
+  collectives called from Python per step (DDP's gradient all-reduce runs in its C++ reducer,
+  one bucket per step for this model, and is not among them), peak RSS of rank 0, and a hash
+  of the final weights, which every timed run's weights must match too.
+
+Prints a markdown table.
 """
 
 import argparse
 import collections
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -37,6 +48,8 @@ from bench.workloads import WORKLOAD_BUILDERS, Workload
 
 IMPLS = ("ddp", "trainwright", "trainwright+defaults")
 RESULT_PREFIX = "DDP_RESULT "
+# Taken before _count_collectives wraps it: the barrier that starts a timed run is not counted.
+_barrier = dist.barrier
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "barrier", "gather")
 
 
@@ -73,36 +86,63 @@ def _hand_written_ddp(workload: Workload) -> nn.Module:
     return model.module
 
 
-def worker(impl: str, quick: bool) -> None:
-    """One process of a run (under torchrun); rank 0 prints the result line."""
-    torch.set_num_threads(1)
-    workload = WORKLOAD_BUILDERS["mlp"](quick)
-    if impl == "ddp":
-        dist.init_process_group("gloo")
-    counts = _count_collectives()
-    if impl == "ddp":
-        run = functools.partial(_hand_written_ddp, workload)
-    else:
-        # The single-process benchmark's set-up: the Trainer is imported and constructed (its
-        # Accelerator joins the process group, as the hand-written loop's init_process_group)
-        # before the clock starts.
-        from bench.worker import load_setup
+def _pin_to_own_cpu() -> None:
+    """Pins this process to one CPU of its own (its local rank's), before it starts any thread:
+    gloo's threads, started as the process group is made, inherit it. Without pinning, the
+    scheduler moves the 2 processes and their gloo threads between the cores at will, and the
+    time of a run varies more. Nothing is pinned when there are fewer CPUs than processes."""
+    cpus = sorted(os.sched_getaffinity(0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if len(cpus) >= int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        os.sched_setaffinity(0, {cpus[local_rank]})
 
-        run = load_setup(impl)(workload)
+
+def _start_process() -> None:
+    _pin_to_own_cpu()
+    torch.set_num_threads(1)
+    # The hand-written loop's process group; the Trainer's Accelerator joins it as it is.
+    dist.init_process_group("gloo")
+
+
+def _setup(impl: str, workload: Workload) -> Callable[[], nn.Module]:
+    if impl == "ddp":
+        return functools.partial(_hand_written_ddp, workload)
+    # The single-process benchmark's set-up: the Trainer is imported and constructed before
+    # the clock starts.
+    from bench.worker import load_setup
+
+    return load_setup(impl)(workload)
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return hashlib.sha256(weights.numpy().tobytes()).hexdigest()
+
+
+def _timed(run: Callable[[], nn.Module]) -> tuple[float, nn.Module]:
+    gc.collect()  # the previous run's garbage is not collected on this one's clock
+    _barrier()  # both processes start together
     start = time.perf_counter()
     model = run()
-    seconds = time.perf_counter() - start
-    num_steps = workload.num_epochs * -(-workload.num_steps_per_epoch // 2)
-    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return time.perf_counter() - start, model
+
+
+def check_worker(impl: str, quick: bool) -> None:
+    """One process of a checks launch (under torchrun); rank 0 prints the result line."""
+    _start_process()
+    workload = WORKLOAD_BUILDERS["mlp"](quick)
+    counts = _count_collectives()
+    run = _setup(impl, workload)
+    seconds, model = _timed(run)
     if dist.get_rank() == 0:
         result = {
             "impl": impl,
             "train_seconds": seconds,
-            "num_steps": num_steps,
-            "collectives_per_step": sum(counts.values()) / num_steps,
+            "num_steps": _num_steps(workload),
+            "collectives_per_step": sum(counts.values()) / _num_steps(workload),
             "collectives": dict(counts),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "weights_sha256": hashlib.sha256(weights.numpy().tobytes()).hexdigest(),
+            "weights_sha256": _weights_sha256(model),
         }
         print(RESULT_PREFIX + json.dumps(result), flush=True)
     # No destroy_process_group(): with a DDP model still alive, destroying the process group
@@ -110,51 +150,83 @@ def worker(impl: str, quick: bool) -> None:
     # while the interpreter shut down); torchrun ends the processes cleanly without it.
 
 
-def launch(impl: str, quick: bool) -> dict:
-    """Runs one 2-process launch; returns rank 0's result."""
+def timing_worker(rounds: int, quick: bool) -> None:
+    """One process of the timing launch (under torchrun): every implementation ``rounds``
+    times, interleaved in a rotating order, after an untimed warm-up run of each; rank 0
+    prints the times and the hashes of the weights."""
+    _start_process()
+    seconds: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    hashes: dict[str, set[str]] = {impl: set() for impl in IMPLS}
+    num_steps = 0
+    for round_index in range(-1, rounds):  # -1: the warm-up round
+        shift = round_index % len(IMPLS)
+        for impl in IMPLS[shift:] + IMPLS[:shift]:
+            workload = WORKLOAD_BUILDERS["mlp"](quick)
+            num_steps = _num_steps(workload)
+            elapsed, model = _timed(_setup(impl, workload))
+            if round_index >= 0:
+                seconds[impl].append(elapsed)
+                hashes[impl].add(_weights_sha256(model))
+            del model, workload
+    if dist.get_rank() == 0:
+        result = {
+            "seconds": seconds,
+            "weights_sha256": {impl: sorted(digests) for impl, digests in hashes.items()},
+            "num_steps": num_steps,
+        }
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def _num_steps(workload: Workload) -> int:
+    return workload.num_epochs * -(-workload.num_steps_per_epoch // 2)
+
+
+def _launch(worker_args: list[str], quick: bool) -> dict:
+    """Runs one 2-process launch of this module with ``worker_args``; returns rank 0's result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["-m", "bench.ddp", "--worker", impl] + (["--quick"] if quick else [])
-    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    command += ["-m", "bench.ddp", *worker_args] + (["--quick"] if quick else [])
+    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     for line in output.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(f"{impl} failed:\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
+    raise RuntimeError(f"{worker_args} failed:\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
 
 
 def ddp_table(rounds: int, quick: bool) -> str:
-    """Runs ``rounds`` interleaved rounds of every implementation on 2 processes; returns the
-    markdown table (progress on stderr)."""
-    runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
-    for round_index in range(rounds):
-        shift = round_index % len(IMPLS)
-        for impl in IMPLS[shift:] + IMPLS[:shift]:
-            runs[impl].append(launch(impl, quick))
-        print(f"ddp round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
-    reference = runs["ddp"]
-    num_steps = reference[0]["num_steps"]
+    """Runs the checks launches and the timing launch (``rounds`` interleaved rounds); returns
+    the markdown table (progress on stderr)."""
+    checks = {impl: _launch(["--worker", impl], quick) for impl in IMPLS}
+    print("ddp checks done", file=sys.stderr, flush=True)
+    timing = _launch(["--timing-worker", "--rounds", str(rounds)], quick)
+    print(f"ddp timing done ({rounds} rounds)", file=sys.stderr, flush=True)
+    seconds, num_steps = timing["seconds"], timing["num_steps"]
+    reference = seconds["ddp"]
+    reference_hash = checks["ddp"]["weights_sha256"]
     lines = [
-        "| implementation (2 processes) | train time median (s) | overhead vs `ddp` (µs/step) "
-        "| ratio vs `ddp` (median) | extra collectives/step (Python calls) | peak RSS MiB "
-        "(rank 0) | weights bit-identical to `ddp` |",
-        "|---|---|---|---|---|---|---|",
+        f"{rounds} interleaved rounds in one launch; {num_steps} steps per run on each process.",
+        "",
+        "| implementation (2 processes) | train time median (s) | overhead vs `ddp` (µs/step, "
+        "of the medians) | ratio of the medians vs `ddp` | median of the per-round ratios "
+        "| extra collectives/step (Python calls) | peak RSS MiB (rank 0) "
+        "| weights bit-identical to `ddp` (every run) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for impl, results in runs.items():
-        seconds = [r["train_seconds"] for r in results]
-        ratios = [r["train_seconds"] / ref["train_seconds"] for r, ref in zip(results, reference)]
-        overheads = [
-            (r["train_seconds"] - ref["train_seconds"]) / num_steps * 1e6
-            for r, ref in zip(results, reference)
-        ]
-        calls = ", ".join(f"{name} {count}" for name, count in results[0]["collectives"].items())
-        same = results[0]["weights_sha256"] == reference[0]["weights_sha256"]
+    for impl in IMPLS:
+        times, check = seconds[impl], checks[impl]
+        median = statistics.median(times)
+        ratios = [time_ / ref for time_, ref in zip(times, reference)]
+        overhead = (median - statistics.median(reference)) / num_steps * 1e6
+        calls = ", ".join(f"{name} {count}" for name, count in check["collectives"].items())
+        same = {check["weights_sha256"]} == {reference_hash, *timing["weights_sha256"][impl]}
         lines.append(
-            f"| `{impl}` | {statistics.median(seconds):.3f} | "
-            + ("0 (reference)" if impl == "ddp" else f"{statistics.median(overheads):+.0f}")
-            + f" | {statistics.median(ratios):.2f} | {results[0]['collectives_per_step']:.3f}"
+            f"| `{impl}` | {median:.3f} | "
+            + ("0 (reference)" if impl == "ddp" else f"{overhead:+.0f}")
+            + f" | {median / statistics.median(reference):.3f} | {statistics.median(ratios):.3f}"
+            + f" | {check['collectives_per_step']:.3f}"
             + (f" ({calls})" if calls else "")
-            + f" | {statistics.median(r['peak_rss_mib'] for r in results):.0f} | "
-            + ("reference" if impl == "ddp" else ("yes" if same else "**no**"))
+            + f" | {check['peak_rss_mib']:.0f} | "
+            + ("reference" if impl == "ddp" and same else ("yes" if same else "**no**"))
             + " |"
         )
     return "\n".join(lines)
@@ -162,14 +234,17 @@ def ddp_table(rounds: int, quick: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--timing-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.quick)
-        return
-    print(ddp_table(args.rounds, args.quick))
+        check_worker(args.worker, args.quick)
+    elif args.timing_worker:
+        timing_worker(args.rounds, args.quick)
+    else:
+        print(ddp_table(args.rounds, args.quick))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
 Run from the repository root with the project's Python::
 
-    python bench/run_bench.py [--rounds 5] [--quick] [--no-ddp]
+    python bench/run_bench.py [--rounds 5] [--ddp-rounds 15] [--quick] [--no-ddp]
 
 Each measurement runs in a fresh ``python -m bench.worker`` process; the implementations are
 interleaved round-robin within each round, so slow drifts of the machine spread over all of them.
 Before the timed rounds, one check pass per implementation counts host syncs, records the order
 in which samples are read and saves the final weights, which are compared bit for bit with the
 hand-written PyTorch loop's. The tables are printed as markdown on stdout; progress goes to
-stderr. Then, unless ``--no-ddp``, the same rounds of the 2-process comparison of
-``bench/ddp.py`` (a hand-written DDP loop against the Trainer, with collectives per step).
+stderr. Then, unless ``--no-ddp``, the 2-process comparison of ``bench/ddp.py`` (a
+hand-written DDP loop against the Trainer, with collectives per step; ``--ddp-rounds``
+interleaved rounds in one launch).
 See ``bench/README.md`` for what each column means.
 """
 
@@ -391,6 +392,12 @@ def main() -> None:
         "--workloads", nargs="+", choices=sorted(WORKLOAD_BUILDERS), default=list(WORKLOAD_BUILDERS)
     )
     parser.add_argument(
+        "--ddp-rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds of the 2-process comparison (default 15, 1 with --quick)",
+    )
+    parser.add_argument(
         "--no-ddp",
         action="store_true",
         help="skip the 2-process comparison with a hand-written DDP loop (bench/ddp.py)",
@@ -417,7 +424,8 @@ def main() -> None:
         print()
         print("### 2 processes: `mlp` on `torchrun --nproc_per_node 2` (gloo, 1 thread each)")
         print()
-        print(ddp_table(rounds, args.quick), flush=True)
+        ddp_rounds = args.ddp_rounds if args.ddp_rounds is not None else (1 if args.quick else 15)
+        print(ddp_table(max(ddp_rounds, 1), args.quick), flush=True)
 
 
 if __name__ == "__main__":
