@@ -134,12 +134,13 @@ def check_worker(impl: str, quick: bool) -> None:
     counts = _count_collectives()
     run = _setup(impl, workload)
     seconds, model = _timed(run)
+    num_steps = _num_steps(workload)
     if dist.get_rank() == 0:
         result = {
             "impl": impl,
             "train_seconds": seconds,
-            "num_steps": _num_steps(workload),
-            "collectives_per_step": sum(counts.values()) / _num_steps(workload),
+            "num_steps": num_steps,
+            "collectives_per_step": sum(counts.values()) / num_steps,
             "collectives": dict(counts),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "weights_sha256": _weights_sha256(model),
@@ -157,12 +158,10 @@ def timing_worker(rounds: int, quick: bool) -> None:
     _start_process()
     seconds: dict[str, list[float]] = {impl: [] for impl in IMPLS}
     hashes: dict[str, set[str]] = {impl: set() for impl in IMPLS}
-    num_steps = 0
     for round_index in range(-1, rounds):  # -1: the warm-up round
         shift = round_index % len(IMPLS)
         for impl in IMPLS[shift:] + IMPLS[:shift]:
             workload = WORKLOAD_BUILDERS["mlp"](quick)
-            num_steps = _num_steps(workload)
             elapsed, model = _timed(_setup(impl, workload))
             if round_index >= 0:
                 seconds[impl].append(elapsed)
@@ -172,13 +171,14 @@ def timing_worker(rounds: int, quick: bool) -> None:
         result = {
             "seconds": seconds,
             "weights_sha256": {impl: sorted(digests) for impl, digests in hashes.items()},
-            "num_steps": num_steps,
         }
         print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 def _num_steps(workload: Workload) -> int:
-    return workload.num_epochs * -(-workload.num_steps_per_epoch // 2)
+    """Steps per process: each reads every world-th batch."""
+    world = dist.get_world_size()
+    return workload.num_epochs * -(-workload.num_steps_per_epoch // world)
 
 
 def _launch(worker_args: list[str], quick: bool) -> dict:
@@ -200,7 +200,7 @@ def ddp_table(rounds: int, quick: bool) -> str:
     print("ddp checks done", file=sys.stderr, flush=True)
     timing = _launch(["--timing-worker", "--rounds", str(rounds)], quick)
     print(f"ddp timing done ({rounds} rounds)", file=sys.stderr, flush=True)
-    seconds, num_steps = timing["seconds"], timing["num_steps"]
+    seconds, num_steps = timing["seconds"], checks["ddp"]["num_steps"]
     reference = seconds["ddp"]
     reference_hash = checks["ddp"]["weights_sha256"]
     lines = [

@@ -484,7 +484,9 @@ class Trainer:
             self.optimizer.zero_grad()  # start from clean gradients whatever ran before
         # With several processes, requests are combined across them at every agreement point
         # (_run_control.agree / end_of_step), so that all processes act at the same step.
-        vote_interval = self.vote_interval or default_vote_interval()
+        vote_interval = self.vote_interval
+        if vote_interval is None:
+            vote_interval = default_vote_interval()
         self._run_control.start(self._plan.may_skip_updates, vote_interval)
         self.callback_handler.reset_event_filters(self)  # count from the (resumed) position
         self.interrupt_signal = None
