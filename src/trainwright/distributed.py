@@ -3,6 +3,8 @@
 - [`padded_tail`][trainwright.distributed.padded_tail] finds the samples Accelerate repeats at the
   end of an epoch so that every process gets the same number of equal batches, so the loss metrics
   can leave them out.
+- a pause at the interpreter's exit that lets gloo's threads finish their last collectives
+  (see `create_accelerator`).
 - the checks that every launched process joined and that they all resume from the same training
   state, and the creation of the trainer's `Accelerator`.
 
@@ -12,14 +14,18 @@ update is run control's: see [`trainwright.run_control`][trainwright.run_control
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import socket
+import time
 from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
 from torch.utils.data import IterableDataset
@@ -28,6 +34,7 @@ from trainwright.data import dataloader_length
 from trainwright.sharding import check_sharding_set_up, prepare_sharding, sharding_request
 
 __all__ = [
+    "GLOO_EXIT_PAUSE",
     "PaddedTail",
     "can_forward_alone",
     "check_all_processes_joined",
@@ -192,6 +199,8 @@ def create_accelerator(
     Processes started by a launcher (``torchrun``, ``accelerate launch``) on a machine without
     a GPU or other accelerator are joined on the CPU (gloo): Accelerate does so only when told
     to use the CPU, so the Trainer tells it, unless ``accelerator_kwargs`` says ``cpu=False``.
+    With several processes, the interpreter's exit then waits a moment for gloo's threads
+    (`GLOO_EXIT_PAUSE`).
     FSDP and DeepSpeed, asked for by ``accelerator_kwargs`` or the launch, run as asked or are
     refused (see `trainwright.sharding`): never silently replaced by plain DDP.
 
@@ -211,10 +220,37 @@ def create_accelerator(
     if request is not None:
         prepare_sharding(request, accelerator_kwargs, world_size)
     accelerator = Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs)
+    if world_size > 1:
+        _pause_for_gloo_at_exit()
     check_all_processes_joined(accelerator)
     if request is not None:
         check_sharding_set_up(request, accelerator)
     return accelerator
+
+
+GLOO_EXIT_PAUSE = 0.02
+"""Seconds the interpreter's exit waits, without holding the GIL, while a gloo process group
+is still up, so that gloo's threads can finish releasing their last collectives.
+
+Why: when a blocking collective returns, gloo's thread (torch 2.13) often frees its work
+itself, which releases the tensors' Python objects and so needs the GIL. The thread may wait
+up to Python's switch interval (5 ms) for it. If the interpreter starts shutting down in that
+window (a script ending right after ``train()``, ``evaluate()`` or its own collective),
+Python makes the waiting thread exit, and the process aborts with *terminate called without
+an active exception*. The pause, from an ``atexit`` handler (which runs before the shutdown
+starts), hands those threads the GIL. Measured on 2 CPU processes with a 2-step FSDP2 run
+ending at once: 4 of 21 launches aborted without the pause, none of 40 with it.
+"""
+
+
+@functools.cache  # registered once per process
+def _pause_for_gloo_at_exit() -> None:
+    atexit.register(_let_gloo_threads_finish)
+
+
+def _let_gloo_threads_finish() -> None:
+    if dist.is_available() and dist.is_initialized() and "gloo" in str(dist.get_backend()):
+        time.sleep(GLOO_EXIT_PAUSE)
 
 
 def _has_accelerator_device() -> bool:

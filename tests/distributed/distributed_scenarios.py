@@ -9,11 +9,13 @@ must see the same data per update.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -785,6 +787,28 @@ def collectives_per_step(
     }
 
 
+def collective_right_before_exit() -> dict[str, Any]:
+    """A short run, then an all-reduce of a tensor made in Python as the script's very last
+    act: an ``atexit`` handler registered after the trainer's, so it runs first.
+
+    The all-reduce is left unwaited, so that gloo's thread is sure to be the one freeing it
+    when it finishes, which needs the GIL: the situation a script's last blocking collective
+    (or the trainer's own last ones) meets by chance. Python's switch interval is raised to
+    1 s, so that the thread gets the GIL only when this one lets it go: an exit that does
+    not wait for it aborts ("terminate called without an active exception").
+    """
+    sys.setswitchinterval(1.0)
+    trainer = make_trainer(lr=0.1)
+    trainer.train(make_dataset(8), num_epochs=1, per_device_batch_size=2)
+    atexit.register(_all_reduce_left_unwaited)
+    return {"num_updates": trainer.progress.num_update_steps}
+
+
+def _all_reduce_left_unwaited() -> None:
+    dist.barrier()  # both processes are exiting, so the all-reduce finishes at once
+    dist.all_reduce(torch.ones(1), async_op=True)
+
+
 class DropsASampleTrainer(Trainer):
     """Reports one sample fewer than each batch holds, as a ``collate_fn`` that drops
     samples would (without returning ``num_items``)."""
@@ -917,4 +941,5 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "padded_last_batch": padded_last_batch,
     "uneven_batch_sampler": uneven_batch_sampler,
     "batch_size_unlike_the_loaders": batch_size_unlike_the_loaders,
+    "collective_right_before_exit": collective_right_before_exit,
 }

@@ -599,3 +599,13 @@ def test_a_batch_size_unlike_the_loaders_is_an_error_not_a_wrong_item_count(
         assert "returned batch_size=3" in result["error"]
         assert "return 'num_items'" in result["error"]
     assert batch_size_unlike_the_loaders() == {"error": None}
+
+
+def test_a_script_whose_last_act_is_a_collective_exits_cleanly(tmp_path: Path) -> None:
+    # Gloo's thread frees a collective finishing at exit and needs the GIL for it; the
+    # trainer's exit pause (GLOO_EXIT_PAUSE) hands it over before the interpreter shuts
+    # down. Without it, the launch aborts: "terminate called without an active exception".
+    result = launch([("exit", "collective_right_before_exit", {})], tmp_path, timeout=120)
+    assert result.returncode == 0, result.output
+    assert "terminate called" not in result.output
+    assert [rank_results["exit"]["num_updates"] for rank_results in result.results] == [2, 2]
