@@ -198,3 +198,30 @@ def test_one_name_for_a_callback_in_messages_plans_and_state_keys():
         "Callback class PrintProgressCallback was given twice. Give it once, or pass distinct "
         "instances (e.g. PrintProgressCallback(...)) to run it several times."
     )
+
+
+def test_a_method_named_like_an_event_it_is_not_is_reported_with_the_event_meant():
+    calls = []
+
+    class Ported(TrainerCallback):
+        def on_train_run_begin(self, trainer, **kwargs):  # a typo of on_training_run_start
+            calls.append("begin")
+
+        def on_epoch_end(self, trainer, **kwargs):  # Keras's name
+            calls.append("epoch")
+
+        def on_checkpoint_written(self, trainer, **kwargs):  # a custom event: not reported
+            calls.append("custom")
+
+    with pytest.warns(UserWarning) as record:
+        trainer = make_trainer(callbacks=[Ported()])
+    messages = sorted(str(warning.message) for warning in record)
+    assert len(messages) == 2
+    assert messages[0].startswith("Ported.on_epoch_end is not an event the trainer fires")
+    assert "Did you mean on_train_epoch_end?" in messages[0]
+    assert messages[1].startswith("Ported.on_train_run_begin is not an event")
+    assert "Did you mean on_training_run_start?" in messages[1]
+    trainer.train(make_dataset(4), num_epochs=1, per_device_batch_size=4)
+    assert calls == []  # what the warning said: neither ran
+    trainer.callback_handler.call_event("on_checkpoint_written", trainer)
+    assert calls == ["custom"]

@@ -7,6 +7,7 @@ Every event that the [`Trainer`][trainwright.trainer.Trainer] fires is listed on
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ __all__ = [
     "ALL_METRICS",
     "EVENTS",
     "EVENTS_OUTSIDE_AGREEMENT",
+    "PEER_EVENT_NAMES",
     "CallbackHandler",
     "CallbackOrderError",
     "CallbackSetupError",
@@ -112,6 +114,34 @@ EVENTS_OUTSIDE_AGREEMENT: frozenset[str] = frozenset(
         "on_predict_run_end",
     }
 )
+
+
+#: Event names of other training libraries (Keras, PyTorch Lightning, the Hugging Face
+#: Trainer), each with the event that fires at that moment here. A callback defining one of
+#: them is told which event to rename it to (see `CallbackHandler`).
+PEER_EVENT_NAMES: dict[str, str] = {
+    "on_train_begin": "on_training_run_start",
+    "on_train_start": "on_training_run_start",
+    "on_fit_start": "on_training_run_start",
+    "on_train_end": "on_training_run_end",
+    "on_fit_end": "on_training_run_end",
+    "on_epoch_begin": "on_train_epoch_start",
+    "on_epoch_start": "on_train_epoch_start",
+    "on_epoch_end": "on_train_epoch_end",
+    "on_batch_begin": "on_train_step_start",
+    "on_batch_start": "on_train_step_start",
+    "on_batch_end": "on_train_step_end",
+    "on_step_begin": "on_train_step_start",
+    "on_step_end": "on_train_step_end",
+    "on_validation_epoch_start": "on_eval_epoch_start",
+    "on_validation_epoch_end": "on_eval_epoch_end",
+    "on_validation_batch_start": "on_eval_step_start",
+    "on_validation_batch_end": "on_eval_step_end",
+    "on_evaluate": "on_eval_epoch_end",
+    "on_predict_begin": "on_predict_run_start",
+    "on_predict_start": "on_predict_run_start",
+    "on_predict_end": "on_predict_run_end",
+}
 
 
 class StopTrainingError(Exception):
@@ -747,6 +777,7 @@ class CallbackHandler:
                 f"of type {type(callback).__name__}. Subclass trainwright.TrainerCallback and "
                 "override the events you need."
             )
+        _warn_of_misnamed_events(instance)
         self._callbacks.append(instance)
         return instance
 
@@ -799,6 +830,38 @@ class CallbackHandler:
 
     def __repr__(self) -> str:
         return f"CallbackHandler([{', '.join(callback_name(c) for c in self.callbacks)}])"
+
+
+def _warn_of_misnamed_events(callback: TrainerCallback) -> None:
+    # An ``on_*`` method that is no event may be a custom event (it runs when something calls
+    # call_event with its name), so only names close to an event, or another library's name
+    # for one, are reported: most likely a typo or a port that would never run.
+    for name in dir(type(callback)):
+        if not name.startswith("on_") or name in EVENTS:
+            continue
+        if not callable(getattr(type(callback), name)):
+            continue
+        event = _event_meant_by(name)
+        if event is not None:
+            warnings.warn(
+                f"{callback_name(callback)}.{name} is not an event the trainer fires, so it "
+                f"runs only if something calls call_event({name!r}). Did you mean {event}? "
+                "Rename the method to receive that event (trainwright.callbacks.EVENTS lists "
+                "them all).",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+def _event_meant_by(name: str) -> str | None:
+    """The event an ``on_*`` method name that is none most likely means, if any."""
+    if name in PEER_EVENT_NAMES:
+        return PEER_EVENT_NAMES[name]
+    normalized = name.replace("_begin", "_start").replace("_batch", "_step")
+    if normalized in EVENTS:
+        return normalized
+    matches = difflib.get_close_matches(normalized, EVENTS, n=1, cutoff=0.8)
+    return matches[0] if matches else None
 
 
 def callback_overrides(callback: TrainerCallback, event: str) -> bool:
