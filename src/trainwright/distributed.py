@@ -4,7 +4,8 @@
   end of an epoch so that every process gets the same number of equal batches, so the loss metrics
   can leave them out.
 - a pause at the interpreter's exit that lets gloo's threads finish their last collectives
-  (see `create_accelerator`).
+  ([`GLOO_EXIT_PAUSE`][trainwright.distributed.GLOO_EXIT_PAUSE], registered by
+  `create_accelerator`).
 - the checks that every launched process joined and that they all resume from the same training
   state, and the creation of the trainer's `Accelerator`.
 
